@@ -1,0 +1,29 @@
+//! cobb's schema. One portable DDL per migration: plain SQL that SQLite and PostgreSQL
+//! both accept, with the id column written per backend.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m001_initial;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m001_initial::Migration)]
+    }
+}
+
+/// Runs `ddl` statement by statement, replacing `{ID}` with the backend's
+/// auto-incrementing 64-bit primary key.
+pub(crate) async fn run_ddl(manager: &SchemaManager<'_>, ddl: &str) -> Result<(), DbErr> {
+    let id = match manager.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => "BIGSERIAL PRIMARY KEY",
+        _ => "INTEGER PRIMARY KEY AUTOINCREMENT",
+    };
+    let connection = manager.get_connection();
+    for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        connection.execute_unprepared(&statement.replace("{ID}", id)).await?;
+    }
+    Ok(())
+}

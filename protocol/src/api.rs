@@ -1,0 +1,429 @@
+//! Request and response bodies of the REST API under /api/v1.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::metrics::{ClassMetrics, ConfusionMatrix};
+use crate::spec::{ExperimentSpec, Params};
+use crate::status::{Role, RunStatus, Split};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+// ---- tokens ----------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    /// Shown once; the server keeps only its hash.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+}
+
+// ---- datasets --------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    #[default]
+    Patient,
+    None,
+}
+
+/// One file of a dataset version, as computed by `cobb dataset register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetItem {
+    /// Relative to the dataset root.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub label: String,
+    /// Salted hash of the patient id; never the raw id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    pub split: Split,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_at: Option<String>,
+}
+
+/// A file that was not taken into the dataset, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestionIssue {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterDataset {
+    pub name: String,
+    /// Absolute path of the dataset root on the registering machine.
+    pub root: String,
+    /// e.g. "70/15/15".
+    pub split: String,
+    pub seed: u64,
+    pub group_by: GroupBy,
+    pub classes: Vec<String>,
+    pub items: Vec<DatasetItem>,
+    #[serde(default)]
+    pub report: Vec<IngestionIssue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCount {
+    pub label: String,
+    pub train: u64,
+    pub val: u64,
+    pub test: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetVersionInfo {
+    pub dataset: String,
+    /// sha256 of the manifest: the version's identity.
+    pub version: String,
+    /// 1, 2, ... in registration order within the dataset.
+    pub number: i64,
+    pub root: String,
+    pub split: String,
+    pub seed: u64,
+    pub group_by: GroupBy,
+    pub classes: Vec<String>,
+    pub items: u64,
+    pub counts: Vec<SplitCount>,
+    pub report: Vec<IngestionIssue>,
+    pub created_at: Millis,
+    pub created_by: String,
+    /// False when the same content was registered before (the existing version is returned).
+    #[serde(default)]
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetSummary {
+    pub name: String,
+    pub versions: Vec<DatasetVersionBrief>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetVersionBrief {
+    pub version: String,
+    pub number: i64,
+    pub items: u64,
+    pub created_at: Millis,
+}
+
+/// The installation salt patient ids are hashed with before they leave the machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallationSalt {
+    pub salt: String,
+}
+
+// ---- experiments and sweeps --------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitExperiment {
+    /// The YAML text as written by the user.
+    pub yaml: String,
+    /// File name, for error messages.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Validate and expand only; store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedRunInfo {
+    pub index: u32,
+    pub name: String,
+    pub params: Params,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResult {
+    pub experiment: String,
+    pub dataset: String,
+    pub dataset_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_id: Option<i64>,
+    pub dry_run: bool,
+    pub runs: Vec<PlannedRunInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusCounts(pub BTreeMap<RunStatus, u64>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentSummary {
+    pub name: String,
+    pub description: String,
+    pub dataset: String,
+    pub dataset_version: String,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub sweeps: u64,
+    pub runs: StatusCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentDetail {
+    #[serde(flatten)]
+    pub summary: ExperimentSummary,
+    /// The YAML of the submission that created the experiment.
+    pub spec_yaml: String,
+    pub sweeps: Vec<SweepInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepInfo {
+    pub id: i64,
+    pub experiment: String,
+    /// grid, random, or single (a spec without a sweep).
+    pub method: String,
+    pub file: Option<String>,
+    pub spec_yaml: String,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub runs: StatusCounts,
+}
+
+// ---- runs --------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: i64,
+    pub name: String,
+    pub experiment: String,
+    pub sweep_id: i64,
+    pub index: u32,
+    pub status: RunStatus,
+    /// True while a cancel waits for the run's worker to stop.
+    pub cancel_requested: bool,
+    /// Leases taken so far (1 on the first training attempt).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub params: Params,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub best_epoch: Option<i64>,
+    /// The value of the metric the list was sorted by (at the best epoch, else the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort_value: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunInfo>,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricValue {
+    pub step: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub worker: String,
+    pub attempt: u32,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub ended_at: Option<Millis>,
+    pub end_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    pub kind: String,
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochClassResults {
+    pub epoch: i64,
+    pub split: Split,
+    pub per_class: Vec<ClassMetrics>,
+    pub confusion: ConfusionMatrix,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: RunInfo,
+    pub config: ExperimentSpec,
+    pub dataset: String,
+    pub dataset_version: String,
+    /// The latest value of each metric key.
+    pub latest: BTreeMap<String, MetricValue>,
+    /// Per-class validation results of the best epoch (else the latest).
+    pub class_results: Option<EpochClassResults>,
+    pub artifacts: Vec<ArtifactInfo>,
+    pub leases: Vec<LeaseInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub key: String,
+    pub step: i64,
+    pub value: f64,
+}
+
+/// CONTRACT.md's metric batch; `lease_id` fences it (also accepted as the
+/// `Cobb-Lease` header).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsBatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    pub metrics: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsAccepted {
+    pub accepted: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricSeries {
+    pub key: String,
+    pub points: Vec<MetricValue>,
+}
+
+/// A confusion matrix for one epoch; the server derives the per-class rows from it with
+/// the metric math of this crate, so every number shown comes from one computation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochResults {
+    pub lease_id: String,
+    pub epoch: i64,
+    pub confusion: ConfusionMatrix,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordArtifact {
+    pub lease_id: String,
+    /// best_checkpoint, last_checkpoint, confusion, config, ...
+    pub kind: String,
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+// ---- worker protocol -----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: String,
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: String,
+    pub run_id: i64,
+    pub run_name: String,
+    pub experiment: String,
+    pub attempt: u32,
+    pub expires_at: Millis,
+    pub ttl_seconds: u64,
+    /// How often the worker should heartbeat.
+    pub heartbeat_seconds: u64,
+    pub config: ExperimentSpec,
+    pub params: Params,
+    pub dataset: String,
+    pub dataset_version: String,
+    /// The newest checkpoint of an earlier attempt, to resume from.
+    pub resume_from: Option<ArtifactInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatAction {
+    Continue,
+    /// The run was cancelled: stop within one step and complete as cancelled.
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub action: HeartbeatAction,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Complete {
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Infrastructure failures (lost device, disk full) may be retried; training failures
+    /// (bad data, NaN loss) may not.
+    #[serde(default)]
+    pub retryable: bool,
+    #[serde(default)]
+    pub best_epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Release {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemList {
+    pub dataset: String,
+    pub version: String,
+    pub root: String,
+    pub classes: Vec<String>,
+    pub items: Vec<DatasetItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub device: Option<String>,
+    pub last_seen_at: Millis,
+    pub current_run: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub database: String,
+}

@@ -1,0 +1,17 @@
+//! Types that cross cobb's process boundaries.
+//!
+//! Everything here is plain data plus pure logic: the experiment spec (parse, validate,
+//! expand into runs), API request/response bodies, the error body, and the metric math
+//! that turns a confusion matrix into per-class precision/recall/F1.
+
+pub mod api;
+pub mod classes;
+pub mod error;
+pub mod metrics;
+pub mod spec;
+pub mod status;
+pub mod sweep;
+
+pub use error::ErrorBody;
+pub use spec::{ExperimentSpec, SpecError};
+pub use status::{Role, RunStatus, Split};

@@ -1,0 +1,126 @@
+//! Small enums shared by the server, the workers and the CLI.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "`{other}` is not one of: {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// queued -> running -> succeeded | failed | cancelled (a running run may go back to
+    /// queued when its lease expires or its worker releases it).
+    RunStatus {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+string_enum!(
+    /// viewer < submitter < reviewer < admin; `worker` is separate and only speaks the
+    /// worker protocol. Admin may do everything.
+    Role {
+        Viewer => "viewer",
+        Submitter => "submitter",
+        Reviewer => "reviewer",
+        Admin => "admin",
+        Worker => "worker",
+    }
+);
+
+impl Role {
+    /// Whether a token with this role may do what needs `required`.
+    pub fn allows(self, required: Role) -> bool {
+        fn rank(role: Role) -> Option<u8> {
+            match role {
+                Role::Viewer => Some(0),
+                Role::Submitter => Some(1),
+                Role::Reviewer => Some(2),
+                Role::Admin => Some(3),
+                Role::Worker => None,
+            }
+        }
+        if self == Role::Admin || self == required {
+            return true;
+        }
+        match (rank(self), rank(required)) {
+            (Some(have), Some(need)) => have >= need,
+            _ => false,
+        }
+    }
+}
+
+string_enum!(
+    /// Which part of a frozen dataset version an item belongs to.
+    Split {
+        Train => "train",
+        Val => "val",
+        Test => "test",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_form_a_chain_with_worker_apart() {
+        assert!(Role::Reviewer.allows(Role::Submitter));
+        assert!(Role::Submitter.allows(Role::Viewer));
+        assert!(!Role::Viewer.allows(Role::Submitter));
+        assert!(!Role::Worker.allows(Role::Viewer));
+        assert!(!Role::Reviewer.allows(Role::Worker));
+        assert!(Role::Worker.allows(Role::Worker));
+        assert!(Role::Admin.allows(Role::Worker));
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in RunStatus::ALL {
+            assert_eq!(status.as_str().parse::<RunStatus>(), Ok(*status));
+        }
+        assert!("done".parse::<RunStatus>().is_err());
+    }
+}

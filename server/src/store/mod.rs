@@ -1,0 +1,68 @@
+//! One function per query. Every function takes `&impl ConnectionTrait`, so callers
+//! choose the read pool, the write pool or a transaction. SQL is written once for both
+//! databases: `$N` placeholders, BIGINT times and flags, `ON CONFLICT` upserts.
+
+pub mod artifacts;
+pub mod audit;
+pub mod datasets;
+pub mod experiments;
+pub mod leases;
+pub mod metrics;
+pub mod results;
+pub mod runs;
+pub mod settings;
+pub mod tokens;
+pub mod workers;
+
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Statement, Value};
+
+pub(crate) fn statement(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
+}
+
+pub(crate) async fn all<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<T>, DbErr> {
+    T::find_by_statement(statement(conn, sql, values)).all(conn).await
+}
+
+pub(crate) async fn one<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Option<T>, DbErr> {
+    T::find_by_statement(statement(conn, sql, values)).one(conn).await
+}
+
+/// Runs a statement and returns the number of rows it changed.
+pub(crate) async fn exec(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+    Ok(conn.execute(statement(conn, sql, values)).await?.rows_affected())
+}
+
+#[derive(Debug, FromQueryResult)]
+pub(crate) struct Id {
+    pub id: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+pub(crate) struct Count {
+    pub n: i64,
+}
+
+/// `$1, $2, ...` groups for a multi-row INSERT of `rows` rows of `width` values.
+pub(crate) fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+macro_rules! values {
+    ($($v:expr),* $(,)?) => { vec![$(sea_orm::Value::from($v)),*] };
+}
+pub(crate) use values;
