@@ -237,6 +237,14 @@ pub struct RunList {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelResult {
+    /// Queued runs cancelled at once.
+    pub cancelled: u64,
+    /// Running runs asked to stop (they end as cancelled at their next heartbeat).
+    pub stopping: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricValue {
     pub step: i64,
     pub value: f64,

@@ -496,7 +496,7 @@ fn unknown_metric(key: &str) -> String {
 }
 
 /// Gives an issue the line and column of its key in `source`.
-pub(crate) fn position(source: &str, file: &str, issue: Issue) -> SpecError {
+pub fn position(source: &str, file: &str, issue: Issue) -> SpecError {
     let (line, column) = locate(source, &issue.path).unwrap_or((0, 0));
     SpecError { file: file.to_owned(), line, column, path: issue.path, message: issue.message, hint: None }
 }

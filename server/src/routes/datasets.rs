@@ -1,0 +1,57 @@
+use actix_web::{HttpResponse, get, post, web};
+use protocol::Role;
+use protocol::api::{InstallationSalt, RegisterDataset};
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::service;
+use crate::startup::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(salt).service(register).service(list).service(show);
+}
+
+#[get("/datasets/salt")]
+async fn salt(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Submitter)?;
+    Ok(HttpResponse::Ok().json(InstallationSalt { salt: service::datasets::salt(&state).await? }))
+}
+
+#[post("/datasets")]
+async fn register(
+    state: web::Data<AppState>,
+    who: Principal,
+    body: web::Json<RegisterDataset>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Submitter)?;
+    let info = service::datasets::register(&state, &who.name, body.into_inner()).await?;
+    Ok(if info.created { HttpResponse::Created().json(info) } else { HttpResponse::Ok().json(info) })
+}
+
+#[get("/datasets")]
+async fn list(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::datasets::list(&state).await?))
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<String>,
+}
+
+#[get("/datasets/{name}")]
+async fn show(
+    state: web::Data<AppState>,
+    who: Principal,
+    name: web::Path<String>,
+    query: web::Query<VersionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let info = service::datasets::show(&state, &name, query.version.as_deref()).await.map_err(|e| match e {
+        // A missing dataset is a plain 404 here (it is 422 inside a submission).
+        ApiError::DatasetNotFound(name) => ApiError::not_found("dataset", name),
+        other => other,
+    })?;
+    Ok(HttpResponse::Ok().json(info))
+}

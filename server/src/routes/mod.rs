@@ -1,0 +1,22 @@
+//! HTTP routes under /api/v1: extract, call one service function, respond.
+
+pub mod datasets;
+pub mod experiments;
+pub mod health;
+pub mod leases;
+pub mod runs;
+pub mod tokens;
+
+use actix_web::web;
+
+pub fn api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .configure(health::routes)
+            .configure(tokens::routes)
+            .configure(datasets::routes)
+            .configure(experiments::routes)
+            .configure(runs::routes)
+            .configure(leases::routes),
+    );
+}

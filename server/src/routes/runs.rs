@@ -1,0 +1,108 @@
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use protocol::Role;
+use protocol::api::{EpochResults, MetricsBatch, RecordArtifact};
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::service;
+use crate::startup::AppState;
+use crate::store::runs::{Filter, RunScope};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(list)
+        .service(show)
+        .service(cancel)
+        .service(metrics)
+        .service(ingest_metrics)
+        .service(results)
+        .service(artifacts);
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    experiment: Option<String>,
+    sweep: Option<i64>,
+    status: Option<String>,
+    /// `created`, `-created`, or a metric key (`val_macro_f1`, `-val_loss`).
+    sort: Option<String>,
+    order: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+#[get("/runs")]
+async fn list(state: web::Data<AppState>, who: Principal, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let q = q.into_inner();
+    let sort = service::runs::parse_sort(q.sort.as_deref(), q.order.as_deref())?;
+    let filter = Filter { experiment: q.experiment, sweep: q.sweep, status: q.status };
+    let list = service::runs::list(&state, filter, sort, q.limit.unwrap_or(100), q.offset.unwrap_or(0)).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+#[get("/runs/{id}")]
+async fn show(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::runs::show(&state, *id).await?))
+}
+
+#[post("/runs/{id}/cancel")]
+async fn cancel(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Submitter)?;
+    Ok(HttpResponse::Ok().json(service::runs::cancel(&state, &who.name, RunScope::Run, *id).await?))
+}
+
+#[derive(Deserialize)]
+struct MetricsQuery {
+    key: Option<String>,
+}
+
+#[get("/runs/{id}/metrics")]
+async fn metrics(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    q: web::Query<MetricsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::runs::metrics(&state, *id, q.key.as_deref()).await?))
+}
+
+#[post("/runs/{id}/metrics")]
+async fn ingest_metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<MetricsBatch>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Worker)?;
+    let header = req.headers().get("Cobb-Lease").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let accepted = service::leases::ingest_metrics(&state, *id, header, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(accepted))
+}
+
+#[post("/runs/{id}/results")]
+async fn results(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<EpochResults>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Worker)?;
+    service::leases::record_results(&state, *id, body.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[post("/runs/{id}/artifacts")]
+async fn artifacts(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<RecordArtifact>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Worker)?;
+    service::leases::record_artifact(&state, *id, body.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,40 @@
+use actix_web::{HttpResponse, get, post, web};
+use protocol::Role;
+use protocol::api::{CreateToken, WhoAmI};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::service;
+use crate::startup::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(create).service(whoami).service(workers);
+}
+
+#[post("/tokens")]
+async fn create(state: web::Data<AppState>, who: Principal, body: web::Json<CreateToken>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Admin)?;
+    let created = service::tokens::create(&state, &who.name, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+#[get("/whoami")]
+async fn whoami(who: Principal) -> HttpResponse {
+    HttpResponse::Ok().json(WhoAmI { name: who.name, role: who.role })
+}
+
+#[get("/workers")]
+async fn workers(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let rows = crate::store::workers::list(&state.db.read).await?;
+    let list: Vec<protocol::api::WorkerInfo> = rows
+        .into_iter()
+        .map(|w| protocol::api::WorkerInfo {
+            name: w.name,
+            device: w.device,
+            last_seen_at: w.last_seen_at,
+            current_run: w.current_run_id,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}

@@ -1,0 +1,237 @@
+//! Frozen dataset versions: registered once from a manifest, identified by its hash,
+//! never changed afterwards.
+
+use protocol::api::{
+    DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, IngestionIssue, RegisterDataset,
+    SplitCount,
+};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store;
+use crate::store::datasets::{NewVersion, VersionRow};
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `70/15/15` -> (70, 15, 15), percentages summing to 100.
+pub fn parse_split(text: &str) -> Result<[u32; 3], String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    let numbers: Result<Vec<u32>, _> = parts.iter().map(|p| p.trim().parse::<u32>()).collect();
+    match numbers {
+        Ok(n) if n.len() == 3 && n.iter().sum::<u32>() == 100 && n[0] > 0 && n[1] > 0 => Ok([n[0], n[1], n[2]]),
+        _ => Err(format!(
+            "split `{text}` must be three whole percentages train/val/test summing to 100 with train and val above 0, e.g. 70/15/15"
+        )),
+    }
+}
+
+/// The version id: sha256 over the dataset name, the split parameters and every item
+/// in path order, so the same content always gets the same id.
+pub fn version_hash(req: &RegisterDataset) -> String {
+    let mut h = Sha256::new();
+    let mut field = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    field("cobb-dataset-v1");
+    field(&req.name);
+    field(&req.split);
+    field(&req.seed.to_string());
+    field(match req.group_by {
+        GroupBy::Patient => "patient",
+        GroupBy::None => "none",
+    });
+    field(&req.classes.join("\n"));
+    let mut items: Vec<&DatasetItem> = req.items.iter().collect();
+    items.sort_by(|a, b| a.path.cmp(&b.path));
+    for item in items {
+        field(&item.path);
+        field(&item.sha256);
+        field(&item.bytes.to_string());
+        field(&item.label);
+        field(item.patient.as_deref().unwrap_or(""));
+        field(item.split.as_str());
+        field(item.view.as_deref().unwrap_or(""));
+        field(item.acquired_at.as_deref().unwrap_or(""));
+    }
+    hex::encode(h.finalize())
+}
+
+fn check(req: &RegisterDataset) -> Result<(), ApiError> {
+    let bad = |m: String| Err(ApiError::InvalidRequest(m));
+    if !valid_name(&req.name) {
+        return bad(format!("`{}` is not a valid dataset name: use letters, digits, '-', '_' or '.'", req.name));
+    }
+    parse_split(&req.split).map_err(ApiError::InvalidRequest)?;
+    let classes: BTreeSet<&str> = req.classes.iter().map(String::as_str).collect();
+    if classes.is_empty() || classes.len() != req.classes.len() {
+        return bad("classes must be a non-empty list without repeats".to_owned());
+    }
+    if req.items.is_empty() {
+        return bad("the manifest has no items; nothing would be registered".to_owned());
+    }
+    let mut paths = BTreeSet::new();
+    for item in &req.items {
+        if item.path.is_empty() || !paths.insert(item.path.as_str()) {
+            return bad(format!("item path `{}` is empty or repeated", item.path));
+        }
+        if item.sha256.len() != 64 || !item.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad(format!("item `{}` has an invalid sha256", item.path));
+        }
+        if !classes.contains(item.label.as_str()) {
+            return bad(format!("item `{}` has label `{}`, which is not among the classes", item.path, item.label));
+        }
+    }
+    Ok(())
+}
+
+pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Result<DatasetVersionInfo, ApiError> {
+    check(&req)?;
+    let version = version_hash(&req);
+    let tx = state.db.write.begin().await?;
+    if let Some(existing) = store::datasets::version_by_hash(&tx, &version).await? {
+        tx.commit().await?;
+        return info(&state.db.read, existing, false).await;
+    }
+    let now = now_ms();
+    let dataset_id = store::datasets::create_dataset(&tx, &req.name, now).await?;
+    let number = store::datasets::next_number(&tx, dataset_id).await?;
+    let classes_json = serde_json::to_string(&req.classes).map_err(anyhow::Error::from)?;
+    let report_json = serde_json::to_string(&req.report).map_err(anyhow::Error::from)?;
+    let group_by = match req.group_by {
+        GroupBy::Patient => "patient",
+        GroupBy::None => "none",
+    };
+    let version_id = store::datasets::insert_version(
+        &tx,
+        NewVersion {
+            dataset_id,
+            version: &version,
+            number,
+            root: &req.root,
+            split: &req.split,
+            seed: req.seed as i64,
+            group_by,
+            classes_json: &classes_json,
+            report_json: &report_json,
+            item_count: req.items.len() as i64,
+            created_at: now,
+            created_by: actor,
+        },
+    )
+    .await?;
+    store::datasets::insert_items(&tx, version_id, &req.items).await?;
+    super::audit::append(
+        &tx,
+        super::audit::Event {
+            actor,
+            action: "dataset.register",
+            experiment: None,
+            run_id: None,
+            details: json!({"dataset": req.name, "version": version, "number": number, "items": req.items.len(),
+                            "skipped": req.report.len()}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let row = store::datasets::version_by_id(&state.db.write, version_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset version", &version))?;
+    info(&state.db.write, row, true).await
+}
+
+pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: bool) -> Result<DatasetVersionInfo, ApiError> {
+    let mut counts: BTreeMap<String, SplitCount> = BTreeMap::new();
+    let classes: Vec<String> = serde_json::from_str(&row.classes_json).unwrap_or_default();
+    for class in &classes {
+        counts.insert(class.clone(), SplitCount { label: class.clone(), train: 0, val: 0, test: 0 });
+    }
+    for c in store::datasets::split_counts(conn, row.id).await? {
+        let entry = counts
+            .entry(c.label.clone())
+            .or_insert_with(|| SplitCount { label: c.label.clone(), train: 0, val: 0, test: 0 });
+        match c.split.as_str() {
+            "train" => entry.train = c.n as u64,
+            "val" => entry.val = c.n as u64,
+            _ => entry.test = c.n as u64,
+        }
+    }
+    // Classes in their registered order.
+    let mut ordered: Vec<SplitCount> = classes.iter().filter_map(|c| counts.remove(c)).collect();
+    ordered.extend(counts.into_values());
+    let report: Vec<IngestionIssue> = serde_json::from_str(&row.report_json).unwrap_or_default();
+    Ok(DatasetVersionInfo {
+        dataset: row.dataset,
+        version: row.version,
+        number: row.number,
+        root: row.root,
+        split: row.split,
+        seed: row.seed as u64,
+        group_by: if row.group_by == "none" { GroupBy::None } else { GroupBy::Patient },
+        classes,
+        items: row.item_count as u64,
+        counts: ordered,
+        report,
+        created_at: row.created_at,
+        created_by: row.created_by,
+        created,
+    })
+}
+
+/// Resolves `name` plus an optional version (hash, hash prefix, or `vN`) to one
+/// version: the newest when none is given.
+pub async fn resolve(conn: &impl ConnectionTrait, name: &str, version: Option<&str>) -> Result<VersionRow, ApiError> {
+    if store::datasets::dataset_id(conn, name).await?.is_none() {
+        return Err(ApiError::DatasetNotFound(name.to_owned()));
+    }
+    let wanted = version.unwrap_or("");
+    let mut rows = if let Some(number) = wanted.strip_prefix('v').and_then(|n| n.parse::<i64>().ok()) {
+        store::datasets::versions(conn, name, "").await?.into_iter().filter(|r| r.number == number).collect()
+    } else {
+        store::datasets::versions(conn, name, wanted).await?
+    };
+    match rows.len() {
+        0 => Err(ApiError::not_found("dataset version", format!("{name}@{wanted}"))),
+        1 => Ok(rows.remove(0)),
+        _ if version.is_none() => Ok(rows.remove(0)),
+        n => Err(ApiError::InvalidRequest(format!(
+            "version prefix `{wanted}` matches {n} versions of `{name}`; give more characters of the hash"
+        ))),
+    }
+}
+
+pub async fn show(state: &AppState, name: &str, version: Option<&str>) -> Result<DatasetVersionInfo, ApiError> {
+    let row = resolve(&state.db.read, name, version).await?;
+    info(&state.db.read, row, false).await
+}
+
+pub async fn list(state: &AppState) -> Result<Vec<DatasetSummary>, ApiError> {
+    let mut out = Vec::new();
+    for name in store::datasets::dataset_names(&state.db.read).await? {
+        let versions = store::datasets::versions(&state.db.read, &name, "")
+            .await?
+            .into_iter()
+            .map(|v| DatasetVersionBrief {
+                version: v.version,
+                number: v.number,
+                items: v.item_count as u64,
+                created_at: v.created_at,
+            })
+            .collect();
+        out.push(DatasetSummary { name, versions });
+    }
+    Ok(out)
+}
+
+/// The salt patient ids are hashed with, created on first use.
+pub async fn salt(state: &AppState) -> Result<String, ApiError> {
+    let fresh = format!("{}", uuid::Uuid::new_v4().simple());
+    Ok(store::settings::get_or_insert(&state.db.write, "installation_salt", &fresh).await?)
+}

@@ -1,0 +1,74 @@
+//! Building the application: database, first admin token, reaper, HTTP server.
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::RwLock;
+
+use crate::auth::Principal;
+use crate::config::ServerConfig;
+use crate::db::{self, Db};
+use crate::error;
+
+pub struct AppState {
+    pub db: Db,
+    pub config: ServerConfig,
+    /// token hash -> principal, filled on first use.
+    pub token_cache: RwLock<HashMap<String, Principal>>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    /// The admin token created on this start (first start only).
+    pub admin_token: Option<String>,
+}
+
+impl Application {
+    pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
+        let url = config.database_url();
+        let db = db::connect(&url).await.with_context(|| {
+            format!("while connecting to the database ({})", if url.starts_with("postgres") { "postgres" } else { &url })
+        })?;
+        let state = web::Data::new(AppState { db, config: config.clone(), token_cache: RwLock::new(HashMap::new()) });
+        let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
+
+        let listener = TcpListener::bind(&config.bind).with_context(|| format!("while binding {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let limit = config.max_body_bytes;
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)))
+                .app_data(web::PayloadConfig::default().limit(limit))
+                .app_data(web::PathConfig::default().error_handler(|e, _| error::request_error(format!("bad path: {e}"))))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| error::request_error(format!("bad query: {e}"))))
+                .wrap(actix_web::middleware::Compress::default())
+                .configure(crate::routes::api)
+        })
+        .listen(listener)?
+        .shutdown_timeout(5)
+        .run();
+        crate::service::leases::spawn_reaper(state.clone());
+        tracing::info!(port, database = ?state.db.backend, data_dir = %config.data_dir.display(), "cobb server listening");
+        Ok(Self { port, server, state, admin_token })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,52 @@
+use protocol::api::MetricPoint;
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Value};
+
+use super::{all, exec, placeholders, values};
+
+#[derive(Debug, FromQueryResult)]
+pub struct MetricRow {
+    pub key: String,
+    pub step: i64,
+    pub value: f64,
+}
+
+/// Inserts or overwrites (run, key, step) points: sending a batch twice stores it once.
+/// `points` must not repeat a (key, step) pair.
+pub async fn upsert(conn: &impl ConnectionTrait, run_id: i64, points: &[MetricPoint], now: i64) -> Result<(), DbErr> {
+    const WIDTH: usize = 5;
+    for chunk in points.chunks(1000) {
+        let sql = format!(
+            "INSERT INTO metrics (run_id, key, step, value, recorded_at) VALUES {} \
+             ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
+            placeholders(chunk.len(), WIDTH)
+        );
+        let mut vals: Vec<Value> = Vec::with_capacity(chunk.len() * WIDTH);
+        for p in chunk {
+            vals.extend(values![run_id, p.key.clone(), p.step, p.value, now]);
+        }
+        exec(conn, &sql, vals).await?;
+    }
+    Ok(())
+}
+
+/// The last step of every key of a run.
+pub async fn latest(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<MetricRow>, DbErr> {
+    all(
+        conn,
+        "SELECT m.key, m.step, m.value FROM metrics m WHERE m.run_id = $1 AND m.step = \
+         (SELECT MAX(m2.step) FROM metrics m2 WHERE m2.run_id = m.run_id AND m2.key = m.key) ORDER BY m.key",
+        values![run_id],
+    )
+    .await
+}
+
+/// Every point of a run, optionally of one key, by key and step.
+pub async fn series(conn: &impl ConnectionTrait, run_id: i64, key: Option<&str>) -> Result<Vec<MetricRow>, DbErr> {
+    match key {
+        Some(key) => {
+            all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step", values![run_id, key])
+                .await
+        }
+        None => all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 ORDER BY key, step", values![run_id]).await,
+    }
+}

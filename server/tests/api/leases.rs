@@ -1,0 +1,311 @@
+//! The worker protocol, driven exactly as a worker drives it.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+use crate::helpers::{CLASSES, GRID_2X2, TestApp, fails, ok, spec};
+
+crate::on_both_databases!(
+    a_worker_leases_reports_and_completes_a_run,
+    metrics_are_idempotent_per_run_key_and_step,
+    training_leases_never_see_the_test_split,
+    writes_without_a_live_lease_are_refused,
+    cancelling_a_running_run_tells_its_worker_to_stop,
+    cancelling_a_sweep_stops_queued_and_running_runs,
+    runs_sort_by_a_metric,
+    sixteen_concurrent_leasers_never_share_a_run,
+    a_failed_run_is_retried_only_when_retryable,
+    a_released_run_is_requeued_at_once,
+    sweep_parallel_limits_concurrent_runs,
+);
+
+async fn lease(app: &TestApp, token: &str, worker: &str) -> Option<Value> {
+    let response = app.post(token, "/leases", &json!({"worker": worker, "device": "cpu"})).await;
+    if response.status() == StatusCode::NO_CONTENT {
+        return None;
+    }
+    Some(ok(response).await)
+}
+
+fn confusion(counts: Vec<Vec<u64>>) -> Value {
+    json!({"classes": CLASSES, "counts": counts})
+}
+
+async fn a_worker_leases_reports_and_completes_a_run(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let worker = app.token("gpu-box", "worker").await;
+
+    let lease = lease(&app, &worker, "gpu-box-0").await.expect("a queued run");
+    let lease_id = lease["lease_id"].as_str().expect("lease id");
+    let run = lease["run_id"].as_i64().expect("run id");
+    assert_eq!(lease["attempt"], 1);
+    assert_eq!(lease["config"]["model"]["arch"], "simple_cnn");
+    assert!(lease["resume_from"].is_null());
+
+    let beat: Value = app.write(&worker, &format!("/leases/{lease_id}/heartbeat"), &json!({"epoch": 0})).await;
+    assert_eq!(beat["action"], "continue");
+
+    for epoch in 0..2 {
+        let batch = json!({"lease_id": lease_id, "metrics": [
+            {"key": "train_loss", "step": epoch, "value": 1.0 / (epoch as f64 + 1.0)},
+            {"key": "val_macro_f1", "step": epoch, "value": 0.5 + 0.1 * epoch as f64},
+        ]});
+        let accepted: Value = app.write(&worker, &format!("/runs/{run}/metrics"), &batch).await;
+        assert_eq!(accepted["accepted"], 2);
+        let results = json!({"lease_id": lease_id, "epoch": epoch,
+            "confusion": confusion(vec![vec![5, 1, 0], vec![2, 3, 1], vec![0, 0, 4]])});
+        let response = app.post(&worker, &format!("/runs/{run}/results"), &results).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    let artifact = json!({"lease_id": lease_id, "kind": "best_checkpoint", "uri": "file:///a/b.mpk",
+        "sha256": "ab".repeat(32), "bytes": 1234});
+    assert_eq!(app.post(&worker, &format!("/runs/{run}/artifacts"), &artifact).await.status(), StatusCode::NO_CONTENT);
+
+    let done: Value = app
+        .write(&worker, &format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": 1}))
+        .await;
+    assert_eq!(done["status"], "succeeded");
+
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    assert_eq!(detail["run"]["best_epoch"], 1);
+    assert_eq!(detail["latest"]["val_macro_f1"]["value"], 0.6);
+    let per_class = detail["class_results"]["per_class"].as_array().expect("per-class rows");
+    assert_eq!(per_class.len(), 3);
+    assert_eq!(per_class[1]["class"], "ap_postop_fusion");
+    assert_eq!(per_class[1]["precision"], 0.75);
+    assert_eq!(per_class[1]["recall"], 0.5);
+    assert_eq!(per_class[1]["support"], 6);
+    assert_eq!(detail["artifacts"][0]["kind"], "best_checkpoint");
+    assert_eq!(detail["leases"][0]["end_reason"], "completed");
+    let workers: Vec<Value> = app.read(&app.admin, "/workers").await;
+    assert_eq!(workers[0]["name"], "gpu-box-0");
+    assert!(workers[0]["current_run"].is_null());
+
+    // The completed lease can do nothing more.
+    let late = json!({"lease_id": lease_id, "metrics": [{"key": "val_loss", "step": 5, "value": 1.0}]});
+    fails(app.post(&worker, &format!("/runs/{run}/metrics"), &late).await, StatusCode::CONFLICT, "lease_lost").await;
+    fails(app.post(&worker, &format!("/leases/{lease_id}/heartbeat"), &json!({})).await, StatusCode::CONFLICT, "lease_lost").await;
+}
+
+async fn metrics_are_idempotent_per_run_key_and_step(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease = lease(&app, &app.admin, "w").await.expect("run");
+    let run = lease["run_id"].as_i64().expect("id");
+    let lease_id = lease["lease_id"].as_str().expect("lease");
+    let batch = json!({"metrics": [
+        {"key": "val_loss", "step": 0, "value": 0.9},
+        {"key": "val_loss", "step": 1, "value": 0.7},
+        {"key": "val_loss", "step": 1, "value": 0.6},
+    ]});
+    for _ in 0..3 {
+        let response = app
+            .http
+            .post(format!("{}/runs/{run}/metrics", app.base))
+            .bearer_auth(&app.admin)
+            .header("Cobb-Lease", lease_id)
+            .json(&batch)
+            .send()
+            .await
+            .expect("request");
+        ok::<Value>(response).await;
+    }
+    let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics?key=val_loss")).await;
+    let points = series[0]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2, "one row per (run, key, step)");
+    assert_eq!(points[1]["value"], 0.6, "the last value sent for a step wins");
+}
+
+async fn training_leases_never_see_the_test_split(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease = lease(&app, &app.admin, "w").await.expect("run");
+    let items: Value = app.read(&app.admin, &format!("/leases/{}/items", lease["lease_id"].as_str().expect("id"))).await;
+    let items = items["items"].as_array().expect("items");
+    assert_eq!(items.len(), 27, "7 train + 2 val of each of 3 classes");
+    assert!(items.iter().all(|i| i["split"] != "test"));
+}
+
+async fn writes_without_a_live_lease_are_refused(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let a = lease(&app, &app.admin, "w1").await.expect("run");
+    let b = lease(&app, &app.admin, "w2").await.expect("run");
+    let run_a = a["run_id"].as_i64().expect("id");
+    let point = json!([{"key": "val_loss", "step": 0, "value": 1.0}]);
+    fails(app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &json!({"metrics": point})).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let wrong = json!({"lease_id": b["lease_id"], "metrics": point});
+    fails(app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &wrong).await, StatusCode::CONFLICT, "lease_lost").await;
+    let made_up = json!({"lease_id": "not-a-lease", "metrics": point});
+    fails(app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &made_up).await, StatusCode::CONFLICT, "lease_lost").await;
+    let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run_a}/metrics")).await;
+    assert!(series.is_empty(), "nothing was stored");
+}
+
+async fn cancelling_a_running_run_tells_its_worker_to_stop(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease = lease(&app, &app.admin, "w").await.expect("run");
+    let (run, lease_id) = (lease["run_id"].as_i64().expect("id"), lease["lease_id"].as_str().expect("lease"));
+    let cancel: Value = app.write(&app.admin, &format!("/runs/{run}/cancel"), &json!({})).await;
+    assert_eq!(cancel["stopping"], 1);
+    let beat: Value = app.write(&app.admin, &format!("/leases/{lease_id}/heartbeat"), &json!({})).await;
+    assert_eq!(beat["action"], "stop");
+    let done: Value = app.write(&app.admin, &format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded"})).await;
+    assert_eq!(done["status"], "cancelled", "a cancel wins over a late success");
+    fails(app.post(&app.admin, &format!("/runs/{run}/cancel"), &json!({})).await, StatusCode::CONFLICT, "conflict").await;
+}
+
+async fn cancelling_a_sweep_stops_queued_and_running_runs(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let submitted: Value = ok(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let sweep = submitted["sweep_id"].as_i64().expect("sweep");
+    let running = lease(&app, &app.admin, "w").await.expect("run");
+    let cancel: Value = app.write(&app.admin, &format!("/sweeps/{sweep}/cancel"), &json!({})).await;
+    assert_eq!((cancel["cancelled"].as_u64(), cancel["stopping"].as_u64()), (Some(3), Some(1)));
+    assert!(lease(&app, &app.admin, "w2").await.is_none(), "cancelled runs never start");
+    let lease_id = running["lease_id"].as_str().expect("lease");
+    let done: Value = app.write(&app.admin, &format!("/leases/{lease_id}/complete"), &json!({"outcome": "cancelled"})).await;
+    assert_eq!(done["status"], "cancelled");
+    let info: Value = app.read(&app.admin, &format!("/sweeps/{sweep}")).await;
+    assert_eq!(info["runs"]["cancelled"], 4);
+}
+
+async fn runs_sort_by_a_metric(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let scores = [0.3, 0.9, 0.6];
+    for score in scores {
+        let lease = lease(&app, &app.admin, "w").await.expect("run");
+        let run = lease["run_id"].as_i64().expect("id");
+        let batch = json!({"lease_id": lease["lease_id"], "metrics": [
+            {"key": "val_macro_f1", "step": 0, "value": score},
+            {"key": "val_macro_f1", "step": 1, "value": score / 2.0},
+        ]});
+        ok::<Value>(app.post(&app.admin, &format!("/runs/{run}/metrics"), &batch).await).await;
+        let complete = json!({"outcome": "succeeded", "best_epoch": 0});
+        ok::<Value>(app.post(&app.admin, &format!("/leases/{}/complete", lease["lease_id"].as_str().expect("l")), &complete).await).await;
+    }
+    let list: Value = app.read(&app.admin, "/runs?sort=val_macro_f1").await;
+    let values: Vec<Option<f64>> = list["runs"].as_array().expect("runs").iter().map(|r| r["sort_value"].as_f64()).collect();
+    assert_eq!(values, vec![Some(0.9), Some(0.6), Some(0.3), None], "best epoch values, descending, runs without it last");
+    let ascending: Value = app.read(&app.admin, "/runs?sort=val_macro_f1&order=asc&limit=2").await;
+    assert_eq!(ascending["runs"][0]["sort_value"], 0.3);
+    assert_eq!(ascending["runs"].as_array().expect("runs").len(), 2);
+    assert_eq!(ascending["total"], 4);
+}
+
+async fn sixteen_concurrent_leasers_never_share_a_run(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let sweep = "sweep:\n  method: random\n  max_runs: 200\n  parameters:\n    train.optimizer.lr: {distribution: log_uniform, min: 0.0001, max: 0.1}\n";
+    ok::<Value>(app.submit(&spec("many", "d", sweep)).await).await;
+    let worker = app.token("fleet", "worker").await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let app = app.clone();
+        let worker = worker.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(lease) = lease(&app, &worker, &format!("w{w}")).await {
+                let id = lease["lease_id"].as_str().expect("lease").to_owned();
+                mine.push(lease["run_id"].as_i64().expect("run"));
+                let done: Value = app.write(&worker, &format!("/leases/{id}/complete"), &json!({"outcome": "succeeded"})).await;
+                assert_eq!(done["status"], "succeeded");
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("leaser"));
+    }
+    let unique: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 200, "every run leased");
+    assert_eq!(unique.len(), 200, "no run leased twice");
+    let succeeded: Value = app.read(&app.admin, "/runs?status=succeeded&limit=1").await;
+    assert_eq!(succeeded["total"], 200);
+}
+
+async fn a_failed_run_is_retried_only_when_retryable(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let first = lease(&app, &app.admin, "w").await.expect("run");
+    let infra = json!({"outcome": "failed", "error": "CUDA device lost", "retryable": true});
+    let after: Value = app.write(&app.admin, &format!("/leases/{}/complete", first["lease_id"].as_str().expect("l")), &infra).await;
+    assert_eq!(after["status"], "queued");
+    let second = lease(&app, &app.admin, "w").await.expect("requeued");
+    assert_eq!(second["attempt"], 2);
+    let nan = json!({"outcome": "failed", "error": "loss became NaN at epoch 3", "retryable": false});
+    let after: Value = app.write(&app.admin, &format!("/leases/{}/complete", second["lease_id"].as_str().expect("l")), &nan).await;
+    assert_eq!(after["status"], "failed");
+    assert_eq!(after["error"], "loss became NaN at epoch 3");
+    assert!(lease(&app, &app.admin, "w").await.is_none());
+}
+
+async fn a_released_run_is_requeued_at_once(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let first = lease(&app, &app.admin, "w").await.expect("run");
+    let id = first["lease_id"].as_str().expect("l");
+    let run = first["run_id"].as_i64().expect("run");
+    let checkpoint = json!({"lease_id": id, "kind": "last_checkpoint", "uri": "file:///c/1", "sha256": "cd".repeat(32), "bytes": 9});
+    assert_eq!(app.post(&app.admin, &format!("/runs/{run}/artifacts"), &checkpoint).await.status(), StatusCode::NO_CONTENT);
+    let released: Value = app.write(&app.admin, &format!("/leases/{id}/release"), &json!({"reason": "SIGTERM"})).await;
+    assert_eq!(released["status"], "queued");
+    let again = lease(&app, &app.admin, "w2").await.expect("requeued");
+    assert_eq!(again["run_id"], run);
+    assert_eq!(again["attempt"], 1, "a release is not held against the run");
+    assert_eq!(again["resume_from"]["uri"], "file:///c/1");
+}
+
+async fn sweep_parallel_limits_concurrent_runs(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let sweep = GRID_2X2.replace("method: grid", "method: grid\n  parallel: 1");
+    ok::<Value>(app.submit(&spec("e", "d", &sweep)).await).await;
+    let first = lease(&app, &app.admin, "w1").await.expect("run");
+    assert!(lease(&app, &app.admin, "w2").await.is_none(), "parallel: 1 holds the rest back");
+    let id = first["lease_id"].as_str().expect("l");
+    ok::<Value>(app.post(&app.admin, &format!("/leases/{id}/complete"), &json!({"outcome": "succeeded"})).await).await;
+    assert!(lease(&app, &app.admin, "w2").await.is_some());
+}
+
+mod expiry {
+    use super::*;
+
+    crate::on_both_databases_with!(
+        |c: &mut server::ServerConfig| { c.lease_ttl_secs = 1; c.max_attempts = 2; c.reap_interval_secs = 3600; };
+        an_expired_lease_is_refused_and_its_run_requeued_then_failed
+    );
+
+    async fn an_expired_lease_is_refused_and_its_run_requeued_then_failed(app: TestApp) {
+        app.register_dataset("d", &CLASSES, 10).await;
+        ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+        let first = lease(&app, &app.admin, "doomed").await.expect("run");
+        let run = first["run_id"].as_i64().expect("run");
+        let id = first["lease_id"].as_str().expect("l").to_owned();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+        let body = fails(app.post(&app.admin, &format!("/leases/{id}/heartbeat"), &json!({})).await, StatusCode::CONFLICT, "lease_expired").await;
+        assert!(body.message.contains("expired"), "{}", body.message);
+        let metrics = json!({"lease_id": id, "metrics": [{"key": "val_loss", "step": 0, "value": 1.0}]});
+        fails(app.post(&app.admin, &format!("/runs/{run}/metrics"), &metrics).await, StatusCode::CONFLICT, "lease_expired").await;
+        let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+        assert_eq!(detail["run"]["status"], "queued", "requeued by the reaper");
+        assert_eq!(detail["leases"][0]["end_reason"], "expired");
+
+        let second = lease(&app, &app.admin, "rescuer").await.expect("requeued run");
+        assert_eq!(second["run_id"], run);
+        assert_eq!(second["attempt"], 2);
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(lease(&app, &app.admin, "third").await.is_none(), "no attempts left");
+        let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+        assert_eq!(detail["run"]["status"], "failed");
+        let error = detail["run"]["error"].as_str().expect("reason");
+        assert!(error.contains("attempt 2 of 2") && error.contains("rescuer"), "{error}");
+        let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics")).await;
+        assert!(series.is_empty(), "writes on the lost lease stored nothing");
+    }
+}

@@ -1,0 +1,9 @@
+//! The server's integration suite: a real server on port 0, real databases, HTTP only.
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod datasets;
+mod experiments;
+mod leases;
