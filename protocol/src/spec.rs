@@ -375,7 +375,10 @@ fn deserialize(source: &str, file: &str) -> Result<ExperimentSpec, SpecError> {
             None => raw.as_str(),
         };
         // It also puts the key path in front, which is printed separately.
-        let message = message.strip_prefix(&format!("{path}: ")).unwrap_or(message).to_owned();
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_owned(),
+            _ => message.to_owned(),
+        };
         let hint = did_you_mean(&message);
         SpecError { file: file.to_owned(), line, column, path, message, hint }
     })

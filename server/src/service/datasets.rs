@@ -20,18 +20,6 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-/// `70/15/15` -> (70, 15, 15), percentages summing to 100.
-pub fn parse_split(text: &str) -> Result<[u32; 3], String> {
-    let parts: Vec<&str> = text.split('/').collect();
-    let numbers: Result<Vec<u32>, _> = parts.iter().map(|p| p.trim().parse::<u32>()).collect();
-    match numbers {
-        Ok(n) if n.len() == 3 && n.iter().sum::<u32>() == 100 && n[0] > 0 && n[1] > 0 => Ok([n[0], n[1], n[2]]),
-        _ => Err(format!(
-            "split `{text}` must be three whole percentages train/val/test summing to 100 with train and val above 0, e.g. 70/15/15"
-        )),
-    }
-}
-
 /// The version id: sha256 over the dataset name, the split parameters and every item
 /// in path order, so the same content always gets the same id.
 pub fn version_hash(req: &RegisterDataset) -> String {
@@ -69,7 +57,7 @@ fn check(req: &RegisterDataset) -> Result<(), ApiError> {
     if !valid_name(&req.name) {
         return bad(format!("`{}` is not a valid dataset name: use letters, digits, '-', '_' or '.'", req.name));
     }
-    parse_split(&req.split).map_err(ApiError::InvalidRequest)?;
+    protocol::api::parse_split_ratios(&req.split).map_err(ApiError::InvalidRequest)?;
     let classes: BTreeSet<&str> = req.classes.iter().map(String::as_str).collect();
     if classes.is_empty() || classes.len() != req.classes.len() {
         return bad("classes must be a non-empty list without repeats".to_owned());

@@ -1,0 +1,169 @@
+use anyhow::Context;
+use clap::Subcommand;
+use protocol::api::{DatasetItem, DatasetVersionInfo, GroupBy, InstallationSalt, RegisterDataset};
+use protocol::classes::{SCOLIOSIS_CLASSES, SMALL_CLASS_THRESHOLD};
+use std::path::PathBuf;
+use worker::data::manifest;
+use worker::data::split::{self, SplitInput};
+
+use crate::client::Client;
+use crate::failure::Failure;
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Hash every file, freeze a patient-grouped stratified split and register it as a
+    /// dataset version (the same content always gives the same version).
+    Register {
+        name: String,
+        /// Dataset root: PATH/<class>/<image>, or the base of the manifest's paths.
+        path: PathBuf,
+        /// CSV with path,label[,patient_id][,view][,acquired_at].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// train/val/test percentages.
+        #[arg(long, default_value = "70/15/15")]
+        split: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// patient (no patient in two splits) or none (every image on its own).
+        #[arg(long, default_value = "patient", value_parser = ["patient", "none"])]
+        group_by: String,
+        /// Comma-separated class names (default: the 10 scoliosis categories).
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
+    },
+    /// Show a dataset version: NAME or NAME@VERSION (hash prefix or vN).
+    Show { name: String },
+}
+
+pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<(), Failure> {
+    match cmd {
+        DatasetCommand::Register { name, path, manifest: csv, split: ratios, seed, group_by, classes } => {
+            let classes: Vec<String> =
+                classes.clone().unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
+            let parsed_ratios = protocol::api::parse_split_ratios(ratios).map_err(Failure::input)?;
+            if !path.is_dir() {
+                return Err(Failure::input(format!("{} is not a directory", path.display())));
+            }
+            let group_by = if group_by == "none" { GroupBy::None } else { GroupBy::Patient };
+            let salt: InstallationSalt = client.get("/datasets/salt").await?;
+            let scanned = match csv {
+                Some(csv) => manifest::read_manifest(path, csv, &classes, &salt.salt),
+                None => manifest::scan_folder(path, &classes),
+            }
+            .map_err(|e| Failure::Input(e.into()))?;
+            if scanned.items.is_empty() {
+                for issue in &scanned.report {
+                    eprintln!("skipped {}: {}", issue.path, issue.reason);
+                }
+                return Err(Failure::input("no usable images were found; see the skipped files above"));
+            }
+            if group_by == GroupBy::Patient && scanned.items.iter().all(|i| i.patient.is_none()) {
+                eprintln!("warning: no patient ids found; every image is its own group (give --manifest with patient_id)");
+            }
+            let inputs: Vec<SplitInput<'_>> = scanned
+                .items
+                .iter()
+                .map(|i| SplitInput {
+                    key: &i.sha256,
+                    label: &i.label,
+                    group: if group_by == GroupBy::Patient { i.patient.as_deref() } else { None },
+                })
+                .collect();
+            let splits = split::assign(&inputs, parsed_ratios, *seed);
+            let items: Vec<DatasetItem> = scanned
+                .items
+                .into_iter()
+                .zip(splits)
+                .map(|(i, split)| DatasetItem {
+                    path: i.path,
+                    sha256: i.sha256,
+                    bytes: i.bytes,
+                    label: i.label,
+                    patient: i.patient,
+                    split,
+                    view: i.view,
+                    acquired_at: i.acquired_at,
+                })
+                .collect();
+            let root = std::fs::canonicalize(path).with_context(|| format!("while resolving {}", path.display()))?;
+            let request = RegisterDataset {
+                name: name.clone(),
+                root: root.display().to_string(),
+                split: ratios.clone(),
+                seed: *seed,
+                group_by,
+                classes,
+                items,
+                report: scanned.report,
+            };
+            let info: DatasetVersionInfo = client.post("/datasets", &request).await?;
+            print_version(&info, json);
+            Ok(())
+        }
+        DatasetCommand::Show { name } => {
+            let (name, version) = match name.split_once('@') {
+                Some((n, v)) => (n, Some(v)),
+                None => (name.as_str(), None),
+            };
+            let path = match version {
+                Some(v) => format!("/datasets/{name}?version={v}"),
+                None => format!("/datasets/{name}"),
+            };
+            let info: DatasetVersionInfo = client.get(&path).await?;
+            print_version(&info, json);
+            Ok(())
+        }
+    }
+}
+
+fn print_version(info: &DatasetVersionInfo, json: bool) {
+    if json {
+        output::json(info);
+        return;
+    }
+    println!(
+        "{} {}@v{} ({}): {} images, split {} seed {} grouped by {}",
+        if info.created { "registered" } else { "already registered:" },
+        info.dataset,
+        info.number,
+        output::short(&info.version),
+        info.items,
+        info.split,
+        info.seed,
+        match info.group_by {
+            GroupBy::Patient => "patient",
+            GroupBy::None => "none",
+        }
+    );
+    let rows: Vec<Vec<String>> = info
+        .counts
+        .iter()
+        .map(|c| {
+            let total = c.train + c.val + c.test;
+            vec![
+                c.label.clone(),
+                c.train.to_string(),
+                c.val.to_string(),
+                c.test.to_string(),
+                total.to_string(),
+                if total < SMALL_CLASS_THRESHOLD { format!("under {SMALL_CLASS_THRESHOLD} images") } else { String::new() },
+            ]
+        })
+        .collect();
+    output::table(&["CLASS", "TRAIN", "VAL", "TEST", "TOTAL", ""], &rows);
+    let small = info.counts.iter().filter(|c| c.train + c.val + c.test < SMALL_CLASS_THRESHOLD).count();
+    if small > 0 {
+        eprintln!("warning: {small} class(es) have fewer than {SMALL_CLASS_THRESHOLD} images; expect weaker, noisier results there");
+    }
+    if !info.report.is_empty() {
+        eprintln!("{} file(s) were skipped:", info.report.len());
+        for issue in info.report.iter().take(20) {
+            eprintln!("  {}: {}", issue.path, issue.reason);
+        }
+        if info.report.len() > 20 {
+            eprintln!("  ... and {} more (cobb dataset show {} --json lists all)", info.report.len() - 20, info.dataset);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+pub mod dataset;
+pub mod runs;
+pub mod server;
+pub mod submit;
+pub mod token;

@@ -1,0 +1,86 @@
+use anyhow::Context;
+use clap::Args;
+use protocol::api::{SubmitExperiment, SubmitResult};
+use protocol::spec;
+use protocol::sweep;
+use std::path::PathBuf;
+
+use crate::client::Client;
+use crate::failure::Failure;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The experiment spec (YAML).
+    pub file: PathBuf,
+    /// Validate and print the runs it expands to; queue nothing (works without a server).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), Failure> {
+    let name = args.file.display().to_string();
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("while reading {name}"))
+        .map_err(Failure::Input)?;
+    // Validate here first: errors name file, line and column without a round trip.
+    let parsed = spec::parse(&yaml, &name).map_err(Failure::input)?;
+    if args.dry_run {
+        let runs = sweep::expand(&parsed)
+            .map_err(|issues| Failure::input(issues.first().map_or(String::new(), |i| format!("{}: {}", i.path, i.message))))?;
+        if json {
+            output::json(&runs);
+            return Ok(());
+        }
+        println!(
+            "{} expands to {} run(s) on dataset `{}`{} (dry run: nothing queued)",
+            parsed.name,
+            runs.len(),
+            parsed.dataset.name,
+            parsed.dataset.version.as_deref().map(|v| format!("@{v}")).unwrap_or_default()
+        );
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.index.to_string(),
+                    r.config.model.arch.to_string(),
+                    r.config.model.image_size.unwrap_or_default().to_string(),
+                    output::number(r.config.train.optimizer.lr),
+                    r.config.train.batch_size.to_string(),
+                    r.config.train.epochs.to_string(),
+                    if r.params.is_empty() { "-".to_owned() } else { sweep::describe(&r.params) },
+                ]
+            })
+            .collect();
+        output::table(&["#", "ARCH", "SIZE", "LR", "BATCH", "EPOCHS", "PARAMS"], &rows);
+        return Ok(());
+    }
+    let request = SubmitExperiment { yaml, file: Some(name), dry_run: false };
+    let result: SubmitResult = client.post("/experiments", &request).await?;
+    if json {
+        output::json(&result);
+        return Ok(());
+    }
+    println!(
+        "queued {} run(s) of `{}` (sweep s{}) on dataset {}@{}",
+        result.runs.len(),
+        result.experiment,
+        result.sweep_id.unwrap_or_default(),
+        result.dataset,
+        output::short(&result.dataset_version)
+    );
+    let rows: Vec<Vec<String>> = result
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.run_id.map(|i| i.to_string()).unwrap_or_default(),
+                r.name.clone(),
+                if r.params.is_empty() { "-".to_owned() } else { sweep::describe(&r.params) },
+            ]
+        })
+        .collect();
+    output::table(&["RUN", "NAME", "PARAMS"], &rows);
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The `cobb` command line.
+
+pub mod client;
+pub mod commands;
+pub mod failure;
+pub mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::client::Client;
+use crate::failure::Failure;
+
+#[derive(Debug, Parser)]
+#[command(name = "cobb", version, about = "Experiment tracking and sweeps for radiograph classifiers")]
+pub struct Cli {
+    /// The cobb server.
+    #[arg(long, global = true, env = "COBB_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token (else DATA_DIR/admin.token, written by the server's first start).
+    #[arg(long, global = true, env = "COBB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where a local server keeps its data (and admin.token).
+    #[arg(long, global = true, env = "COBB_DATA_DIR", default_value = "cobb-data")]
+    pub data_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (SQLite under --data-dir unless --database-url is given).
+    Server(commands::server::ServerArgs),
+    /// Validate an experiment and queue its runs.
+    Submit(commands::submit::SubmitArgs),
+    /// List runs.
+    Runs(commands::runs::RunsArgs),
+    /// Show one run.
+    Show {
+        /// Run id.
+        run: i64,
+    },
+    /// Cancel a run (`12`) or a whole sweep (`s3`).
+    Cancel {
+        /// A run id, or `s<ID>` for a sweep.
+        target: String,
+    },
+    /// List experiments.
+    Experiments,
+    /// Register and inspect frozen dataset versions.
+    #[command(subcommand)]
+    Dataset(commands::dataset::DatasetCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = || Client::new(&cli.server, cli.token.clone(), &cli.data_dir);
+    match &cli.command {
+        Command::Server(args) => commands::server::run(args, &cli.data_dir).await,
+        Command::Submit(args) => commands::submit::run(args, &client()?, cli.json).await,
+        Command::Runs(args) => commands::runs::list(args, &client()?, cli.json).await,
+        Command::Show { run } => commands::runs::show(*run, &client()?, cli.json).await,
+        Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
+        Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
+        Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
+        Command::Token(cmd) => commands::token::run(cmd, &client()?, cli.json).await,
+    }
+}

@@ -1,0 +1,147 @@
+//! The `cobb` binary as users run it: real processes, a real server, exit codes.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const COBB: &str = env!("CARGO_BIN_EXE_cobb");
+
+fn experiments() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../experiments"))
+}
+
+fn cobb(dir: &Path, server: &str, args: &[&str]) -> Output {
+    Command::new(COBB)
+        .args(args)
+        .current_dir(dir)
+        .env("COBB_SERVER", server)
+        .env_remove("COBB_TOKEN")
+        .output()
+        .expect("cobb runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `cobb server` in `dir`, on a free port; waits until it answers.
+fn start_server(dir: &Path) -> (Server, String) {
+    let port = free_port();
+    let child = Command::new(COBB)
+        .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let server = Server(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, url)
+}
+
+#[test]
+fn dry_run_prints_the_expanded_runs_without_a_server() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = cobb(dir.path(), "http://127.0.0.1:9", &["submit", "--dry-run", &experiments().join("demo.yaml").display().to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("demo expands to 4 run(s)"), "{stdout}");
+    assert!(stdout.contains("model.arch=resnet18 train.optimizer.lr=0.001"), "{stdout}");
+}
+
+#[test]
+fn an_invalid_spec_exits_2_naming_file_line_column_and_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let source = std::fs::read_to_string(experiments().join("smoke.yaml")).expect("smoke.yaml");
+    std::fs::write(dir.path().join("bad.yaml"), source.replace("batch_size: 8", "batch_size: -8")).expect("write");
+    let out = cobb(dir.path(), "http://127.0.0.1:9", &["submit", "--dry-run", "bad.yaml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: bad.yaml:11:15:"), "{stderr}");
+    assert!(first.contains("train.batch_size"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_server_exits_1_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = cobb(dir.path(), "http://127.0.0.1:9", &["runs"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cobb server"), "{stderr}");
+}
+
+#[test]
+fn register_submit_and_list_against_a_real_server() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_server, url) = start_server(dir.path());
+    // A manifest with patient ids over a few files.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("img")).expect("mkdir");
+    let mut csv = String::from("path,label,patient_id\n");
+    for (i, label) in ["ap_preop", "lat_preop", "ap_postop_fusion"].iter().cycle().take(30).enumerate() {
+        let rel = format!("img/{i}.png");
+        std::fs::write(data.join(&rel), format!("image {i}")).expect("write");
+        csv.push_str(&format!("{rel},{label},P{}\n", i / 3));
+    }
+    csv.push_str("img/missing.png,ap_preop,P99\n");
+    std::fs::write(data.join("manifest.csv"), csv).expect("csv");
+
+    let out = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "data", "--manifest", "data/manifest.csv", "--seed", "3"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("registered phantoms@v1"), "{stdout}");
+    assert!(stderr.contains("img/missing.png: missing"), "{stderr}");
+
+    let again = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "data", "--manifest", "data/manifest.csv", "--seed", "3"]);
+    assert!(text(&again).0.contains("already registered"), "same content, same version");
+
+    let demo = experiments().join("demo.yaml").display().to_string();
+    let out = cobb(dir.path(), &url, &["submit", &demo]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("queued 4 run(s) of `demo`"), "{stdout}");
+
+    let out = cobb(dir.path(), &url, &["runs", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["total"], 4);
+    assert!(list["runs"].as_array().expect("runs").iter().all(|r| r["status"] == "queued"));
+
+    let out = cobb(dir.path(), &url, &["cancel", "s1"]);
+    assert!(out.status.success());
+    let out = cobb(dir.path(), &url, &["runs", "--status", "cancelled", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["total"], 4);
+
+    // Tokens: a viewer may read but not submit (exit 2, the server's reason).
+    let out = cobb(dir.path(), &url, &["token", "create", "--role", "viewer", "--name", "ann"]);
+    let token = text(&out).0.trim().to_owned();
+    assert!(token.starts_with("cobb_"), "{:?}", text(&out));
+    let out = Command::new(COBB)
+        .args(["submit", &demo])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .env("COBB_TOKEN", &token)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("needs the submitter role"), "{}", text(&out).1);
+}

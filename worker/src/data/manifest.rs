@@ -1,0 +1,266 @@
+//! Building a manifest: every file with its sha256, size, label and hashed patient id,
+//! from a folder per class or from a CSV (path,label[,patient_id][,view][,acquired_at]).
+//!
+//! Files that cannot be taken (unknown label, missing, unreadable, not an image by
+//! extension, duplicate content) become lines of the ingestion report; they never stop
+//! the scan. Decoding checks of DICOM/PNG/JPEG content come with the data pipeline.
+
+use protocol::api::IngestionIssue;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::DataError;
+
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "dcm", "dicom", "dic"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedItem {
+    /// Relative to the root, with `/` separators.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub label: String,
+    /// Salted hash of the patient id.
+    pub patient: Option<String>,
+    pub view: Option<String>,
+    pub acquired_at: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub items: Vec<ScannedItem>,
+    pub report: Vec<IngestionIssue>,
+}
+
+/// Hashes a patient id with the installation salt; only this ever leaves the machine.
+pub fn hash_patient(salt: &str, patient_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update([0]);
+    h.update(patient_id.trim().as_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+/// sha256 and size of a file.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), bytes))
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.display().to_string(), source })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Adds a file: hashes it and reports it instead when it cannot be read or repeats an
+/// earlier file's content.
+fn take(
+    root: &Path,
+    path: &Path,
+    label: String,
+    patient: Option<String>,
+    extra: (Option<String>, Option<String>),
+    seen: &mut BTreeMap<String, String>,
+    out: &mut Scanned,
+) {
+    let rel = relative(root, path);
+    match hash_file(path) {
+        Err(e) => out.report.push(IngestionIssue { path: rel, reason: format!("unreadable: {e}") }),
+        Ok((_, 0)) => out.report.push(IngestionIssue { path: rel, reason: "empty file".to_owned() }),
+        Ok((sha256, bytes)) => {
+            if let Some(first) = seen.get(&sha256) {
+                out.report.push(IngestionIssue { path: rel, reason: format!("duplicate of {first} (same sha256); kept once") });
+                return;
+            }
+            seen.insert(sha256.clone(), rel.clone());
+            out.items.push(ScannedItem { path: rel, sha256, bytes, label, patient, view: extra.0, acquired_at: extra.1 });
+        }
+    }
+}
+
+/// `root/<class>/.../<image>`: the class is the first folder under the root.
+pub fn scan_folder(root: &Path, classes: &[String]) -> Result<Scanned, DataError> {
+    let mut files = Vec::new();
+    walk(root, &mut files)?;
+    let known: BTreeSet<&str> = classes.iter().map(String::as_str).collect();
+    let mut out = Scanned::default();
+    let mut seen = BTreeMap::new();
+    for path in files {
+        let rel = relative(root, &path);
+        let Some(folder) = rel.split_once('/').map(|(f, _)| f.to_owned()) else {
+            out.report.push(IngestionIssue { path: rel, reason: "file at the top level: put images in a folder named after their class".to_owned() });
+            continue;
+        };
+        if !known.contains(folder.as_str()) {
+            out.report.push(IngestionIssue { path: rel, reason: format!("folder `{folder}` is not one of the classes") });
+            continue;
+        }
+        if !is_image(&path) {
+            out.report.push(IngestionIssue { path: rel, reason: "not an image (expected .png, .jpg, .jpeg or .dcm)".to_owned() });
+            continue;
+        }
+        take(root, &path, folder, None, (None, None), &mut seen, &mut out);
+    }
+    if out.items.is_empty() && out.report.is_empty() {
+        return Err(DataError::Empty { path: root.display().to_string() });
+    }
+    Ok(out)
+}
+
+/// A CSV with a header naming at least `path` and `label`; `patient_id`, `view` and
+/// `acquired_at` are optional. Paths are relative to `root`.
+pub fn read_manifest(root: &Path, csv_path: &Path, classes: &[String], salt: &str) -> Result<Scanned, DataError> {
+    let display = csv_path.display().to_string();
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(csv_path)
+        .map_err(|e| DataError::Manifest { path: display.clone(), line: 1, message: e.to_string() })?;
+    let headers = reader
+        .headers()
+        .map_err(|e| DataError::Manifest { path: display.clone(), line: 1, message: e.to_string() })?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
+        return Err(DataError::Manifest {
+            path: display,
+            line: 1,
+            message: "the header must name `path` and `label` (optional: patient_id, view, acquired_at)".to_owned(),
+        });
+    };
+    let (patient_col, view_col, time_col) = (column("patient_id"), column("view"), column("acquired_at"));
+    let known: BTreeSet<&str> = classes.iter().map(String::as_str).collect();
+    let mut out = Scanned::default();
+    let mut seen = BTreeMap::new();
+    let mut listed = BTreeSet::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i as u64 + 2;
+        let record = record.map_err(|e| DataError::Manifest { path: display.clone(), line, message: e.to_string() })?;
+        let field = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|s| !s.is_empty()).map(str::to_owned);
+        let rel = field(Some(path_col)).unwrap_or_default();
+        let label = field(Some(label_col)).unwrap_or_default();
+        if rel.is_empty() {
+            out.report.push(IngestionIssue { path: format!("{display}:{line}"), reason: "empty path".to_owned() });
+            continue;
+        }
+        if !listed.insert(rel.clone()) {
+            out.report.push(IngestionIssue { path: rel, reason: format!("listed twice (line {line}); kept once") });
+            continue;
+        }
+        if !known.contains(label.as_str()) {
+            out.report.push(IngestionIssue { path: rel, reason: format!("label `{label}` is not one of the classes") });
+            continue;
+        }
+        let path = root.join(&rel);
+        if !path.is_file() {
+            out.report.push(IngestionIssue { path: rel, reason: "missing: no such file under the dataset root".to_owned() });
+            continue;
+        }
+        if !is_image(&path) {
+            out.report.push(IngestionIssue { path: rel, reason: "not an image (expected .png, .jpg, .jpeg or .dcm)".to_owned() });
+            continue;
+        }
+        let patient = field(patient_col).map(|p| hash_patient(salt, &p));
+        take(root, &path, label, patient, (field(view_col), field(time_col)), &mut seen, &mut out);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        vec!["ap_preop".to_owned(), "lat_preop".to_owned()]
+    }
+
+    fn write(root: &Path, rel: &str, bytes: &[u8]) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
+
+    #[test]
+    fn folder_scan_takes_images_and_reports_the_rest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "ap_preop/a.png", b"one");
+        write(dir.path(), "ap_preop/sub/b.dcm", b"two");
+        write(dir.path(), "lat_preop/c.jpg", b"three");
+        write(dir.path(), "lat_preop/copy.jpg", b"three");
+        write(dir.path(), "lat_preop/notes.txt", b"text");
+        write(dir.path(), "other/d.png", b"four");
+        write(dir.path(), "stray.png", b"five");
+        write(dir.path(), "ap_preop/empty.png", b"");
+        let scanned = scan_folder(dir.path(), &classes()).expect("scan");
+        let paths: Vec<&str> = scanned.items.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["ap_preop/a.png", "ap_preop/sub/b.dcm", "lat_preop/c.jpg"]);
+        assert_eq!(scanned.items[0].sha256, hex::encode(Sha256::digest(b"one")));
+        assert_eq!(scanned.items[2].bytes, 5);
+        let reasons: Vec<String> = scanned.report.iter().map(|r| format!("{}: {}", r.path, r.reason)).collect();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("lat_preop/copy.jpg: duplicate of lat_preop/c.jpg")));
+        assert!(reasons.iter().any(|r| r.starts_with("other/d.png: folder `other`")));
+        assert!(reasons.iter().any(|r| r.starts_with("ap_preop/empty.png: empty")));
+    }
+
+    #[test]
+    fn manifest_rows_are_checked_and_patient_ids_hashed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "x/1.png", b"a");
+        write(dir.path(), "x/2.png", b"b");
+        let csv = dir.path().join("m.csv");
+        std::fs::write(
+            &csv,
+            "path,label,patient_id,view\nx/1.png,ap_preop,PAT-001,ap\nx/2.png,cat,PAT-002,ap\nx/3.png,lat_preop,PAT-003,lat\nx/1.png,ap_preop,PAT-001,ap\n",
+        )
+        .expect("csv");
+        let scanned = read_manifest(dir.path(), &csv, &classes(), "salt").expect("read");
+        assert_eq!(scanned.items.len(), 1);
+        let item = &scanned.items[0];
+        assert_eq!(item.patient.as_deref(), Some(hash_patient("salt", "PAT-001").as_str()));
+        assert!(!item.patient.as_deref().unwrap_or_default().contains("PAT"), "never the raw id");
+        assert_eq!(item.view.as_deref(), Some("ap"));
+        assert_eq!(scanned.report.len(), 3);
+        assert_ne!(hash_patient("salt", "PAT-001"), hash_patient("pepper", "PAT-001"));
+    }
+
+    #[test]
+    fn manifest_without_path_or_label_columns_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let csv = dir.path().join("m.csv");
+        std::fs::write(&csv, "file,class\na.png,ap_preop\n").expect("csv");
+        let err = read_manifest(dir.path(), &csv, &classes(), "s").expect_err("bad header");
+        assert!(err.to_string().contains("`path` and `label`"), "{err}");
+    }
+}

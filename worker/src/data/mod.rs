@@ -1,0 +1,16 @@
+//! Data: manifests of labelled files and the frozen split.
+
+pub mod manifest;
+pub mod split;
+
+/// Everything that can go wrong while reading a dataset as a whole (single bad files
+/// are reported as [`protocol::api::IngestionIssue`]s instead).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("manifest {path} line {line}: {message}")]
+    Manifest { path: String, line: u64, message: String },
+    #[error("{path} holds no class folders or images; expected PATH/<class>/<image> or --manifest CSV")]
+    Empty { path: String },
+}
