@@ -11,7 +11,7 @@ use protocol::api::{
 };
 use protocol::metrics::ConfusionMatrix;
 use protocol::{ExperimentSpec, Split};
-use sea_orm::{DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 use std::collections::BTreeMap;
 
 use crate::auth::Principal;
@@ -83,30 +83,64 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     }))
 }
 
-/// The live lease `lease_id`, or the reason it is not live. When `run_id` is given the
-/// lease must belong to that run.
-async fn live_lease(state: &AppState, lease_id: &str, run_id: Option<i64>) -> Result<LeaseRow, ApiError> {
-    let conn = &state.db.write;
-    let lease = store::leases::get(conn, lease_id)
-        .await?
-        .ok_or_else(|| ApiError::LeaseLost(format!("lease `{lease_id}` does not exist")))?;
+/// Why a lease may not write.
+pub(crate) enum Refusal {
+    Lost(String),
+    Expired(LeaseRow),
+}
+
+/// The live lease `lease_id` read inside `conn` (a write transaction, so the answer holds
+/// until it commits), or why it is not live. With `run_id`, the lease must be that run's.
+async fn fenced(conn: &impl ConnectionTrait, lease_id: &str, run_id: Option<i64>) -> Result<Result<LeaseRow, Refusal>, DbErr> {
+    let Some(lease) = store::leases::get_for_write(conn, lease_id).await? else {
+        return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` does not exist"))));
+    };
     if let Some(run_id) = run_id {
         if lease.run_id != run_id {
-            return Err(ApiError::LeaseLost(format!("lease `{lease_id}` belongs to run {}, not run {run_id}", lease.run_id)));
+            return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` belongs to run {}, not run {run_id}", lease.run_id))));
         }
     }
     if let Some(ended) = lease.ended_at {
-        let reason = lease.end_reason.as_deref().unwrap_or("ended");
-        return Err(match reason {
-            "expired" => ApiError::LeaseExpired(expired_message(&lease)),
-            _ => ApiError::LeaseLost(format!("lease `{lease_id}` of run {} has ended ({reason} at {ended} ms)", lease.run_id)),
-        });
+        let reason = lease.end_reason.clone().unwrap_or_else(|| "ended".to_owned());
+        return Ok(Err(match reason.as_str() {
+            "expired" => Refusal::Expired(lease),
+            _ => Refusal::Lost(format!("lease `{lease_id}` of run {} has ended ({reason} at {ended} ms)", lease.run_id)),
+        }));
     }
     if lease.expires_at < now_ms() {
-        reap_expired(state).await?;
-        return Err(ApiError::LeaseExpired(expired_message(&lease)));
+        return Ok(Err(Refusal::Expired(lease)));
     }
-    Ok(lease)
+    Ok(Ok(lease))
+}
+
+/// Turns a refusal into the error answer, reaping first when the lease has expired so the
+/// run is already requeued when the worker hears about it.
+async fn refuse(state: &AppState, refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Lost(message) => ApiError::LeaseLost(message),
+        Refusal::Expired(lease) => {
+            if let Err(e) = reap_expired(state).await {
+                return e.into();
+            }
+            ApiError::LeaseExpired(expired_message(&lease))
+        }
+    }
+}
+
+/// Opens a write transaction holding the live lease, or answers why it is not live.
+async fn begin_fenced(
+    state: &AppState,
+    lease_id: &str,
+    run_id: Option<i64>,
+) -> Result<(DatabaseTransaction, LeaseRow), ApiError> {
+    let tx = state.db.write.begin().await?;
+    match fenced(&tx, lease_id, run_id).await? {
+        Ok(lease) => Ok((tx, lease)),
+        Err(refusal) => {
+            tx.rollback().await?;
+            Err(refuse(state, refusal).await)
+        }
+    }
 }
 
 fn expired_message(lease: &LeaseRow) -> String {
@@ -117,23 +151,20 @@ fn expired_message(lease: &LeaseRow) -> String {
 }
 
 pub async fn heartbeat(state: &AppState, lease_id: &str, _beat: Heartbeat) -> Result<HeartbeatReply, ApiError> {
-    let lease = live_lease(state, lease_id, None).await?;
+    let (tx, lease) = begin_fenced(state, lease_id, None).await?;
     let now = now_ms();
     let expires_at = now + ttl_ms(state);
-    let conn = &state.db.write;
-    if !store::leases::extend(conn, lease_id, now, expires_at).await? {
-        return Err(ApiError::LeaseExpired(expired_message(&lease)));
-    }
-    store::workers::touch(conn, &lease.worker, now).await?;
-    let run = super::runs::get(conn, lease.run_id).await?;
+    store::leases::extend(&tx, lease_id, now, expires_at).await?;
+    store::workers::touch(&tx, &lease.worker, now).await?;
+    let run = super::runs::get(&tx, lease.run_id).await?;
+    tx.commit().await?;
     let action = if run.cancel_requested != 0 { HeartbeatAction::Stop } else { HeartbeatAction::Continue };
     Ok(HeartbeatReply { action, expires_at })
 }
 
 pub async fn complete(state: &AppState, lease_id: &str, req: Complete) -> Result<protocol::api::RunInfo, ApiError> {
-    let lease = live_lease(state, lease_id, None).await?;
+    let (tx, lease) = begin_fenced(state, lease_id, None).await?;
     let now = now_ms();
-    let tx = state.db.write.begin().await?;
     let run = super::runs::get(&tx, lease.run_id).await?;
     let retry = req.outcome == Outcome::Failed && req.retryable && run.attempt < run.max_attempts;
     let status = if run.cancel_requested != 0 {
@@ -166,9 +197,8 @@ pub async fn complete(state: &AppState, lease_id: &str, req: Complete) -> Result
 /// Gives a run back (worker shutting down): it is queued again at once and resumes from
 /// its last checkpoint; the attempt is not held against it.
 pub async fn release(state: &AppState, lease_id: &str, req: Release) -> Result<protocol::api::RunInfo, ApiError> {
-    let lease = live_lease(state, lease_id, None).await?;
+    let (tx, lease) = begin_fenced(state, lease_id, None).await?;
     let now = now_ms();
-    let tx = state.db.write.begin().await?;
     let run = super::runs::get(&tx, lease.run_id).await?;
     let status = if run.cancel_requested != 0 { "cancelled" } else { "queued" };
     store::leases::end(&tx, lease_id, "released", now).await?;
@@ -246,15 +276,28 @@ pub async fn ingest_metrics(
         }
     }
     let lease_id = lease_of(header_lease, batch.lease_id)?;
-    live_lease(state, &lease_id, Some(run_id)).await?;
     // One point per (key, step): the last one sent wins, as a resend would.
     let mut unique: BTreeMap<(String, i64), f64> = BTreeMap::new();
     for m in batch.metrics {
         unique.insert((m.key, m.step), m.value);
     }
     let points: Vec<MetricPoint> = unique.into_iter().map(|((key, step), value)| MetricPoint { key, step, value }).collect();
-    store::metrics::upsert(&state.db.write, run_id, &points, now_ms()).await?;
-    Ok(MetricsAccepted { accepted: points.len() as u64 })
+    let accepted = MetricsAccepted { accepted: points.len() as u64 };
+    if points.is_empty() {
+        // Nothing to write, but the lease must still be live.
+        let (tx, _) = begin_fenced(state, &lease_id, Some(run_id)).await?;
+        tx.commit().await?;
+        return Ok(accepted);
+    }
+    // Hot path: one fenced statement for an ordinary batch.
+    if points.len() <= 1000 && store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &points, now_ms()).await? > 0 {
+        return Ok(accepted);
+    }
+    // Large batches, and refusals (which say why), go through a fenced transaction.
+    let (tx, _) = begin_fenced(state, &lease_id, Some(run_id)).await?;
+    store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
+    tx.commit().await?;
+    Ok(accepted)
 }
 
 pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
@@ -263,9 +306,8 @@ pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) ->
     if req.epoch < 0 {
         return Err(ApiError::InvalidRequest("epoch must be >= 0".to_owned()));
     }
-    live_lease(state, &req.lease_id, Some(run_id)).await?;
     let report = matrix.report();
-    let tx = state.db.write.begin().await?;
+    let (tx, _) = begin_fenced(state, &req.lease_id, Some(run_id)).await?;
     store::results::upsert_epoch(&tx, run_id, req.epoch, Split::Val.as_str(), &matrix, &report).await?;
     tx.commit().await?;
     Ok(())
@@ -275,16 +317,18 @@ pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact)
     if req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()) || req.kind.is_empty() || req.uri.is_empty() {
         return Err(ApiError::InvalidRequest("an artifact needs a kind, a uri and a 64-digit sha256".to_owned()));
     }
-    live_lease(state, &req.lease_id, Some(run_id)).await?;
-    store::artifacts::insert(&state.db.write, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms())
+    let (tx, _) = begin_fenced(state, &req.lease_id, Some(run_id)).await?;
+    store::artifacts::insert(&tx, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms())
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 
 /// The train and validation items of the lease's dataset version. The test split never
 /// leaves the server through a training lease.
 pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiError> {
-    let lease = live_lease(state, lease_id, None).await?;
+    let (tx, lease) = begin_fenced(state, lease_id, None).await?;
+    tx.commit().await?;
     let conn = &state.db.read;
     let run = super::runs::get(conn, lease.run_id).await?;
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)

@@ -80,6 +80,17 @@ pub async fn get(conn: &impl ConnectionTrait, id: &str) -> Result<Option<LeaseRo
     one(conn, "SELECT * FROM leases WHERE id = $1", values![id]).await
 }
 
+/// Like [`get`], inside a write transaction: on PostgreSQL the row is share-locked, so the
+/// lease cannot end (reaper, completion) before the transaction's write commits. SQLite's
+/// single write connection gives the same guarantee.
+pub async fn get_for_write(conn: &impl ConnectionTrait, id: &str) -> Result<Option<LeaseRow>, DbErr> {
+    let lock = match conn.get_database_backend() {
+        DbBackend::Postgres => " FOR SHARE",
+        _ => "",
+    };
+    one(conn, &format!("SELECT * FROM leases WHERE id = $1{lock}"), values![id]).await
+}
+
 pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<LeaseRow>, DbErr> {
     all(conn, "SELECT * FROM leases WHERE run_id = $1 ORDER BY created_at", values![run_id]).await
 }

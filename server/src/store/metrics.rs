@@ -29,6 +29,39 @@ pub async fn upsert(conn: &impl ConnectionTrait, run_id: i64, points: &[MetricPo
     Ok(())
 }
 
+/// Upserts up to 1,000 points in one statement that writes only while `lease_id` is a live
+/// lease of `run_id`: the fence check and the write are one atomic step. Returns the rows
+/// written; 0 means the lease was not live (the caller finds out why).
+pub async fn upsert_fenced(
+    conn: &impl ConnectionTrait,
+    run_id: i64,
+    lease_id: &str,
+    points: &[MetricPoint],
+    now: i64,
+) -> Result<u64, DbErr> {
+    const WIDTH: usize = 5;
+    let lock = match conn.get_database_backend() {
+        sea_orm::DbBackend::Postgres => " FOR SHARE",
+        _ => "",
+    };
+    let n = points.len() * WIDTH;
+    let sql = format!(
+        "INSERT INTO metrics (run_id, key, step, value, recorded_at) SELECT * FROM (VALUES {}) AS v \
+         WHERE EXISTS (SELECT 1 FROM leases WHERE id = ${} AND run_id = ${} AND ended_at IS NULL AND expires_at >= ${}{lock}) \
+         ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
+        placeholders(points.len(), WIDTH),
+        n + 1,
+        n + 2,
+        n + 3
+    );
+    let mut vals: Vec<Value> = Vec::with_capacity(n + 3);
+    for p in points {
+        vals.extend(values![run_id, p.key.clone(), p.step, p.value, now]);
+    }
+    vals.extend(values![lease_id, run_id, now]);
+    exec(conn, &sql, vals).await
+}
+
 /// The last step of every key of a run.
 pub async fn latest(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<MetricRow>, DbErr> {
     all(

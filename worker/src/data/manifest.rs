@@ -174,6 +174,13 @@ pub fn read_manifest(root: &Path, csv_path: &Path, classes: &[String], salt: &st
             out.report.push(IngestionIssue { path: format!("{display}:{line}"), reason: "empty path".to_owned() });
             continue;
         }
+        let escapes = Path::new(&rel)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if escapes {
+            out.report.push(IngestionIssue { path: rel, reason: "refused: the path leaves the dataset root".to_owned() });
+            continue;
+        }
         if !listed.insert(rel.clone()) {
             out.report.push(IngestionIssue { path: rel, reason: format!("listed twice (line {line}); kept once") });
             continue;
@@ -242,7 +249,7 @@ mod tests {
         let csv = dir.path().join("m.csv");
         std::fs::write(
             &csv,
-            "path,label,patient_id,view\nx/1.png,ap_preop,PAT-001,ap\nx/2.png,cat,PAT-002,ap\nx/3.png,lat_preop,PAT-003,lat\nx/1.png,ap_preop,PAT-001,ap\n",
+            "path,label,patient_id,view\nx/1.png,ap_preop,PAT-001,ap\nx/2.png,cat,PAT-002,ap\nx/3.png,lat_preop,PAT-003,lat\nx/1.png,ap_preop,PAT-001,ap\n../m.csv,ap_preop,P,ap\n/etc/passwd,ap_preop,P,ap\n",
         )
         .expect("csv");
         let scanned = read_manifest(dir.path(), &csv, &classes(), "salt").expect("read");
@@ -251,7 +258,9 @@ mod tests {
         assert_eq!(item.patient.as_deref(), Some(hash_patient("salt", "PAT-001").as_str()));
         assert!(!item.patient.as_deref().unwrap_or_default().contains("PAT"), "never the raw id");
         assert_eq!(item.view.as_deref(), Some("ap"));
-        assert_eq!(scanned.report.len(), 3);
+        assert_eq!(scanned.report.len(), 5);
+        assert!(scanned.report.iter().any(|r| r.path == "../m.csv" && r.reason.contains("leaves the dataset root")));
+        assert!(scanned.report.iter().any(|r| r.path == "/etc/passwd" && r.reason.contains("leaves the dataset root")));
         assert_ne!(hash_patient("salt", "PAT-001"), hash_patient("pepper", "PAT-001"));
     }
 

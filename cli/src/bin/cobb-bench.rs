@@ -1,0 +1,342 @@
+//! cobb-bench: the MLflow peer's workload (../shared/peers/mlflow_ingest.py) replayed
+//! against cobb's own endpoints, on SQLite and PostgreSQL, with the server as a separate
+//! `cobb server` process so its memory is measured alone.
+//!
+//!   ingest: R runs x E epochs x K metric keys, one request per epoch of one run,
+//!           at each concurrency C (lease -> E metric batches -> complete per run)
+//!   search: S runs with a few epochs each, then GET /runs sorted by a metric (1,000 rows)
+//!   memory: the server's RSS after each phase and its peak (VmHWM)
+//!
+//!   cargo build --release -p cobb && target/release/cobb-bench [--postgres-url URL]
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Metric ingestion and run-listing benchmark for cobb's server")]
+struct Args {
+    /// Runs per ingest phase.
+    #[arg(long, default_value_t = 16)]
+    runs: usize,
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Metric keys per epoch.
+    #[arg(long, default_value_t = 25)]
+    keys: usize,
+    /// Comma-separated client concurrencies.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 1000)]
+    search_runs: usize,
+    #[arg(long, default_value_t = 3)]
+    search_epochs: usize,
+    #[arg(long, default_value_t = 10)]
+    search_queries: usize,
+    /// A PostgreSQL server to bench too (a database `cobb_bench` is created there afresh).
+    #[arg(long, env = "COBB_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Only PostgreSQL (skip SQLite).
+    #[arg(long)]
+    postgres_only: bool,
+    /// Write all results here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn metric_keys(k: usize) -> Vec<String> {
+    let base = ["train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"];
+    let mut keys: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
+    for c in protocol::classes::SCOLIOSIS_CLASSES {
+        keys.push(format!("val_precision/{c}"));
+        keys.push(format!("val_recall/{c}"));
+    }
+    keys.truncate(k);
+    while keys.len() < k {
+        keys.push(format!("extra_{}", keys.len()));
+    }
+    keys
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct ServerProcess {
+    child: Child,
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+fn cobb_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name("cobb");
+    if !path.exists() {
+        bail!("{} is missing: build it with `cargo build --release -p cobb`", path.display());
+    }
+    Ok(path)
+}
+
+fn start_server(database_url: Option<&str>) -> Result<ServerProcess> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut command = Command::new(cobb_binary()?);
+    command
+        .args(["server", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("COBB_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let child = command.spawn().context("while starting cobb server")?;
+    let token_path = dir.path().join("admin.token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !token_path.exists() {
+        if Instant::now() > deadline {
+            bail!("cobb server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_path)?.trim().to_owned();
+    Ok(ServerProcess { child, url: format!("http://127.0.0.1:{port}/api/v1"), token, _dir: dir })
+}
+
+fn fresh_postgres(url: &str) -> Result<String> {
+    for sql in ["DROP DATABASE IF EXISTS cobb_bench", "CREATE DATABASE cobb_bench"] {
+        let status = Command::new("psql").arg(url).args(["-q", "-c", sql]).status().context("while running psql")?;
+        if !status.success() {
+            bail!("psql failed on `{sql}`");
+        }
+    }
+    let (head, query) = url.split_once('?').map_or((url.to_owned(), String::new()), |(h, q)| (h.to_owned(), format!("?{q}")));
+    let base = head.rsplit_once('/').map_or(head.clone(), |(h, _)| h.to_owned());
+    Ok(format!("{base}/cobb_bench{query}"))
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: &Value) -> Result<Option<Value>> {
+        let response = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;
+        let status = response.status();
+        if status.as_u16() == 204 {
+            return Ok(None);
+        }
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        Ok(Some(serde_json::from_str(&text)?))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+async fn setup(api: &Api) -> Result<()> {
+    let classes: Vec<&str> = protocol::classes::SCOLIOSIS_CLASSES.to_vec();
+    let items: Vec<Value> = (0..100)
+        .map(|i| {
+            let split = ["train", "train", "train", "val", "test"][i % 5];
+            json!({"path": format!("{i}.png"), "sha256": format!("{i:064x}"), "bytes": 1, "label": classes[i % 10],
+                   "split": split})
+        })
+        .collect();
+    api.post(
+        "/datasets",
+        &json!({"name": "bench", "root": "/bench", "split": "70/15/15", "seed": 0, "group_by": "none",
+                "classes": classes, "items": items}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn submit(api: &Api, name: &str, runs: usize) -> Result<()> {
+    let yaml = format!(
+        "name: {name}\ndataset: {{name: bench}}\nmodel: {{arch: simple_cnn, image_size: 32}}\n\
+         train: {{epochs: 50, batch_size: 8, seed: 1, optimizer: {{name: adamw, lr: 0.001}}}}\n\
+         sweep:\n  method: random\n  max_runs: {runs}\n  parameters:\n    train.optimizer.lr: {{distribution: log_uniform, min: 0.0001, max: 0.1}}\n"
+    );
+    api.post("/experiments", &json!({"yaml": yaml})).await?;
+    Ok(())
+}
+
+/// Leases runs until none is left; logs `epochs` epochs of `keys` for each. Returns the
+/// latency of every metrics request, in milliseconds.
+async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: &[String]) -> Result<Vec<f64>> {
+    let keys = Arc::new(keys.to_vec());
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let api = api.clone();
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(lease) = api.post("/leases", &json!({"worker": format!("bench-{w}")})).await? {
+                let run = lease["run_id"].as_i64().unwrap_or_default();
+                let lease_id = lease["lease_id"].as_str().unwrap_or_default().to_owned();
+                for epoch in 0..epochs {
+                    let metrics: Vec<Value> = keys
+                        .iter()
+                        .enumerate()
+                        .map(|(k, key)| json!({"key": key, "step": epoch, "value": (run as f64 * 0.37 + k as f64 * 0.11 + epoch as f64 * 0.013).fract()}))
+                        .collect();
+                    let body = json!({"lease_id": lease_id, "metrics": metrics});
+                    let start = Instant::now();
+                    api.post(&format!("/runs/{run}/metrics"), &body).await?;
+                    latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                api.post(&format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": epochs - 1}))
+                    .await?;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+async fn bench_backend(args: &Args, label: &str, database_url: Option<&str>) -> Result<Value> {
+    let server = start_server(database_url)?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
+    setup(&admin).await?;
+    let worker_token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
+    let worker = Api {
+        http,
+        base: server.url.clone(),
+        token: worker_token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default(),
+    };
+    let keys = metric_keys(args.keys);
+    let (idle_rss, _) = server.memory_kib();
+    let mut phases = Vec::new();
+
+    // Warm-up: a few runs so connections and caches are hot.
+    submit(&admin, "warmup", 4).await?;
+    train_like_workers(&worker, 4, 3, &keys).await?;
+
+    for &c in &args.concurrency {
+        submit(&admin, &format!("ingest-c{c}"), args.runs).await?;
+        let start = Instant::now();
+        let mut latencies = train_like_workers(&worker, c, args.epochs, &keys).await?;
+        let wall = start.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let metrics = (args.runs * args.epochs * args.keys) as f64;
+        let (rss, _) = server.memory_kib();
+        let row = json!({"phase": "ingest", "concurrency": c, "metrics": metrics, "seconds": wall,
+            "metrics_per_second": metrics / wall, "requests_per_second": latencies.len() as f64 / wall,
+            "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0), "server_rss_kib": rss});
+        println!(
+            "{label:8} ingest C={c:<2} {:>9.0} metrics/s  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server RSS {:>6.1} MB",
+            metrics / wall,
+            latencies.len() as f64 / wall,
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            rss as f64 / 1024.0
+        );
+        phases.push(row);
+    }
+
+    submit(&admin, "search", args.search_runs).await?;
+    train_like_workers(&worker, 8, args.search_epochs, &keys).await?;
+    let queries = [
+        "/runs?experiment=search&sort=val_macro_f1&limit=1000",
+        "/runs?experiment=search&sort=-val_loss&status=succeeded&limit=1000",
+        "/runs?sort=val_recall/ap_preop&limit=1000",
+    ];
+    let mut latencies = Vec::new();
+    for _ in 0..args.search_queries {
+        for q in queries {
+            let start = Instant::now();
+            let list = admin.get(q).await?;
+            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+            if list["runs"].as_array().map_or(0, Vec::len) < 1000.min(args.search_runs) {
+                bail!("{q} returned fewer runs than expected");
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (rss, peak) = server.memory_kib();
+    println!(
+        "{label:8} list 1,000 runs sorted by a metric: p50 {:.1} ms  p99 {:.1} ms  server RSS {:.1} MB (idle at start {:.1} MB, peak {:.1} MB)",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    phases.push(json!({"phase": "search", "runs": args.search_runs, "queries": latencies.len(),
+        "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0)}));
+    Ok(json!({"backend": label, "phases": phases, "server_rss_idle_kib": idle_rss, "server_rss_end_kib": rss,
+        "server_peak_kib": peak}))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!(
+        "workload: {} runs x {} epochs x {} keys per ingest phase (one request per epoch), concurrency {:?}; search over {} runs",
+        args.runs, args.epochs, args.keys, args.concurrency, args.search_runs
+    );
+    let mut results = Vec::new();
+    if !args.postgres_only {
+        results.push(bench_backend(&args, "sqlite", None).await?);
+    }
+    if let Some(url) = &args.postgres_url {
+        let fresh = fresh_postgres(url)?;
+        results.push(bench_backend(&args, "postgres", Some(&fresh)).await?);
+    } else {
+        eprintln!("(PostgreSQL skipped: pass --postgres-url or COBB_BENCH_POSTGRES_URL)");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("while writing {}", Path::new(path).display()))?;
+    }
+    Ok(())
+}
