@@ -54,6 +54,8 @@ pub enum Command {
     /// Register and inspect frozen dataset versions.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
+    /// Generate spine radiograph phantoms for the 10 categories.
+    Phantoms(commands::phantoms::PhantomArgs),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
@@ -90,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
+        Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Token(cmd) => commands::token::run(cmd, &client()?, cli.json).await,
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod classes;
 pub mod error;
 pub mod metrics;
+pub mod rng;
 pub mod spec;
 pub mod status;
 pub mod sweep;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+use crate::rng::SplitMix64;
 use crate::spec::{self, ExperimentSpec, Issue, Params};
 
 /// Runs one sweep may expand to; a larger grid needs `max_runs` to cap it explicitly.
@@ -170,25 +171,6 @@ pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
     issues
 }
 
-/// SplitMix64: tiny, fast and fixed forever, so a seed expands to the same runs in every
-/// cobb version (a library RNG may change its stream between releases).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
 /// Four significant digits: sampled learning rates read as 0.0003162, not 0.000316227766.
 fn round_sig(x: f64) -> f64 {
     if x == 0.0 || !x.is_finite() {
@@ -260,7 +242,7 @@ fn combinations(sweep: &SweepSpec, default_seed: u64) -> Vec<Params> {
             out
         }
         Method::Random => {
-            let mut rng = SplitMix64(sweep.seed.unwrap_or(default_seed));
+            let mut rng = SplitMix64::new(sweep.seed.unwrap_or(default_seed));
             let n = sweep.max_runs.unwrap_or(1) as usize;
             (0..n.min(MAX_SWEEP_RUNS + 1))
                 .map(|_| sweep.parameters.iter().map(|(p, spec)| (p.clone(), draw(spec, &mut rng))).collect())

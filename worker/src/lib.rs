@@ -3,3 +3,4 @@
 //! Burn and the lease loop arrive with their issues; nothing here trains yet.
 
 pub mod data;
+pub mod phantoms;

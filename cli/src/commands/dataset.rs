@@ -18,7 +18,8 @@ pub enum DatasetCommand {
         name: String,
         /// Dataset root: PATH/<class>/<image>, or the base of the manifest's paths.
         path: PathBuf,
-        /// CSV with path,label[,patient_id][,view][,acquired_at].
+        /// CSV with path,label[,patient_id][,view][,acquired_at] (default: PATH/manifest.csv
+        /// when it exists, else a folder per class).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// train/val/test percentages.
@@ -48,9 +49,16 @@ pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<()
             }
             let group_by = if group_by == "none" { GroupBy::None } else { GroupBy::Patient };
             let salt: InstallationSalt = client.get("/datasets/salt").await?;
-            let scanned = match csv {
-                Some(csv) => manifest::read_manifest(path, csv, &classes, &salt.salt),
-                None => manifest::scan_folder(path, &classes),
+            let options = manifest::ScanOptions { classes: classes.clone(), salt: salt.salt, decode: true };
+            // A manifest.csv at the root (as `cobb phantoms` writes) is used when none is named.
+            let found = path.join("manifest.csv");
+            let csv = csv.clone().or_else(|| found.is_file().then_some(found));
+            if let Some(csv) = &csv {
+                eprintln!("reading {} (hashing and decoding every image)", csv.display());
+            }
+            let scanned = match &csv {
+                Some(csv) => manifest::read_manifest(path, csv, &options),
+                None => manifest::scan_folder(path, &options),
             }
             .map_err(|e| Failure::Input(e.into()))?;
             if scanned.items.is_empty() {

@@ -1,4 +1,5 @@
 pub mod dataset;
+pub mod phantoms;
 pub mod runs;
 pub mod server;
 pub mod submit;

@@ -1,9 +1,10 @@
 //! Building a manifest: every file with its sha256, size, label and hashed patient id,
 //! from a folder per class or from a CSV (path,label[,patient_id][,view][,acquired_at]).
 //!
-//! Files that cannot be taken (unknown label, missing, unreadable, not an image by
-//! extension, duplicate content) become lines of the ingestion report; they never stop
-//! the scan. Decoding checks of DICOM/PNG/JPEG content come with the data pipeline.
+//! Files that cannot be taken (unknown label, missing, unreadable, not an image, corrupt
+//! or unsupported pixel data, too small, duplicate content) become lines of the ingestion
+//! report; they never stop the scan. With `decode` on, every file is decoded once (in
+//! parallel) and DICOM PatientIDs fill in missing patient ids, hashed with the salt.
 
 use protocol::api::IngestionIssue;
 use sha2::{Digest, Sha256};
@@ -26,6 +27,16 @@ pub struct ScannedItem {
     pub patient: Option<String>,
     pub view: Option<String>,
     pub acquired_at: Option<String>,
+}
+
+/// How to scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub classes: Vec<String>,
+    /// Installation salt for patient ids.
+    pub salt: String,
+    /// Decode every image (reporting the ones that fail) and read DICOM patient ids.
+    pub decode: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,39 +95,77 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     Ok(())
 }
 
-/// Adds a file: hashes it and reports it instead when it cannot be read or repeats an
-/// earlier file's content.
-fn take(
-    root: &Path,
-    path: &Path,
+/// A file that passed the cheap checks, waiting to be hashed (and decoded).
+struct Candidate {
+    path: PathBuf,
+    rel: String,
     label: String,
     patient: Option<String>,
-    extra: (Option<String>, Option<String>),
-    seen: &mut BTreeMap<String, String>,
-    out: &mut Scanned,
-) {
-    let rel = relative(root, path);
-    match hash_file(path) {
-        Err(e) => out.report.push(IngestionIssue { path: rel, reason: format!("unreadable: {e}") }),
-        Ok((_, 0)) => out.report.push(IngestionIssue { path: rel, reason: "empty file".to_owned() }),
-        Ok((sha256, bytes)) => {
-            if let Some(first) = seen.get(&sha256) {
-                out.report.push(IngestionIssue { path: rel, reason: format!("duplicate of {first} (same sha256); kept once") });
-                return;
+    view: Option<String>,
+    acquired_at: Option<String>,
+}
+
+/// What reading one file gave: (sha256, bytes, hashed DICOM patient id) or why not.
+type Inspected = Result<(String, u64, Option<String>), String>;
+
+fn inspect(path: &Path, options: &ScanOptions) -> Inspected {
+    let (sha256, bytes) = hash_file(path).map_err(|e| format!("unreadable: {e}"))?;
+    if bytes == 0 {
+        return Err("empty file".to_owned());
+    }
+    let mut patient = None;
+    if options.decode {
+        let (_, ids) = super::decode::decode_file(path).map_err(|e| e.to_string())?;
+        patient = ids.patient_id.map(|p| hash_patient(&options.salt, &p));
+    }
+    Ok((sha256, bytes, patient))
+}
+
+/// Runs `f` over `items` on all cores, keeping the order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Hashes (and decodes) the candidates in parallel, then takes them in order: the first
+/// file with a given content is kept, later copies are reported.
+fn take_all(candidates: Vec<Candidate>, options: &ScanOptions, out: &mut Scanned) {
+    let inspected = par_map(&candidates, |c| inspect(&c.path, options));
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (c, result) in candidates.into_iter().zip(inspected) {
+        match result {
+            Err(reason) => out.report.push(IngestionIssue { path: c.rel, reason }),
+            Ok((sha256, bytes, dicom_patient)) => {
+                if let Some(first) = seen.get(&sha256) {
+                    out.report.push(IngestionIssue { path: c.rel, reason: format!("duplicate of {first} (same sha256); kept once") });
+                    continue;
+                }
+                seen.insert(sha256.clone(), c.rel.clone());
+                out.items.push(ScannedItem {
+                    path: c.rel,
+                    sha256,
+                    bytes,
+                    label: c.label,
+                    patient: c.patient.or(dicom_patient),
+                    view: c.view,
+                    acquired_at: c.acquired_at,
+                });
             }
-            seen.insert(sha256.clone(), rel.clone());
-            out.items.push(ScannedItem { path: rel, sha256, bytes, label, patient, view: extra.0, acquired_at: extra.1 });
         }
     }
 }
 
 /// `root/<class>/.../<image>`: the class is the first folder under the root.
-pub fn scan_folder(root: &Path, classes: &[String]) -> Result<Scanned, DataError> {
+pub fn scan_folder(root: &Path, options: &ScanOptions) -> Result<Scanned, DataError> {
     let mut files = Vec::new();
     walk(root, &mut files)?;
-    let known: BTreeSet<&str> = classes.iter().map(String::as_str).collect();
+    let known: BTreeSet<&str> = options.classes.iter().map(String::as_str).collect();
     let mut out = Scanned::default();
-    let mut seen = BTreeMap::new();
+    let mut candidates = Vec::new();
     for path in files {
         let rel = relative(root, &path);
         let Some(folder) = rel.split_once('/').map(|(f, _)| f.to_owned()) else {
@@ -131,8 +180,9 @@ pub fn scan_folder(root: &Path, classes: &[String]) -> Result<Scanned, DataError
             out.report.push(IngestionIssue { path: rel, reason: "not an image (expected .png, .jpg, .jpeg or .dcm)".to_owned() });
             continue;
         }
-        take(root, &path, folder, None, (None, None), &mut seen, &mut out);
+        candidates.push(Candidate { path, rel, label: folder, patient: None, view: None, acquired_at: None });
     }
+    take_all(candidates, options, &mut out);
     if out.items.is_empty() && out.report.is_empty() {
         return Err(DataError::Empty { path: root.display().to_string() });
     }
@@ -141,7 +191,7 @@ pub fn scan_folder(root: &Path, classes: &[String]) -> Result<Scanned, DataError
 
 /// A CSV with a header naming at least `path` and `label`; `patient_id`, `view` and
 /// `acquired_at` are optional. Paths are relative to `root`.
-pub fn read_manifest(root: &Path, csv_path: &Path, classes: &[String], salt: &str) -> Result<Scanned, DataError> {
+pub fn read_manifest(root: &Path, csv_path: &Path, options: &ScanOptions) -> Result<Scanned, DataError> {
     let display = csv_path.display().to_string();
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -160,9 +210,9 @@ pub fn read_manifest(root: &Path, csv_path: &Path, classes: &[String], salt: &st
         });
     };
     let (patient_col, view_col, time_col) = (column("patient_id"), column("view"), column("acquired_at"));
-    let known: BTreeSet<&str> = classes.iter().map(String::as_str).collect();
+    let known: BTreeSet<&str> = options.classes.iter().map(String::as_str).collect();
     let mut out = Scanned::default();
-    let mut seen = BTreeMap::new();
+    let mut candidates = Vec::new();
     let mut listed = BTreeSet::new();
     for (i, record) in reader.records().enumerate() {
         let line = i as u64 + 2;
@@ -198,9 +248,10 @@ pub fn read_manifest(root: &Path, csv_path: &Path, classes: &[String], salt: &st
             out.report.push(IngestionIssue { path: rel, reason: "not an image (expected .png, .jpg, .jpeg or .dcm)".to_owned() });
             continue;
         }
-        let patient = field(patient_col).map(|p| hash_patient(salt, &p));
-        take(root, &path, label, patient, (field(view_col), field(time_col)), &mut seen, &mut out);
+        let patient = field(patient_col).map(|p| hash_patient(&options.salt, &p));
+        candidates.push(Candidate { path, rel, label, patient, view: field(view_col), acquired_at: field(time_col) });
     }
+    take_all(candidates, options, &mut out);
     Ok(out)
 }
 
@@ -210,6 +261,10 @@ mod tests {
 
     fn classes() -> Vec<String> {
         vec!["ap_preop".to_owned(), "lat_preop".to_owned()]
+    }
+
+    fn options(salt: &str, decode: bool) -> ScanOptions {
+        ScanOptions { classes: classes(), salt: salt.to_owned(), decode }
     }
 
     fn write(root: &Path, rel: &str, bytes: &[u8]) {
@@ -229,7 +284,7 @@ mod tests {
         write(dir.path(), "other/d.png", b"four");
         write(dir.path(), "stray.png", b"five");
         write(dir.path(), "ap_preop/empty.png", b"");
-        let scanned = scan_folder(dir.path(), &classes()).expect("scan");
+        let scanned = scan_folder(dir.path(), &options("s", false)).expect("scan");
         let paths: Vec<&str> = scanned.items.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["ap_preop/a.png", "ap_preop/sub/b.dcm", "lat_preop/c.jpg"]);
         assert_eq!(scanned.items[0].sha256, hex::encode(Sha256::digest(b"one")));
@@ -252,7 +307,7 @@ mod tests {
             "path,label,patient_id,view\nx/1.png,ap_preop,PAT-001,ap\nx/2.png,cat,PAT-002,ap\nx/3.png,lat_preop,PAT-003,lat\nx/1.png,ap_preop,PAT-001,ap\n../m.csv,ap_preop,P,ap\n/etc/passwd,ap_preop,P,ap\n",
         )
         .expect("csv");
-        let scanned = read_manifest(dir.path(), &csv, &classes(), "salt").expect("read");
+        let scanned = read_manifest(dir.path(), &csv, &options("salt", false)).expect("read");
         assert_eq!(scanned.items.len(), 1);
         let item = &scanned.items[0];
         assert_eq!(item.patient.as_deref(), Some(hash_patient("salt", "PAT-001").as_str()));
@@ -265,11 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn decoding_reports_files_that_are_not_images() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let good = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(x * 8 + y) as u8]));
+        std::fs::create_dir_all(dir.path().join("ap_preop")).expect("mkdir");
+        good.save(dir.path().join("ap_preop/good.png")).expect("png");
+        image::GrayImage::new(1, 1).save(dir.path().join("ap_preop/dot.png")).expect("png");
+        write(dir.path(), "ap_preop/text.png", b"this is not a png");
+        write(dir.path(), "ap_preop/trunc.png", &std::fs::read(dir.path().join("ap_preop/good.png")).expect("read")[..40]);
+        let scanned = scan_folder(dir.path(), &options("s", true)).expect("scan");
+        assert_eq!(scanned.items.len(), 1);
+        let reasons: BTreeMap<String, String> = scanned.report.into_iter().map(|r| (r.path, r.reason)).collect();
+        assert!(reasons["ap_preop/dot.png"].contains("at least 16x16"), "{reasons:?}");
+        assert!(reasons["ap_preop/text.png"].contains("not an image"), "{reasons:?}");
+        assert!(reasons["ap_preop/trunc.png"].contains("corrupt or truncated PNG"), "{reasons:?}");
+    }
+
+    #[test]
     fn manifest_without_path_or_label_columns_is_an_error() {
         let dir = tempfile::tempdir().expect("tmp");
         let csv = dir.path().join("m.csv");
         std::fs::write(&csv, "file,class\na.png,ap_preop\n").expect("csv");
-        let err = read_manifest(dir.path(), &csv, &classes(), "s").expect_err("bad header");
+        let err = read_manifest(dir.path(), &csv, &options("s", false)).expect_err("bad header");
         assert!(err.to_string().contains("`path` and `label`"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! Data: manifests of labelled files and the frozen split.
 
+pub mod decode;
 pub mod manifest;
 pub mod split;
 
