@@ -58,6 +58,45 @@ fn start_server(dir: &Path) -> (Server, String) {
 }
 
 #[test]
+fn phantoms_register_with_no_patient_in_two_splits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = cobb(dir.path(), "http://127.0.0.1:9", &["phantoms", "--out", "ph", "--count", "200", "--size", "64", "--seed", "4"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("wrote 200 phantoms"), "{stdout}");
+    let (_server, url) = start_server(dir.path());
+    let out = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let info: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(info["items"], 200);
+    assert!(info["report"].as_array().expect("report").is_empty(), "{stdout}");
+    let counts = info["counts"].as_array().expect("counts");
+    assert_eq!(counts.len(), 10);
+    assert!(counts.iter().all(|c| c["train"].as_u64() > Some(10) && c["val"].as_u64() > Some(0)), "{stdout}");
+    // Same content, same version.
+    let again = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again["version"], info["version"]);
+    assert_eq!(again["created"], false);
+    // No patient in two splits, checked on the stored items.
+    let out = cobb(dir.path(), &url, &["dataset", "show", "phantoms", "--items", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let audit: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(audit["patients_in_several_splits"].as_array().map(Vec::len), Some(0));
+    let items = audit["items"].as_array().expect("items");
+    assert_eq!(items.len(), 200);
+    let mut per_patient: std::collections::BTreeMap<String, usize> = Default::default();
+    for item in items {
+        let patient = item["patient"].as_str().expect("hashed patient id").to_owned();
+        assert!(!patient.starts_with("PH"), "raw phantom patient ids never reach the server");
+        *per_patient.entry(patient).or_default() += 1;
+    }
+    assert!(per_patient.values().any(|n| *n > 1), "patients have several images, so grouping matters");
+}
+
+#[test]
 fn dry_run_prints_the_expanded_runs_without_a_server() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = cobb(dir.path(), "http://127.0.0.1:9", &["submit", "--dry-run", &experiments().join("demo.yaml").display().to_string()]);
@@ -99,10 +138,13 @@ fn register_submit_and_list_against_a_real_server() {
     let mut csv = String::from("path,label,patient_id\n");
     for (i, label) in ["ap_preop", "lat_preop", "ap_postop_fusion"].iter().cycle().take(30).enumerate() {
         let rel = format!("img/{i}.png");
-        std::fs::write(data.join(&rel), format!("image {i}")).expect("write");
+        let img = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([((x * 7 + y * 3 + i as u32 * 11) % 256) as u8]));
+        img.save(data.join(&rel)).expect("png");
         csv.push_str(&format!("{rel},{label},P{}\n", i / 3));
     }
     csv.push_str("img/missing.png,ap_preop,P99\n");
+    std::fs::write(data.join("img/broken.png"), b"not really a png").expect("write");
+    csv.push_str("img/broken.png,lat_preop,P98\n");
     std::fs::write(data.join("manifest.csv"), csv).expect("csv");
 
     let out = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "data", "--manifest", "data/manifest.csv", "--seed", "3"]);
@@ -110,6 +152,7 @@ fn register_submit_and_list_against_a_real_server() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("registered phantoms@v1"), "{stdout}");
     assert!(stderr.contains("img/missing.png: missing"), "{stderr}");
+    assert!(stderr.contains("img/broken.png: not an image"), "{stderr}");
 
     let again = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "data", "--manifest", "data/manifest.csv", "--seed", "3"]);
     assert!(text(&again).0.contains("already registered"), "same content, same version");

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::Subcommand;
-use protocol::api::{DatasetItem, DatasetVersionInfo, GroupBy, InstallationSalt, RegisterDataset};
+use protocol::api::{DatasetItem, DatasetVersionInfo, GroupBy, InstallationSalt, ItemList, RegisterDataset};
 use protocol::classes::{SCOLIOSIS_CLASSES, SMALL_CLASS_THRESHOLD};
 use std::path::PathBuf;
 use worker::data::manifest;
@@ -35,7 +35,13 @@ pub enum DatasetCommand {
         classes: Option<Vec<String>>,
     },
     /// Show a dataset version: NAME or NAME@VERSION (hash prefix or vN).
-    Show { name: String },
+    Show {
+        name: String,
+        /// Also fetch every item (reviewer role) and check that no patient is in two
+        /// splits; with --json the items are printed too.
+        #[arg(long)]
+        items: bool,
+    },
 }
 
 pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<(), Failure> {
@@ -110,20 +116,48 @@ pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<()
             print_version(&info, json);
             Ok(())
         }
-        DatasetCommand::Show { name } => {
+        DatasetCommand::Show { name, items } => {
             let (name, version) = match name.split_once('@') {
                 Some((n, v)) => (n, Some(v)),
                 None => (name.as_str(), None),
             };
-            let path = match version {
-                Some(v) => format!("/datasets/{name}?version={v}"),
-                None => format!("/datasets/{name}"),
-            };
-            let info: DatasetVersionInfo = client.get(&path).await?;
-            print_version(&info, json);
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let info: DatasetVersionInfo = client.get(&format!("/datasets/{name}{query}")).await?;
+            if !items {
+                print_version(&info, json);
+                return Ok(());
+            }
+            let list: ItemList = client.get(&format!("/datasets/{name}/items{query}")).await?;
+            let crossing = patients_in_several_splits(&list);
+            if json {
+                output::json(&serde_json::json!({"version": info, "items": list.items, "patients_in_several_splits": crossing}));
+                return Ok(());
+            }
+            print_version(&info, false);
+            let patients: std::collections::BTreeSet<&str> = list.items.iter().filter_map(|i| i.patient.as_deref()).collect();
+            println!(
+                "{} items of {} patients; patients in more than one split: {}",
+                list.items.len(),
+                patients.len(),
+                crossing.len()
+            );
+            if !crossing.is_empty() {
+                return Err(Failure::Runtime(anyhow::anyhow!("the split leaks patients across splits: {}", crossing.join(", "))));
+            }
             Ok(())
         }
     }
+}
+
+/// Hashed patient ids that appear in more than one split (must be none).
+fn patients_in_several_splits(list: &ItemList) -> Vec<String> {
+    let mut splits: std::collections::BTreeMap<&str, std::collections::BTreeSet<protocol::Split>> = Default::default();
+    for item in &list.items {
+        if let Some(p) = &item.patient {
+            splits.entry(p).or_default().insert(item.split);
+        }
+    }
+    splits.into_iter().filter(|(_, s)| s.len() > 1).map(|(p, _)| p.to_owned()).collect()
 }
 
 fn print_version(info: &DatasetVersionInfo, json: bool) {

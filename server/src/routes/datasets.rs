@@ -9,7 +9,7 @@ use crate::service;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(salt).service(register).service(list).service(show);
+    cfg.service(salt).service(register).service(list).service(items).service(show);
 }
 
 #[get("/datasets/salt")]
@@ -54,4 +54,19 @@ async fn show(
         other => other,
     })?;
     Ok(HttpResponse::Ok().json(info))
+}
+
+#[get("/datasets/{name}/items")]
+async fn items(
+    state: web::Data<AppState>,
+    who: Principal,
+    name: web::Path<String>,
+    query: web::Query<VersionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Reviewer)?;
+    let found = service::datasets::items(&state, &name, query.version.as_deref()).await.map_err(|e| match e {
+        ApiError::DatasetNotFound(name) => ApiError::not_found("dataset", name),
+        other => other,
+    })?;
+    Ok(HttpResponse::Ok().json(found))
 }

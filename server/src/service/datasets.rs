@@ -223,3 +223,18 @@ pub async fn salt(state: &AppState) -> Result<String, ApiError> {
     let fresh = format!("{}", uuid::Uuid::new_v4().simple());
     Ok(store::settings::get_or_insert(&state.db.write, "installation_salt", &fresh).await?)
 }
+
+/// Every item of a version with its split, for audits (reviewer role): lets anyone check
+/// that no patient crosses splits. Test items are listed by path only; their pixels never
+/// leave the server through this.
+pub async fn items(state: &AppState, name: &str, version: Option<&str>) -> Result<protocol::api::ItemList, ApiError> {
+    let row = resolve(&state.db.read, name, version).await?;
+    let items = store::datasets::items(&state.db.read, row.id, &["train", "val", "test"]).await?;
+    Ok(protocol::api::ItemList {
+        dataset: row.dataset,
+        version: row.version,
+        root: row.root,
+        classes: serde_json::from_str(&row.classes_json).unwrap_or_default(),
+        items: items.into_iter().map(crate::store::datasets::ItemRow::into_item).collect(),
+    })
+}

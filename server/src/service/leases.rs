@@ -340,19 +340,7 @@ pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiErro
         version: version.version,
         root: version.root,
         classes: serde_json::from_str(&version.classes_json).unwrap_or_default(),
-        items: rows
-            .into_iter()
-            .map(|r| protocol::api::DatasetItem {
-                path: r.path,
-                sha256: r.sha256,
-                bytes: r.bytes as u64,
-                label: r.label,
-                patient: r.patient,
-                split: r.split.parse().unwrap_or(Split::Train),
-                view: r.view,
-                acquired_at: r.acquired_at,
-            })
-            .collect(),
+        items: rows.into_iter().map(crate::store::datasets::ItemRow::into_item).collect(),
     })
 }
 

@@ -43,6 +43,21 @@ pub struct ItemRow {
     pub acquired_at: Option<String>,
 }
 
+impl ItemRow {
+    pub fn into_item(self) -> DatasetItem {
+        DatasetItem {
+            path: self.path,
+            sha256: self.sha256,
+            bytes: self.bytes as u64,
+            label: self.label,
+            patient: self.patient,
+            split: self.split.parse().unwrap_or(protocol::Split::Train),
+            view: self.view,
+            acquired_at: self.acquired_at,
+        }
+    }
+}
+
 pub async fn dataset_id(conn: &impl ConnectionTrait, name: &str) -> Result<Option<i64>, DbErr> {
     Ok(one::<Id>(conn, "SELECT id FROM datasets WHERE name = $1", values![name]).await?.map(|r| r.id))
 }
