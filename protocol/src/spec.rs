@@ -211,6 +211,10 @@ pub struct AugmentSpec {
     pub brightness: f64,
     pub contrast: f64,
     pub noise: f64,
+    /// Gamma jitter: gamma is drawn from [1 - g, 1 + g] (0 = off). An addition to
+    /// CONTRACT.md's keys: exposure differences between radiographs are non-linear.
+    pub gamma: f64,
+    /// Mirrors left and right; off by default because it mirrors the side markers.
     pub hflip: bool,
 }
 
@@ -223,6 +227,7 @@ impl Default for AugmentSpec {
             brightness: 0.0,
             contrast: 0.0,
             noise: 0.0,
+            gamma: 0.0,
             hflip: false,
         }
     }
@@ -471,7 +476,7 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
     check(in_range(a.rotate_deg, 0.0, 180.0), "train.augment.rotate_deg", format!("{} is outside 0..=180", a.rotate_deg));
     let [lo, hi] = a.scale;
     check(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 4.0, "train.augment.scale", format!("[{lo}, {hi}] must satisfy 0 < lo <= hi <= 4"));
-    for (key, value) in [("translate", a.translate), ("brightness", a.brightness), ("contrast", a.contrast), ("noise", a.noise)] {
+    for (key, value) in [("translate", a.translate), ("brightness", a.brightness), ("contrast", a.contrast), ("noise", a.noise), ("gamma", a.gamma)] {
         check(in_range(value, 0.0, 1.0), &format!("train.augment.{key}"), format!("{value} is outside 0..=1"));
     }
     if let Some(es) = &t.early_stopping {

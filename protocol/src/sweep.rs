@@ -61,7 +61,7 @@ pub struct ParamSpec {
 /// Every leaf (and array) key of a spec that a sweep may vary.
 /// `dataset.version` is absent on purpose: every run of an experiment trains on the same
 /// frozen dataset version.
-pub const SWEEPABLE_PATHS: [&str; 28] = [
+pub const SWEEPABLE_PATHS: [&str; 29] = [
     "model.arch",
     "model.image_size",
     "model.pretrained",
@@ -85,6 +85,7 @@ pub const SWEEPABLE_PATHS: [&str; 28] = [
     "train.augment.brightness",
     "train.augment.contrast",
     "train.augment.noise",
+    "train.augment.gamma",
     "train.augment.hflip",
     "train.early_stopping.metric",
     "train.early_stopping.patience",

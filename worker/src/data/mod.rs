@@ -1,8 +1,11 @@
 //! Data: manifests of labelled files and the frozen split.
 
+pub mod cache;
 pub mod decode;
+pub mod loader;
 pub mod manifest;
 pub mod split;
+pub mod transforms;
 
 /// Everything that can go wrong while reading a dataset as a whole (single bad files
 /// are reported as [`protocol::api::IngestionIssue`]s instead).

@@ -1,0 +1,79 @@
+//! The decoded-and-resized image cache: one file per (dataset version, image size, file
+//! sha256), so large DICOMs are decoded once, not every epoch. Filling the cache checks
+//! the source file against the sha256 it was registered with and refuses a changed file.
+
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::decode::{self, DecodeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path} changed since the dataset version was registered (sha256 {actual}, registered {expected}); restore the file or register a new version")]
+    Changed { path: String, expected: String, actual: String },
+    #[error("{path}: {source}")]
+    Decode { path: String, source: DecodeError },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl LoadError {
+    /// A single bad image is skipped and reported; a changed file or a failing cache
+    /// stops the run.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, LoadError::Decode { .. })
+    }
+}
+
+pub struct ImageCache {
+    dir: PathBuf,
+    size: usize,
+}
+
+impl ImageCache {
+    /// `root/<version>/<size>/`.
+    pub fn new(root: &Path, version: &str, size: usize) -> Self {
+        Self { dir: root.join(version).join(size.to_string()), size }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn entry(&self, sha256: &str) -> PathBuf {
+        self.dir.join(&sha256[..2.min(sha256.len())]).join(format!("{sha256}.u16"))
+    }
+
+    /// The fitted `size` x `size` image of `source` (values 0..1), from the cache or
+    /// decoded now and cached.
+    pub fn load(&self, source: &Path, sha256: &str) -> Result<Vec<f32>, LoadError> {
+        let entry = self.entry(sha256);
+        if let Ok(bytes) = std::fs::read(&entry) {
+            if bytes.len() == self.size * self.size * 2 {
+                return Ok(bytes.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])) / 65535.0).collect());
+            }
+        }
+        let display = source.display().to_string();
+        let io = |source: std::io::Error| LoadError::Io { path: display.clone(), source };
+        let raw = std::fs::read(source).map_err(io)?;
+        let actual = hex::encode(Sha256::digest(&raw));
+        if actual != sha256 {
+            return Err(LoadError::Changed { path: display, expected: sha256.to_owned(), actual });
+        }
+        let (img, _) = decode::decode_file(source).map_err(|e| LoadError::Decode { path: display.clone(), source: e })?;
+        let fitted = decode::fit_square(&img, self.size);
+        let parent = entry.parent().unwrap_or(&self.dir).to_path_buf();
+        let io_entry = |source: std::io::Error| LoadError::Io { path: entry.display().to_string(), source };
+        std::fs::create_dir_all(&parent).map_err(io_entry)?;
+        let tmp = parent.join(format!(".{sha256}.{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&tmp).map_err(io_entry)?;
+        let quantized: Vec<u16> = fitted.iter().map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
+        let bytes: Vec<u8> = quantized.iter().flat_map(|q| q.to_le_bytes()).collect();
+        file.write_all(&bytes).map_err(io_entry)?;
+        drop(file);
+        std::fs::rename(&tmp, &entry).map_err(io_entry)?;
+        // What the cache will give next time, so a first epoch equals every later one.
+        Ok(quantized.into_iter().map(|q| f32::from(q) / 65535.0).collect())
+    }
+}
