@@ -56,6 +56,10 @@ pub enum Command {
     Dataset(commands::dataset::DatasetCommand),
     /// Generate spine radiograph phantoms for the 10 categories.
     Phantoms(commands::phantoms::PhantomArgs),
+    /// Train one experiment locally on a folder of images, without a server.
+    Train(commands::train::TrainArgs),
+    /// List the architectures with parameter counts and native resolutions.
+    Models(commands::models::ModelsArgs),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
@@ -93,6 +97,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
+        Command::Train(args) => commands::train::run(args, cli.json),
+        Command::Models(args) => commands::models::run(args, cli.json),
         Command::Token(cmd) => commands::token::run(cmd, &client()?, cli.json).await,
     }
 }

@@ -1,6 +1,9 @@
-//! cobb's worker. Today: the dataset side that `cobb dataset register` uses (scanning a
-//! folder or manifest, hashing files, the frozen patient-grouped split). Training with
-//! Burn and the lease loop arrive with their issues; nothing here trains yet.
+//! cobb's worker: the data side (scanning, decoding, the frozen split, phantoms, the
+//! input pipeline), the Burn models and the training loop. The lease loop that connects
+//! training to the server arrives with the worker issue.
 
 pub mod data;
+pub mod device;
+pub mod models;
 pub mod phantoms;
+pub mod train;

@@ -1,0 +1,82 @@
+//! Choosing where to train: `cpu` (Burn's flex backend) or `cuda:N` (the `cuda` feature),
+//! probing for the NVIDIA driver first so a missing libcuda is an error, not a panic.
+
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("device `{other}` must be cpu or cuda:N")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("this cobb was built without CUDA support; rebuild with `cargo build --release --features cuda`")]
+    NotBuilt,
+    #[error("no NVIDIA driver found ({0}); install the driver or train with --device cpu")]
+    NoDriver(String),
+}
+
+/// Checks that `choice` can be used before any tensor is made.
+pub fn probe(choice: DeviceChoice) -> Result<(), DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(()),
+        DeviceChoice::Cuda(_) => probe_cuda(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda() -> Result<(), DeviceError> {
+    // The CUDA backend loads libcuda with dlopen at the first tensor and panics when it is
+    // missing; look for the library the same way first.
+    let found = ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let c = std::ffi::CString::new(*name).unwrap_or_default();
+        dlopen_ok(&c)
+    });
+    if found { Ok(()) } else { Err(DeviceError::NoDriver("libcuda.so.1 cannot be loaded".to_owned())) }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+fn dlopen_ok(name: &std::ffi::CStr) -> bool {
+    unsafe extern "C" {
+        fn dlopen(filename: *const std::ffi::c_char, flag: i32) -> *mut std::ffi::c_void;
+    }
+    const RTLD_LAZY: i32 = 1;
+    // SAFETY: dlopen with a valid NUL-terminated name; the handle is only tested for NULL
+    // and intentionally kept open (the backend opens the same library).
+    !unsafe { dlopen(name.as_ptr(), RTLD_LAZY) }.is_null()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda() -> Result<(), DeviceError> {
+    Err(DeviceError::NotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert!(probe(DeviceChoice::Cpu).is_ok());
+    }
+}

@@ -1,0 +1,220 @@
+//! EfficientNet B0-B7 as in torchvision (and the original paper): compound scaling of
+//! width, depth and resolution, MBConv blocks with depthwise convolutions,
+//! squeeze-and-excitation, SiLU, batch norm and stochastic depth.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{sigmoid, silu};
+use protocol::spec::Arch;
+
+use super::Ctx;
+
+/// (width multiplier, depth multiplier, head dropout) per variant.
+pub fn scaling(arch: Arch) -> (f64, f64, f64) {
+    match arch {
+        Arch::EfficientnetB1 => (1.0, 1.1, 0.2),
+        Arch::EfficientnetB2 => (1.1, 1.2, 0.3),
+        Arch::EfficientnetB3 => (1.2, 1.4, 0.3),
+        Arch::EfficientnetB4 => (1.4, 1.8, 0.4),
+        Arch::EfficientnetB5 => (1.6, 2.2, 0.4),
+        Arch::EfficientnetB6 => (1.8, 2.6, 0.5),
+        Arch::EfficientnetB7 => (2.0, 3.1, 0.5),
+        _ => (1.0, 1.0, 0.2),
+    }
+}
+
+/// B0's stages: (expand ratio, kernel, stride, input channels, output channels, layers).
+const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+];
+
+/// Rounds channels to a multiple of 8, never down by more than 10% (torchvision's
+/// `_make_divisible`).
+pub fn round_filters(channels: usize, width: f64) -> usize {
+    let v = channels as f64 * width;
+    let mut rounded = (((v + 4.0) as usize) / 8 * 8).max(8);
+    if (rounded as f64) < 0.9 * v {
+        rounded += 8;
+    }
+    rounded
+}
+
+fn round_repeats(layers: usize, depth: f64) -> usize {
+    (layers as f64 * depth).ceil() as usize
+}
+
+#[derive(Module, Debug)]
+pub struct ConvBn<B: Backend> {
+    conv: Conv2d<B>,
+    bn: BatchNorm<B>,
+}
+
+impl<B: Backend> ConvBn<B> {
+    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, kernel: usize, stride: usize, groups: usize) -> Self {
+        let pad = (kernel - 1) / 2;
+        Self {
+            conv: Conv2dConfig::new([input, output], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_groups(groups)
+                .with_bias(false)
+                .init(ctx.device),
+            bn: ctx.bn(output),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SqueezeExcite<B: Backend> {
+    fc1: Conv2d<B>,
+    fc2: Conv2d<B>,
+    pool: AdaptiveAvgPool2d,
+}
+
+impl<B: Backend> SqueezeExcite<B> {
+    fn new(ctx: &Ctx<B>, channels: usize, squeeze: usize) -> Self {
+        Self {
+            fc1: Conv2dConfig::new([channels, squeeze], [1, 1]).init(ctx.device),
+            fc2: Conv2dConfig::new([squeeze, channels], [1, 1]).init(ctx.device),
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let scale = sigmoid(self.fc2.forward(silu(self.fc1.forward(self.pool.forward(x.clone())))));
+        x * scale
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MbConv<B: Backend> {
+    expand: Option<ConvBn<B>>,
+    depthwise: ConvBn<B>,
+    se: SqueezeExcite<B>,
+    project: ConvBn<B>,
+    residual: bool,
+    /// Probability of dropping the residual branch during training.
+    drop_path: f64,
+}
+
+impl<B: Backend> MbConv<B> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64) -> Self {
+        let hidden = round_filters_exact(input * expand);
+        Self {
+            expand: (expand != 1).then(|| ConvBn::new(ctx, input, hidden, 1, 1, 1)),
+            depthwise: ConvBn::new(ctx, hidden, hidden, kernel, stride, hidden),
+            se: SqueezeExcite::new(ctx, hidden, (input / 4).max(1)),
+            project: ConvBn::new(ctx, hidden, output, 1, 1, 1),
+            residual: stride == 1 && input == output,
+            drop_path,
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = silu(expand.forward(y));
+        }
+        y = silu(self.depthwise.forward(y));
+        y = self.project.forward(self.se.forward(y));
+        if !self.residual {
+            return y;
+        }
+        if B::ad_enabled(&y.device()) && self.drop_path > 0.0 {
+            // Stochastic depth: drop the whole branch per sample, rescale the survivors.
+            let keep = 1.0 - self.drop_path;
+            let [n, _, _, _] = y.dims();
+            let mask = Tensor::<B, 4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &y.device());
+            y = y * mask / keep;
+        }
+        y + x
+    }
+}
+
+/// torchvision expands with `_make_divisible(input * expand_ratio, 8)`; the products of
+/// rounded channel counts are already multiples of 8, so this is the identity in practice.
+fn round_filters_exact(channels: usize) -> usize {
+    round_filters(channels, 1.0)
+}
+
+#[derive(Module, Debug)]
+pub struct EfficientNet<B: Backend> {
+    stem: ConvBn<B>,
+    blocks: Vec<MbConv<B>>,
+    head: ConvBn<B>,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    classifier: Linear<B>,
+}
+
+impl<B: Backend> EfficientNet<B> {
+    pub fn new(ctx: &mut Ctx<B>, arch: Arch, channels: usize, classes: usize, dropout: Option<f64>) -> Self {
+        let (width, depth, default_dropout) = scaling(arch);
+        if matches!(arch, Arch::EfficientnetB5 | Arch::EfficientnetB6 | Arch::EfficientnetB7) {
+            // torchvision ports these from TensorFlow with BatchNorm(eps=1e-3, momentum=0.01).
+            ctx.bn_eps = 1e-3;
+            ctx.bn_momentum = 0.01;
+        }
+        let stem_out = round_filters(32, width);
+        let stem = ConvBn::new(ctx, channels, stem_out, 3, 2, 1);
+        let total: usize = STAGES.iter().map(|s| round_repeats(s.5, depth)).sum();
+        let mut blocks = Vec::with_capacity(total);
+        let mut input = stem_out;
+        for &(expand, kernel, stride, _, out, layers) in &STAGES {
+            let output = round_filters(out, width);
+            for i in 0..round_repeats(layers, depth) {
+                let drop_path = 0.2 * blocks.len() as f64 / total as f64;
+                blocks.push(MbConv::new(ctx, input, output, expand, kernel, if i == 0 { stride } else { 1 }, drop_path));
+                input = output;
+            }
+        }
+        let head_out = 4 * input;
+        let head = ConvBn::new(ctx, input, head_out, 1, 1, 1);
+        Self {
+            stem,
+            blocks,
+            head,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            dropout: DropoutConfig::new(dropout.unwrap_or(default_dropout)).init(),
+            classifier: LinearConfig::new(head_out, classes).init(ctx.device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = silu(self.stem.forward(x));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = silu(self.head.forward(x));
+        let x = self.pool.forward(x).flatten::<2>(1, 3);
+        self.classifier.forward(self.dropout.forward(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_rounding_follows_torchvision() {
+        assert_eq!(round_filters(32, 1.8), 56);
+        assert_eq!(round_filters(320, 1.8), 576);
+        assert_eq!(round_filters(24, 1.1), 24);
+        assert_eq!(round_filters(16, 1.4), 24);
+        assert_eq!(round_repeats(3, 2.6), 8);
+    }
+}

@@ -1,0 +1,121 @@
+//! Classifiers in Burn: EfficientNet B0-B7 (torchvision's layout and compound scaling),
+//! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
+
+pub mod efficientnet;
+pub mod resnet;
+pub mod simple_cnn;
+
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::prelude::*;
+use protocol::spec::Arch;
+
+/// Builds layers and counts BatchNorm channels on the way, so that trainable parameters
+/// (what torchvision reports) can be told from Burn's `num_params`, which also counts
+/// BatchNorm running statistics.
+pub struct Ctx<'a, B: Backend> {
+    pub device: &'a B::Device,
+    pub bn_channels: usize,
+    /// BatchNorm epsilon and momentum (torchvision uses 1e-3/0.01 for EfficientNet B5-B7).
+    pub bn_eps: f64,
+    pub bn_momentum: f64,
+}
+
+impl<'a, B: Backend> Ctx<'a, B> {
+    pub fn new(device: &'a B::Device) -> Self {
+        Self { device, bn_channels: 0, bn_eps: 1e-5, bn_momentum: 0.1 }
+    }
+
+    pub fn bn(&mut self, channels: usize) -> BatchNorm<B> {
+        self.bn_channels += channels;
+        BatchNormConfig::new(channels).with_epsilon(self.bn_eps).with_momentum(self.bn_momentum).init(self.device)
+    }
+}
+
+/// Any of cobb's architectures.
+#[derive(Module, Debug)]
+pub enum Classifier<B: Backend> {
+    Simple(simple_cnn::SimpleCnn<B>),
+    Resnet(resnet::ResNet<B>),
+    Efficient(efficientnet::EfficientNet<B>),
+}
+
+impl<B: Backend> Classifier<B> {
+    /// `[batch, channels, h, w]` -> logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Classifier::Simple(m) => m.forward(x),
+            Classifier::Resnet(m) => m.forward(x),
+            Classifier::Efficient(m) => m.forward(x),
+        }
+    }
+}
+
+/// A built model and its count of trainable parameters.
+pub struct Built<B: Backend> {
+    pub model: Classifier<B>,
+    pub trainable: usize,
+}
+
+/// Builds `arch` for `channels` input channels and `classes` outputs. `dropout` overrides
+/// the architecture's default head dropout.
+pub fn build<B: Backend>(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &B::Device) -> Built<B> {
+    let mut ctx = Ctx::new(device);
+    let model = match arch {
+        Arch::SimpleCnn => Classifier::Simple(simple_cnn::SimpleCnn::new(&mut ctx, channels, classes, dropout.unwrap_or(0.2))),
+        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
+            Classifier::Resnet(resnet::ResNet::new(&mut ctx, arch, channels, classes, dropout.unwrap_or(0.0)))
+        }
+        _ => Classifier::Efficient(efficientnet::EfficientNet::new(&mut ctx, arch, channels, classes, dropout)),
+    };
+    let running = 2 * ctx.bn_channels;
+    let trainable = model.num_params() - running;
+    Built { model, trainable }
+}
+
+/// Trainable parameters of `arch` (what torchvision reports), built on the CPU.
+pub fn trainable_parameters(arch: Arch, channels: usize, classes: usize) -> usize {
+    build::<burn::backend::Flex>(arch, channels, classes, None, &Default::default()).trainable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type B = burn::backend::Flex;
+
+    fn trainable(arch: Arch) -> usize {
+        build::<B>(arch, 3, 1000, None, &Default::default()).trainable
+    }
+
+    #[test]
+    fn resnet_parameter_counts_match_torchvision() {
+        assert_eq!(trainable(Arch::Resnet18), 11_689_512);
+        assert_eq!(trainable(Arch::Resnet34), 21_797_672);
+        assert_eq!(trainable(Arch::Resnet50), 25_557_032);
+    }
+
+    #[test]
+    fn efficientnet_parameter_counts_match_torchvision() {
+        for (arch, expected) in [
+            (Arch::EfficientnetB0, 5_288_548),
+            (Arch::EfficientnetB1, 7_794_184),
+            (Arch::EfficientnetB2, 9_109_994),
+            (Arch::EfficientnetB3, 12_233_232),
+            (Arch::EfficientnetB4, 19_341_616),
+            (Arch::EfficientnetB5, 30_389_784),
+            (Arch::EfficientnetB6, 43_040_704),
+            (Arch::EfficientnetB7, 66_347_960),
+        ] {
+            assert_eq!(trainable(arch), expected, "{arch}");
+        }
+    }
+
+    #[test]
+    fn every_model_maps_a_grayscale_batch_to_class_logits() {
+        let device = Default::default();
+        for arch in [Arch::SimpleCnn, Arch::Resnet18, Arch::EfficientnetB0] {
+            let built = build::<B>(arch, 1, 10, None, &device);
+            let x = Tensor::<B, 4>::zeros([2, 1, 64, 64], &device);
+            assert_eq!(built.model.forward(x).dims(), [2, 10], "{arch}");
+        }
+    }
+}

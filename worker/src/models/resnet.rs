@@ -1,0 +1,121 @@
+//! ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks) in torchvision's layout.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use protocol::spec::Arch;
+
+use super::Ctx;
+
+fn conv<B: Backend>(ctx: &Ctx<B>, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2d<B> {
+    let pad = kernel / 2;
+    Conv2dConfig::new([input, output], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(ctx.device)
+}
+
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    conv: Conv2d<B>,
+    bn: BatchNorm<B>,
+}
+
+/// A basic block (two 3x3 convolutions) or a bottleneck (1x1, 3x3, 1x1 with 4x expansion).
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    convs: Vec<Conv2d<B>>,
+    bns: Vec<BatchNorm<B>>,
+    downsample: Option<Downsample<B>>,
+}
+
+impl<B: Backend> Block<B> {
+    fn new(ctx: &mut Ctx<B>, input: usize, planes: usize, stride: usize, bottleneck: bool) -> Self {
+        let (convs, bns, output) = if bottleneck {
+            let out = planes * 4;
+            (
+                vec![conv(ctx, input, planes, 1, 1), conv(ctx, planes, planes, 3, stride), conv(ctx, planes, out, 1, 1)],
+                vec![ctx.bn(planes), ctx.bn(planes), ctx.bn(out)],
+                out,
+            )
+        } else {
+            (vec![conv(ctx, input, planes, 3, stride), conv(ctx, planes, planes, 3, 1)], vec![ctx.bn(planes), ctx.bn(planes)], planes)
+        };
+        let downsample = (stride != 1 || input != output).then(|| Downsample { conv: conv(ctx, input, output, 1, stride), bn: ctx.bn(output) });
+        Self { convs, bns, downsample }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let last = self.convs.len() - 1;
+        let mut y = x;
+        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
+            y = bn.forward(conv.forward(y));
+            if i != last {
+                y = relu(y);
+            }
+        }
+        relu(y + identity)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet<B: Backend> {
+    stem: Conv2d<B>,
+    stem_bn: BatchNorm<B>,
+    maxpool: MaxPool2d,
+    blocks: Vec<Block<B>>,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    fc: Linear<B>,
+}
+
+impl<B: Backend> ResNet<B> {
+    pub fn new(ctx: &mut Ctx<B>, arch: Arch, channels: usize, classes: usize, dropout: f64) -> Self {
+        let (layers, bottleneck) = match arch {
+            Arch::Resnet18 => ([2, 2, 2, 2], false),
+            Arch::Resnet34 => ([3, 4, 6, 3], false),
+            _ => ([3, 4, 6, 3], true),
+        };
+        let stem = Conv2dConfig::new([channels, 64], [7, 7])
+            .with_stride([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+            .with_bias(false)
+            .init(ctx.device);
+        let stem_bn = ctx.bn(64);
+        let mut blocks = Vec::new();
+        let mut input = 64;
+        for (stage, &count) in layers.iter().enumerate() {
+            let planes = 64 << stage;
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                blocks.push(Block::new(ctx, input, planes, stride, bottleneck));
+                input = if bottleneck { planes * 4 } else { planes };
+            }
+        }
+        Self {
+            stem,
+            stem_bn,
+            maxpool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            dropout: DropoutConfig::new(dropout).init(),
+            fc: LinearConfig::new(input, classes).init(ctx.device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = self.maxpool.forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = self.pool.forward(x).flatten::<2>(1, 3);
+        self.fc.forward(self.dropout.forward(x))
+    }
+}

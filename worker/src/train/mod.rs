@@ -1,0 +1,376 @@
+//! The training loop: a hand-written Burn loop (forward, backward, optimiser step) with
+//! per-class validation metrics every epoch (protocol's metric math), best-epoch
+//! selection, early stopping, cooperative cancellation, and checkpoints that let a run
+//! resume exactly where it stopped.
+
+pub mod checkpoint;
+pub mod schedule;
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::prelude::*;
+use burn::record::Record;
+use burn::tensor::backend::AutodiffBackend;
+use protocol::metrics::{ClassificationReport, ConfusionMatrix};
+use protocol::spec::{ClassWeights, ExperimentSpec, Goal, OptimizerName};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::cache::{ImageCache, LoadError};
+use crate::data::loader::{Batch, Batches, LoaderConfig, LoaderItem};
+use crate::models::{self, Classifier};
+
+/// Gradients are clipped to this global norm (a fixed choice; see docs/training.md).
+pub const CLIP_NORM: f32 = 5.0;
+
+/// What a run trains on.
+pub struct TrainData {
+    pub classes: Vec<String>,
+    pub train: Vec<LoaderItem>,
+    pub val: Vec<LoaderItem>,
+    /// Decoded-image cache root and the dataset version it is keyed by.
+    pub cache_root: PathBuf,
+    pub version: String,
+}
+
+/// One finished epoch.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub lr: f64,
+    pub images_per_second: f64,
+    pub confusion: ConfusionMatrix,
+    pub report: ClassificationReport,
+    /// Whether this epoch is the best so far by `select.metric`.
+    pub best: bool,
+    /// Images left out (could not be decoded) and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl EpochReport {
+    /// CONTRACT.md's per-epoch metric keys with their values.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = vec![
+            ("train_loss".to_owned(), self.train_loss),
+            ("val_loss".to_owned(), self.val_loss),
+            ("val_accuracy".to_owned(), self.report.accuracy),
+            ("val_macro_f1".to_owned(), self.report.macro_f1),
+            ("val_weighted_f1".to_owned(), self.report.weighted_f1),
+            ("lr".to_owned(), self.lr),
+            ("images_per_second".to_owned(), self.images_per_second),
+        ];
+        for c in &self.report.per_class {
+            out.push((format!("val_precision/{}", c.class), c.precision));
+            out.push((format!("val_recall/{}", c.class), c.recall));
+            out.push((format!("val_f1/{}", c.class), c.f1));
+        }
+        out
+    }
+
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// Where the trainer tells its caller what happens, and asks whether to stop.
+pub trait Reporter {
+    fn step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f64) {}
+    fn epoch(&mut self, report: &EpochReport);
+    /// Checked between steps: true stops training within one step.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// All epochs ran, or early stopping ended the run.
+    Completed { epochs: usize, early_stopped: bool },
+    /// `should_stop` asked to stop; the last checkpoint is the previous epoch's.
+    Stopped { epoch: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub finish: Finish,
+    pub best_epoch: Option<usize>,
+    pub best_value: Option<f64>,
+    pub history: Vec<EpochReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the loss became {value} at epoch {epoch}, step {step}; lower the learning rate or check the data")]
+    NonFinite { epoch: usize, step: usize, value: f64 },
+    #[error("no training images could be read ({skipped} skipped); see the ingestion report")]
+    NoData { skipped: usize },
+    #[error("the validation split is empty (or none of its images could be read); the best epoch cannot be chosen")]
+    NoValidation,
+    #[error(transparent)]
+    Data(#[from] LoadError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+}
+
+fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
+    let n = batch.len();
+    // Centre 0..1 intensities around zero with a fixed scale.
+    Tensor::<B, 1>::from_floats(batch.images.as_slice(), device).reshape([n, 1, size, size]).sub_scalar(0.5).mul_scalar(4.0)
+}
+
+fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
+}
+
+/// Class weights for `balanced`: total / (classes * count), 0-count classes weighted 1.
+fn balanced_weights(items: &[LoaderItem], classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    for item in items {
+        if item.label < classes {
+            counts[item.label] += 1;
+        }
+    }
+    let present = counts.iter().filter(|c| **c > 0).count().max(1);
+    counts.iter().map(|&c| if c == 0 { 1.0 } else { items.len() as f32 / (present as f32 * c as f32) }).collect()
+}
+
+fn better(goal: Goal, candidate: f64, best: Option<f64>) -> bool {
+    match best {
+        None => true,
+        Some(b) => match goal {
+            Goal::Maximize => candidate > b,
+            Goal::Minimize => candidate < b,
+        },
+    }
+}
+
+/// Trains on the chosen device: Burn's flex backend on the CPU, or CUDA (`cuda` feature).
+/// Call [`crate::device::probe`] first.
+pub fn train_on(
+    choice: crate::device::DeviceChoice,
+    spec: &ExperimentSpec,
+    data: &TrainData,
+    checkpoints: &checkpoint::Store,
+    resume: bool,
+    reporter: &mut dyn Reporter,
+) -> Result<Outcome, TrainError> {
+    use crate::device::DeviceChoice;
+    match choice {
+        DeviceChoice::Cpu => {
+            train::<burn::backend::Autodiff<burn::backend::Flex>>(spec, data, &Default::default(), checkpoints, resume, reporter)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => {
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            train::<burn::backend::Autodiff<burn::backend::Cuda>>(spec, data, &device, checkpoints, resume, reporter)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(TrainError::Device(crate::device::DeviceError::NotBuilt)),
+    }
+}
+
+/// Trains `spec` on `data`. With `resume`, continues from the checkpoint in
+/// `checkpoints` (if any) and reaches the same result as an uninterrupted run.
+pub fn train<B: AutodiffBackend>(
+    spec: &ExperimentSpec,
+    data: &TrainData,
+    device: &B::Device,
+    checkpoints: &checkpoint::Store,
+    resume: bool,
+    reporter: &mut dyn Reporter,
+) -> Result<Outcome, TrainError> {
+    let o = &spec.train.optimizer;
+    let clip = Some(GradientClippingConfig::Norm(CLIP_NORM));
+    match o.name {
+        OptimizerName::Adamw => {
+            let optim = AdamWConfig::new().with_weight_decay(o.weight_decay as f32).with_grad_clipping(clip).init();
+            run::<B, _>(spec, data, device, checkpoints, resume, reporter, optim)
+        }
+        OptimizerName::Sgd => {
+            let mut config = SgdConfig::new().with_gradient_clipping(clip);
+            if o.weight_decay > 0.0 {
+                config = config.with_weight_decay(Some(WeightDecayConfig::new(o.weight_decay as f32)));
+            }
+            if let Some(m) = o.momentum {
+                config = config.with_momentum(Some(MomentumConfig::new().with_momentum(m).with_dampening(0.0)));
+            }
+            run::<B, _>(spec, data, device, checkpoints, resume, reporter, config.init())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+    spec: &ExperimentSpec,
+    data: &TrainData,
+    device: &B::Device,
+    checkpoints: &checkpoint::Store,
+    resume: bool,
+    reporter: &mut dyn Reporter,
+    mut optim: O,
+) -> Result<Outcome, TrainError>
+where
+    O::Record: Record<B>,
+{
+    let t = &spec.train;
+    let size = spec.model.resolved_image_size() as usize;
+    let classes = data.classes.len();
+    if data.val.is_empty() {
+        return Err(TrainError::NoValidation);
+    }
+    B::seed(device, t.seed);
+    let mut model: Classifier<B> = models::build::<B>(spec.model.arch, 1, classes, spec.model.dropout, device).model;
+    let mut state = checkpoint::State::default();
+    if resume {
+        if let Some((m, opt_record, s)) = checkpoints.load_last::<B, O::Record>(model.clone(), device)? {
+            model = m;
+            optim = optim.load_record(opt_record);
+            state = s;
+        }
+    }
+    let weights = match t.loss.class_weights {
+        ClassWeights::Balanced => Some(balanced_weights(&data.train, classes)),
+        ClassWeights::None => None,
+    };
+    let smoothing = (t.loss.label_smoothing > 0.0).then_some(t.loss.label_smoothing as f32);
+    let loss_fn = CrossEntropyLossConfig::new().with_weights(weights.clone()).with_smoothing(smoothing).init(device);
+    let val_loss_fn = CrossEntropyLossConfig::new().with_weights(weights).init::<B::InnerBackend>(device);
+
+    let cache = Arc::new(ImageCache::new(&data.cache_root, &data.version, size));
+    let train_items = Arc::new(data.train.clone());
+    let val_items = Arc::new(data.val.clone());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let train_config = LoaderConfig {
+        batch_size: t.batch_size as usize,
+        seed: t.seed,
+        shuffle: true,
+        augment: Some(t.augment.clone()),
+        threads,
+        prefetch: 2,
+    };
+    let val_config = LoaderConfig { shuffle: false, augment: None, ..train_config.clone() };
+    let steps_per_epoch = data.train.len().div_ceil(t.batch_size.max(1) as usize);
+
+    let mut history = state.history.clone();
+    for epoch in state.next_epoch..t.epochs as usize {
+        // Backend randomness (dropout, stochastic depth) is re-seeded per epoch, so a
+        // resumed run draws exactly what an uninterrupted one would.
+        B::seed(device, t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9));
+        let started = Instant::now();
+        let mut seen = 0usize;
+        let mut loss_sum = 0.0;
+        let mut skipped = Vec::new();
+        let mut lr = 0.0;
+        let batches = Batches::new(train_items.clone(), cache.clone(), train_config.clone(), epoch as u64);
+        for (step, batch) in batches.enumerate() {
+            if reporter.should_stop() {
+                return Ok(Outcome { finish: Finish::Stopped { epoch }, best_epoch: state.best_epoch, best_value: state.best_value, history });
+            }
+            let mut batch = batch?;
+            skipped.append(&mut batch.skipped);
+            if batch.is_empty() {
+                continue;
+            }
+            lr = schedule::lr_at(t.optimizer.lr, &t.schedule, t.epochs, epoch * steps_per_epoch + step, steps_per_epoch);
+            let logits = model.forward(images_tensor::<B>(&batch, size, device));
+            let loss = loss_fn.forward(logits, labels_tensor::<B>(&batch, device));
+            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { epoch, step, value });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum += value * batch.len() as f64;
+            seen += batch.len();
+            reporter.step(epoch, step, steps_per_epoch, value);
+        }
+        if seen == 0 {
+            return Err(TrainError::NoData { skipped: skipped.len() });
+        }
+        let images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+
+        // Validation on the inner (non-autodiff) backend: BatchNorm uses running statistics.
+        let valid = model.valid();
+        let mut confusion = ConfusionMatrix::new(data.classes.clone());
+        let mut val_loss_sum = 0.0;
+        let mut val_seen = 0usize;
+        for batch in Batches::new(val_items.clone(), cache.clone(), val_config.clone(), 0) {
+            let mut batch = batch?;
+            skipped.append(&mut batch.skipped);
+            if batch.is_empty() {
+                continue;
+            }
+            let logits = valid.forward(images_tensor::<B::InnerBackend>(&batch, size, device));
+            let loss = val_loss_fn.forward(logits.clone(), labels_tensor::<B::InnerBackend>(&batch, device));
+            val_loss_sum += f64::from(loss.into_scalar().elem::<f32>()) * batch.len() as f64;
+            val_seen += batch.len();
+            let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+            for (truth, p) in batch.labels.iter().zip(predicted) {
+                let _ = confusion.record(*truth, p.max(0) as usize);
+            }
+        }
+        if val_seen == 0 {
+            return Err(TrainError::NoValidation);
+        }
+        let report = confusion.report();
+        let mut epoch_report = EpochReport {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            val_loss: val_loss_sum / val_seen as f64,
+            lr,
+            images_per_second,
+            confusion,
+            report,
+            best: false,
+            skipped,
+        };
+        let value = epoch_report.metric(&spec.select.metric).unwrap_or(f64::NAN);
+        if value.is_finite() && better(spec.select.goal, value, state.best_value) {
+            state.best_value = Some(value);
+            state.best_epoch = Some(epoch);
+            epoch_report.best = true;
+            checkpoints.save_best::<B>(&model)?;
+        }
+        if let Some(es) = &t.early_stopping {
+            let v = epoch_report.metric(&es.metric).unwrap_or(f64::NAN);
+            let goal = if es.metric.ends_with("loss") { Goal::Minimize } else { Goal::Maximize };
+            if v.is_finite() && better(goal, v, state.early_best) {
+                state.early_best = Some(v);
+                state.since_improvement = 0;
+            } else {
+                state.since_improvement += 1;
+            }
+        }
+        history.push(epoch_report.clone());
+        state.history = history.clone();
+        state.next_epoch = epoch + 1;
+        checkpoints.save_last::<B, O::Record>(&model, optim.to_record(), &state)?;
+        reporter.epoch(&epoch_report);
+        if let Some(es) = &t.early_stopping {
+            if state.since_improvement >= es.patience as usize {
+                return Ok(Outcome {
+                    finish: Finish::Completed { epochs: epoch + 1, early_stopped: true },
+                    best_epoch: state.best_epoch,
+                    best_value: state.best_value,
+                    history,
+                });
+            }
+        }
+    }
+    Ok(Outcome {
+        finish: Finish::Completed { epochs: t.epochs as usize, early_stopped: false },
+        best_epoch: state.best_epoch,
+        best_value: state.best_value,
+        history,
+    })
+}
