@@ -1,0 +1,136 @@
+//! Training on CPU with tiny models and images: learning, determinism, resume, cancel.
+
+use protocol::spec::{self, ExperimentSpec};
+use std::path::Path;
+use worker::data::loader::LoaderItem;
+use worker::data::manifest::{self, ScanOptions};
+use worker::data::split::{self, SplitInput};
+use worker::device::DeviceChoice;
+use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
+
+fn spec(extra: &str) -> ExperimentSpec {
+    let yaml = format!(
+        "name: t\ndataset: {{name: d}}\nmodel: {{arch: simple_cnn, image_size: 48, dropout: 0.1}}\n\
+         train:\n  epochs: 4\n  batch_size: 16\n  seed: 3\n  optimizer: {{name: adamw, lr: 0.003, weight_decay: 0.0001}}\n\
+         \x20 schedule: {{name: cosine, warmup_epochs: 1}}\n  loss: {{class_weights: balanced, label_smoothing: 0.05}}\n\
+         \x20 augment: {{rotate_deg: 3, noise: 0.01}}\n{extra}"
+    );
+    spec::resolved(&spec::parse(&yaml, "t.yaml").expect("valid spec"))
+}
+
+/// Phantoms split the way `cobb dataset register` splits them.
+fn phantom_data(dir: &Path, count: usize) -> TrainData {
+    let options = worker::phantoms::Options {
+        count,
+        size: 64,
+        seed: 11,
+        format: worker::phantoms::Format::Png,
+        balance: worker::phantoms::Balance::Uniform,
+    };
+    let root = dir.join("ph");
+    worker::phantoms::generate(&root, &options).expect("phantoms");
+    let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
+    let scan = ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: false };
+    let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");
+    let inputs: Vec<SplitInput<'_>> =
+        scanned.items.iter().map(|i| SplitInput { key: &i.sha256, label: &i.label, group: i.patient.as_deref() }).collect();
+    let splits = split::assign(&inputs, [70, 15, 15], 0);
+    let mut data = TrainData { classes: classes.clone(), train: vec![], val: vec![], cache_root: dir.join("cache"), version: "v".to_owned() };
+    for (item, s) in scanned.items.iter().zip(splits) {
+        let label = classes.iter().position(|c| *c == item.label).expect("class");
+        let entry = LoaderItem { path: root.join(&item.path), sha256: item.sha256.clone(), label };
+        match s {
+            protocol::Split::Train => data.train.push(entry),
+            protocol::Split::Val => data.val.push(entry),
+            protocol::Split::Test => {}
+        }
+    }
+    data
+}
+
+#[derive(Default)]
+struct Log {
+    epochs: Vec<EpochReport>,
+    stop_after_steps: Option<usize>,
+    steps: usize,
+}
+
+impl Reporter for Log {
+    fn step(&mut self, _: usize, _: usize, _: usize, _: f64) {
+        self.steps += 1;
+    }
+    fn epoch(&mut self, report: &EpochReport) {
+        self.epochs.push(report.clone());
+    }
+    fn should_stop(&mut self) -> bool {
+        self.stop_after_steps.is_some_and(|n| self.steps >= n)
+    }
+}
+
+/// Burn's CPU backend seeds one process-wide generator; trainings in one process take
+/// turns so that each sees only its own draws (the worker runs one training per process
+/// slot for the same reason).
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(spec: &ExperimentSpec, data: &TrainData, dir: &Path, resume: bool, log: &mut Log) -> train::Outcome {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let store = checkpoint::Store::new(dir);
+    train::train_on(DeviceChoice::Cpu, spec, data, &store, resume, log).expect("training runs")
+}
+
+#[test]
+fn simple_cnn_learns_phantoms_and_resumes_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = phantom_data(dir.path(), 400);
+    let spec = spec("");
+
+    // Uninterrupted run.
+    let mut full = Log::default();
+    let outcome = run(&spec, &data, &dir.path().join("full"), false, &mut full);
+    assert_eq!(outcome.finish, Finish::Completed { epochs: 4, early_stopped: false });
+    let last = full.epochs.last().expect("epochs");
+    // Chance macro-F1 for 10 balanced classes is about 0.1; 0.3 after four short epochs
+    // means the model reads anatomy and hardware, not noise.
+    assert!(last.report.macro_f1 > 0.3, "macro-F1 {}", last.report.macro_f1);
+    assert!(last.train_loss < full.epochs[0].train_loss);
+    assert_eq!(last.report.per_class.len(), 10);
+    assert!(dir.path().join("full/best/model.mpk").exists());
+
+    // The same seed gives the same run.
+    let mut again = Log::default();
+    run(&spec, &data, &dir.path().join("again"), false, &mut again);
+    let losses = |log: &Log| log.epochs.iter().map(|e| (e.train_loss, e.val_loss)).collect::<Vec<_>>();
+    assert_eq!(losses(&full), losses(&again), "fixed seed, same losses");
+
+    // Stop after epoch 2 (the fifth step of epoch 2 asks to stop), then resume.
+    let steps_per_epoch = data.train.len().div_ceil(16);
+    let mut first = Log { stop_after_steps: Some(2 * steps_per_epoch + 5), ..Log::default() };
+    let stopped = run(&spec, &data, &dir.path().join("resumed"), false, &mut first);
+    assert_eq!(stopped.finish, Finish::Stopped { epoch: 2 }, "cancellation stops within one step");
+    assert_eq!(first.epochs.len(), 2);
+    let mut second = Log::default();
+    let resumed = run(&spec, &data, &dir.path().join("resumed"), true, &mut second);
+    assert_eq!(second.epochs.first().map(|e| e.epoch), Some(2), "resumes at the first unfinished epoch");
+    assert_eq!(resumed.history.len(), 4);
+    let combined: Vec<(f64, f64)> = resumed.history.iter().map(|e| (e.train_loss, e.val_loss)).collect();
+    assert_eq!(combined, losses(&full), "a resumed run reaches the uninterrupted run's metrics");
+    assert_eq!(resumed.best_epoch, outcome.best_epoch);
+}
+
+#[test]
+fn early_stopping_ends_a_run_that_stops_improving() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = phantom_data(dir.path(), 120);
+    // A learning rate of zero never improves the validation loss after the first epoch.
+    let spec = spec("").clone();
+    let mut spec = spec;
+    spec.train.optimizer.lr = 1e-12;
+    spec.train.epochs = 6;
+    spec.train.early_stopping = Some(protocol::spec::EarlyStoppingSpec { metric: "val_macro_f1".to_owned(), patience: 2 });
+    let mut log = Log::default();
+    let outcome = run(&spec, &data, dir.path(), false, &mut log);
+    match outcome.finish {
+        Finish::Completed { early_stopped: true, epochs } => assert!(epochs < 6, "{epochs}"),
+        other => panic!("expected early stopping, got {other:?}"),
+    }
+}
