@@ -33,6 +33,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole product on a laptop: phantoms, a dataset, the demo sweep trained by
+    /// local CPU workers, the leaderboard.
+    Demo(commands::worker::DemoArgs),
+    /// A local server (SQLite under --data-dir) and N workers in one command.
+    Up(commands::worker::UpArgs),
+    /// Pull queued runs from the server and train them.
+    Worker(commands::worker::WorkerArgs),
     /// Run the server (SQLite under --data-dir unless --database-url is given).
     Server(commands::server::ServerArgs),
     /// Validate an experiment and queue its runs.
@@ -89,6 +96,9 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let client = || Client::new(&cli.server, cli.token.clone(), &cli.data_dir);
     match &cli.command {
+        Command::Demo(args) => commands::worker::demo(args, &cli.data_dir).await,
+        Command::Up(args) => commands::worker::up(args, &cli.data_dir).await,
+        Command::Worker(args) => commands::worker::worker(args, &cli.server, cli.token.clone(), &cli.data_dir).await,
         Command::Server(args) => commands::server::run(args, &cli.data_dir).await,
         Command::Submit(args) => commands::submit::run(args, &client()?, cli.json).await,
         Command::Runs(args) => commands::runs::list(args, &client()?, cli.json).await,

@@ -2,8 +2,10 @@
 //! input pipeline), the Burn models and the training loop. The lease loop that connects
 //! training to the server arrives with the worker issue.
 
+pub mod client;
 pub mod data;
 pub mod device;
+pub mod lease;
 pub mod models;
 pub mod phantoms;
 pub mod train;

@@ -47,74 +47,7 @@ pub enum DatasetCommand {
 pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<(), Failure> {
     match cmd {
         DatasetCommand::Register { name, path, manifest: csv, split: ratios, seed, group_by, classes } => {
-            let classes: Vec<String> =
-                classes.clone().unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
-            let parsed_ratios = protocol::api::parse_split_ratios(ratios).map_err(Failure::input)?;
-            if !path.is_dir() {
-                return Err(Failure::input(format!("{} is not a directory", path.display())));
-            }
-            let group_by = if group_by == "none" { GroupBy::None } else { GroupBy::Patient };
-            let salt: InstallationSalt = client.get("/datasets/salt").await?;
-            let options = manifest::ScanOptions { classes: classes.clone(), salt: salt.salt, decode: true };
-            // A manifest.csv at the root (as `cobb phantoms` writes) is used when none is named.
-            let found = path.join("manifest.csv");
-            let csv = csv.clone().or_else(|| found.is_file().then_some(found));
-            if let Some(csv) = &csv {
-                eprintln!("reading {} (hashing and decoding every image)", csv.display());
-            }
-            let scanned = match &csv {
-                Some(csv) => manifest::read_manifest(path, csv, &options),
-                None => manifest::scan_folder(path, &options),
-            }
-            .map_err(|e| Failure::Input(e.into()))?;
-            if scanned.items.is_empty() {
-                for issue in &scanned.report {
-                    eprintln!("skipped {}: {}", issue.path, issue.reason);
-                }
-                return Err(Failure::input("no usable images were found; see the skipped files above"));
-            }
-            if group_by == GroupBy::Patient && scanned.items.iter().all(|i| i.patient.is_none()) {
-                eprintln!("warning: no patient ids found; every image is its own group (give --manifest with patient_id)");
-            }
-            let inputs: Vec<SplitInput<'_>> = scanned
-                .items
-                .iter()
-                .map(|i| SplitInput {
-                    key: &i.sha256,
-                    label: &i.label,
-                    group: if group_by == GroupBy::Patient { i.patient.as_deref() } else { None },
-                })
-                .collect();
-            let splits = split::assign(&inputs, parsed_ratios, *seed);
-            let items: Vec<DatasetItem> = scanned
-                .items
-                .into_iter()
-                .zip(splits)
-                .map(|(i, split)| DatasetItem {
-                    path: i.path,
-                    sha256: i.sha256,
-                    bytes: i.bytes,
-                    label: i.label,
-                    patient: i.patient,
-                    split,
-                    view: i.view,
-                    acquired_at: i.acquired_at,
-                })
-                .collect();
-            let root = std::fs::canonicalize(path).with_context(|| format!("while resolving {}", path.display()))?;
-            let request = RegisterDataset {
-                name: name.clone(),
-                root: root.display().to_string(),
-                split: ratios.clone(),
-                seed: *seed,
-                group_by,
-                classes,
-                items,
-                report: scanned.report,
-            };
-            let info: DatasetVersionInfo = client.post("/datasets", &request).await?;
-            print_version(&info, json);
-            Ok(())
+            register(client, name, path, csv.clone(), ratios, *seed, group_by, classes.clone(), json).await.map(|_| ())
         }
         DatasetCommand::Show { name, items } => {
             let (name, version) = match name.split_once('@') {
@@ -147,6 +80,91 @@ pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<()
             Ok(())
         }
     }
+}
+
+/// Scans, hashes and decodes a dataset, freezes its split and registers it; prints the
+/// version's counts.
+#[allow(clippy::too_many_arguments)]
+pub async fn register(
+    client: &Client,
+    name: &str,
+    path: &std::path::Path,
+    csv: Option<PathBuf>,
+    ratios: &str,
+    seed: u64,
+    group_by: &str,
+    classes: Option<Vec<String>>,
+    json: bool,
+) -> Result<DatasetVersionInfo, Failure> {
+    let classes: Vec<String> =
+        classes.unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
+    let parsed_ratios = protocol::api::parse_split_ratios(ratios).map_err(Failure::input)?;
+    if !path.is_dir() {
+        return Err(Failure::input(format!("{} is not a directory", path.display())));
+    }
+    let group_by = if group_by == "none" { GroupBy::None } else { GroupBy::Patient };
+    let salt: InstallationSalt = client.get("/datasets/salt").await?;
+    let options = manifest::ScanOptions { classes: classes.clone(), salt: salt.salt, decode: true };
+    // A manifest.csv at the root (as `cobb phantoms` writes) is used when none is named.
+    let found = path.join("manifest.csv");
+    let csv = csv.clone().or_else(|| found.is_file().then_some(found));
+    if let Some(csv) = &csv {
+        eprintln!("reading {} (hashing and decoding every image)", csv.display());
+    }
+    let scanned = match &csv {
+        Some(csv) => manifest::read_manifest(path, csv, &options),
+        None => manifest::scan_folder(path, &options),
+    }
+    .map_err(|e| Failure::Input(e.into()))?;
+    if scanned.items.is_empty() {
+        for issue in &scanned.report {
+            eprintln!("skipped {}: {}", issue.path, issue.reason);
+        }
+        return Err(Failure::input("no usable images were found; see the skipped files above"));
+    }
+    if group_by == GroupBy::Patient && scanned.items.iter().all(|i| i.patient.is_none()) {
+        eprintln!("warning: no patient ids found; every image is its own group (give --manifest with patient_id)");
+    }
+    let inputs: Vec<SplitInput<'_>> = scanned
+        .items
+        .iter()
+        .map(|i| SplitInput {
+            key: &i.sha256,
+            label: &i.label,
+            group: if group_by == GroupBy::Patient { i.patient.as_deref() } else { None },
+        })
+        .collect();
+    let splits = split::assign(&inputs, parsed_ratios, seed);
+    let items: Vec<DatasetItem> = scanned
+        .items
+        .into_iter()
+        .zip(splits)
+        .map(|(i, split)| DatasetItem {
+            path: i.path,
+            sha256: i.sha256,
+            bytes: i.bytes,
+            label: i.label,
+            patient: i.patient,
+            split,
+            view: i.view,
+            acquired_at: i.acquired_at,
+        })
+        .collect();
+    let root = std::fs::canonicalize(path).with_context(|| format!("while resolving {}", path.display()))?;
+    let request = RegisterDataset {
+        name: name.to_owned(),
+        root: root.display().to_string(),
+        split: ratios.to_owned(),
+        seed,
+        group_by,
+        classes,
+        items,
+        report: scanned.report,
+    };
+    let info: DatasetVersionInfo = client.post("/datasets", &request).await?;
+    print_version(&info, json);
+    Ok(info)
+        
 }
 
 /// Hashed patient ids that appear in more than one split (must be none).

@@ -6,3 +6,4 @@ pub mod server;
 pub mod submit;
 pub mod token;
 pub mod train;
+pub mod worker;

@@ -66,13 +66,21 @@ impl ImageCache {
         let parent = entry.parent().unwrap_or(&self.dir).to_path_buf();
         let io_entry = |source: std::io::Error| LoadError::Io { path: entry.display().to_string(), source };
         std::fs::create_dir_all(&parent).map_err(io_entry)?;
-        let tmp = parent.join(format!(".{sha256}.{}.tmp", std::process::id()));
+        // A name of its own per writer: several loaders may fill the same entry at once.
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!(".{sha256}.{}.{writer}.tmp", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(io_entry)?;
         let quantized: Vec<u16> = fitted.iter().map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
         let bytes: Vec<u8> = quantized.iter().flat_map(|q| q.to_le_bytes()).collect();
         file.write_all(&bytes).map_err(io_entry)?;
         drop(file);
-        std::fs::rename(&tmp, &entry).map_err(io_entry)?;
+        if let Err(e) = std::fs::rename(&tmp, &entry) {
+            let _ = std::fs::remove_file(&tmp);
+            if !entry.exists() {
+                return Err(io_entry(e));
+            }
+        }
         // What the cache will give next time, so a first epoch equals every later one.
         Ok(quantized.into_iter().map(|q| f32::from(q) / 65535.0).collect())
     }

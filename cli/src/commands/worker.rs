@@ -1,0 +1,331 @@
+//! `cobb worker`, `cobb up` and `cobb demo`: workers that pull runs from a server, a local
+//! server with workers in one command, and the whole product on a laptop.
+
+use anyhow::Context;
+use clap::Args;
+use protocol::api::{CreateToken, CreatedToken, RunDetail, RunList, SubmitExperiment, SubmitResult};
+use protocol::{Role, RunStatus};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use worker::device::{self, DeviceChoice};
+use worker::lease::{self, Progress, WorkerConfig};
+
+use crate::client::Client;
+use crate::failure::Failure;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Runs trained at once by this process.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Worker name shown on the server (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exit when the queue is empty instead of waiting for work.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+/// Prints one line per run event.
+struct Lines;
+
+impl Progress for Lines {
+    fn started(&self, lease: &protocol::api::Lease) {
+        eprintln!(
+            "[run {:>3} {}] started (attempt {}): {} at {} px, {} epochs",
+            lease.run_id,
+            lease.run_name,
+            lease.attempt,
+            lease.config.model.arch,
+            lease.config.model.resolved_image_size(),
+            lease.config.train.epochs
+        );
+    }
+    fn epoch(&self, lease: &protocol::api::Lease, r: &worker::train::EpochReport) {
+        eprintln!(
+            "[run {:>3} {}] epoch {}/{}  loss {:.3}  val macro-F1 {:.3}  {:.0} img/s{}",
+            lease.run_id,
+            lease.run_name,
+            r.epoch + 1,
+            lease.config.train.epochs,
+            r.train_loss,
+            r.report.macro_f1,
+            r.images_per_second,
+            if r.best { "  best" } else { "" }
+        );
+    }
+    fn finished(&self, lease: &protocol::api::Lease, status: &str, detail: &str) {
+        eprintln!("[run {:>3} {}] {status} {detail}", lease.run_id, lease.run_name);
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Starts `count` worker loops; returns their join handles.
+fn spawn_workers(
+    server: &str,
+    token: &str,
+    name: &str,
+    count: usize,
+    device: DeviceChoice,
+    work_dir: &Path,
+    exit_when_idle: bool,
+    shutdown: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|i| {
+            let config = WorkerConfig {
+                server: server.to_owned(),
+                token: token.to_owned(),
+                name: if count == 1 { name.to_owned() } else { format!("{name}-{i}") },
+                device,
+                work_dir: work_dir.to_path_buf(),
+                idle_poll: Duration::from_secs(2),
+                exit_when_idle,
+            };
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = lease::run(config, Arc::new(Lines), shutdown).await {
+                    eprintln!("worker stopped: {e}");
+                }
+            })
+        })
+        .collect()
+}
+
+/// Sets `shutdown` on ctrl-c / SIGTERM: workers finish their step, checkpoint and
+/// release their runs.
+fn on_signal(shutdown: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        eprintln!("stopping: finishing the current step and releasing runs (ctrl-c again to abort)");
+        shutdown.store(true, Ordering::Relaxed);
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
+
+pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data_dir: &Path) -> Result<(), Failure> {
+    server::telemetry::init();
+    let choice: DeviceChoice = args.device.parse().map_err(Failure::input)?;
+    device::probe(choice).map_err(|e| Failure::Runtime(e.into()))?;
+    let token = token
+        .or_else(|| std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned()))
+        .ok_or_else(|| Failure::input("a worker needs a token: --token or COBB_TOKEN (create one with cobb token create --role worker)"))?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(shutdown.clone());
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let handles = spawn_workers(server, &token, &name, args.concurrency.max(1), choice, &data_dir.join("worker"), args.exit_when_idle, shutdown);
+    for h in handles {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A server on SQLite under `data_dir` in this process; returns its URL and admin token.
+async fn local_server(data_dir: &Path, bind: &str) -> Result<(String, String), Failure> {
+    let mut config = server::ServerConfig { data_dir: data_dir.to_path_buf(), bind: bind.to_owned(), ..server::ServerConfig::default() };
+    let app = match server::Application::build(config.clone()).await {
+        Ok(app) => app,
+        Err(_) if bind.ends_with(":8080") => {
+            // The default port is taken: any free port will do on a laptop.
+            config.bind = "127.0.0.1:0".to_owned();
+            server::Application::build(config).await.context("while starting the server")?
+        }
+        Err(e) => return Err(Failure::Runtime(e.context("while starting the server"))),
+    };
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .with_context(|| format!("while reading {}", data_dir.join("admin.token").display()))?
+        .trim()
+        .to_owned();
+    Ok((url, token))
+}
+
+/// A worker token for local workers (created once, kept next to the admin token).
+async fn worker_token(client: &Client, data_dir: &Path) -> Result<String, Failure> {
+    let path = data_dir.join("worker.token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let name = format!("local-workers-{}", std::process::id());
+    let created: CreatedToken = client.post("/tokens", &CreateToken { name, role: Role::Worker }).await?;
+    std::fs::write(&path, &created.token).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(created.token)
+}
+
+pub async fn up(args: &UpArgs, data_dir: &Path) -> Result<(), Failure> {
+    server::telemetry::init();
+    let choice: DeviceChoice = args.device.parse().map_err(Failure::input)?;
+    device::probe(choice).map_err(|e| Failure::Runtime(e.into()))?;
+    let (url, admin) = local_server(data_dir, &args.bind).await?;
+    let client = Client::new(&url, Some(admin), data_dir)?;
+    let token = worker_token(&client, data_dir).await?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(shutdown.clone());
+    let handles = spawn_workers(&url, &token, &default_name(), args.workers, choice, &data_dir.join("worker"), false, shutdown);
+    eprintln!("cobb is up: server {url} with {} worker(s); data in {}", args.workers, data_dir.display());
+    eprintln!("  export COBB_SERVER={url}   # then: cobb submit experiments/demo.yaml, cobb runs");
+    for h in handles {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Exit when the sweep is done instead of serving until ctrl-c.
+    #[arg(long)]
+    pub exit_when_done: bool,
+    /// Phantoms to generate (more: better models, longer demo).
+    #[arg(long, default_value_t = 600)]
+    pub images: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+const DEMO_SPEC: &str = include_str!("../../../experiments/demo.yaml");
+
+pub async fn demo(args: &DemoArgs, data_dir: &Path) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("while creating {}", data_dir.display()))?;
+    let (url, admin) = local_server(data_dir, "127.0.0.1:8080").await?;
+    let client = Client::new(&url, Some(admin.clone()), data_dir)?;
+
+    // 1. Phantoms (once per data dir).
+    let phantoms: PathBuf = data_dir.join("phantoms");
+    if !phantoms.join("manifest.csv").exists() {
+        eprintln!("1/4 generating {} spine radiograph phantoms (64 px, 10 classes) in {}", args.images, phantoms.display());
+        let options = worker::phantoms::Options {
+            count: args.images,
+            size: 64,
+            seed: 42,
+            format: worker::phantoms::Format::Png,
+            balance: worker::phantoms::Balance::Uniform,
+        };
+        tokio::task::spawn_blocking(move || worker::phantoms::generate(&phantoms, &options))
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?
+            .context("while generating phantoms")?;
+    } else {
+        eprintln!("1/4 reusing the phantoms in {}", phantoms.display());
+    }
+    // 2. Register the frozen dataset version.
+    eprintln!("2/4 registering dataset `phantoms` (hashing, decoding, patient-grouped 70/15/15 split)");
+    super::dataset::register(&client, "phantoms", &data_dir.join("phantoms"), None, "70/15/15", 0, "patient", None, false).await?;
+    // 3. Submit the demo sweep.
+    let submitted: SubmitResult = client
+        .post("/experiments", &SubmitExperiment { yaml: DEMO_SPEC.to_owned(), file: Some("experiments/demo.yaml".to_owned()), dry_run: false })
+        .await?;
+    let sweep = submitted.sweep_id.unwrap_or_default();
+    eprintln!("3/4 submitted experiments/demo.yaml: {} runs (sweep s{sweep})", submitted.runs.len());
+    // 4. Local workers train on the CPU.
+    eprintln!("4/4 training on the CPU with {} local worker(s)", args.workers);
+    let token = worker_token(&client, data_dir).await?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    on_signal(shutdown.clone());
+    let workers = spawn_workers(&url, &token, "demo", args.workers, DeviceChoice::Cpu, &data_dir.join("worker"), false, shutdown.clone());
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let list: RunList = client.get(&format!("/runs?sweep={sweep}&limit=100")).await?;
+        if list.runs.iter().all(|r| r.status.is_terminal()) {
+            break;
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.abort();
+    }
+    print_leaderboard(&client, sweep).await?;
+    eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    println!("\nAPI: {url}/api/v1 (token in {}); try: COBB_SERVER={url} cobb runs --sort val_macro_f1", data_dir.join("admin.token").display());
+    if args.exit_when_done {
+        return Ok(());
+    }
+    eprintln!("serving until ctrl-c");
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
+    let list: RunList = client.get(&format!("/runs?sweep={sweep}&sort=val_macro_f1&limit=100")).await?;
+    println!("\nleaderboard (sweep s{sweep}, by validation macro-F1 at each run's best epoch)");
+    let rows: Vec<Vec<String>> = list
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.status.to_string(),
+                r.sort_value.map_or("-".to_owned(), |v| format!("{v:.3}")),
+                r.best_epoch.map_or("-".to_owned(), |e| e.to_string()),
+                protocol::sweep::describe(&r.params),
+            ]
+        })
+        .collect();
+    output::table(&["RUN", "STATUS", "VAL MACRO-F1", "BEST EPOCH", "PARAMS"], &rows);
+    let best: Vec<&protocol::api::RunInfo> = list.runs.iter().filter(|r| r.status == RunStatus::Succeeded).take(3).collect();
+    if best.is_empty() {
+        return Ok(());
+    }
+    let mut details = Vec::new();
+    for r in &best {
+        details.push(client.get::<RunDetail>(&format!("/runs/{}", r.id)).await?);
+    }
+    println!("\nper-class precision / recall of the best runs (validation, best epoch)");
+    let mut header = vec!["CLASS".to_owned()];
+    header.extend(details.iter().map(|d| format!("run {} P / R", d.run.id)));
+    let classes: Vec<String> =
+        details[0].class_results.as_ref().map(|c| c.per_class.iter().map(|m| m.class.clone()).collect()).unwrap_or_default();
+    let rows: Vec<Vec<String>> = classes
+        .iter()
+        .map(|class| {
+            let mut row = vec![class.clone()];
+            for d in &details {
+                let cell = d
+                    .class_results
+                    .as_ref()
+                    .and_then(|c| c.per_class.iter().find(|m| &m.class == class))
+                    .map_or("-".to_owned(), |m| format!("{:.2} / {:.2}", m.precision, m.recall));
+                row.push(cell);
+            }
+            row
+        })
+        .collect();
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    output::table(&header_refs, &rows);
+    Ok(())
+}

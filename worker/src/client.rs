@@ -1,0 +1,139 @@
+//! The worker's HTTP client for the server's worker protocol. Transient failures
+//! (connection refused, 5xx) are retried with backoff so a server restart does not lose
+//! a run; refusals (409 lease expired/lost) are returned as such.
+
+use protocol::api::{
+    Complete, EpochResults, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
+    RecordArtifact, Release, RunInfo,
+};
+use protocol::ErrorBody;
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the write because the lease is no longer this worker's.
+    #[error("lease refused: {0}")]
+    LeaseLost(String),
+    #[error("the server answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("cannot reach the server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    /// How long to keep retrying transient failures.
+    patience: Duration,
+}
+
+impl Client {
+    pub fn new(server: &str, token: &str) -> Self {
+        Self {
+            base: format!("{}/api/v1", server.trim_end_matches('/')),
+            token: token.to_owned(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default(),
+            patience: Duration::from_secs(300),
+        }
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Option<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut delay = Duration::from_millis(250);
+        let started = std::time::Instant::now();
+        loop {
+            let attempt = self.http.post(&url).bearer_auth(&self.token).json(body).send().await;
+            let transient = match attempt {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::NO_CONTENT {
+                        return Ok(None);
+                    }
+                    let text = response.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&text)
+                            .map(Some)
+                            .map_err(|e| ClientError::Refused { status: status.as_u16(), message: format!("undecodable answer: {e}") });
+                    }
+                    let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.message).unwrap_or(text);
+                    if status == StatusCode::CONFLICT {
+                        return Err(ClientError::LeaseLost(message));
+                    }
+                    if !status.is_server_error() {
+                        return Err(ClientError::Refused { status: status.as_u16(), message });
+                    }
+                    message
+                }
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > self.patience {
+                return Err(ClientError::Unreachable { url, message: transient });
+            }
+            tracing::warn!(%url, error = %transient, retry_in_ms = delay.as_millis() as u64, "server unavailable; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), message: e.to_string() })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status == StatusCode::CONFLICT {
+            return Err(ClientError::LeaseLost(text));
+        }
+        if !status.is_success() {
+            return Err(ClientError::Refused { status: status.as_u16(), message: text });
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Refused { status: status.as_u16(), message: e.to_string() })
+    }
+
+    fn expect<T>(value: Option<T>, what: &str) -> Result<T, ClientError> {
+        value.ok_or_else(|| ClientError::Refused { status: 204, message: format!("empty answer to {what}") })
+    }
+
+    pub async fn lease(&self, worker: &str, device: &str) -> Result<Option<Lease>, ClientError> {
+        self.send("/leases", &LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()) }).await
+    }
+
+    pub async fn items(&self, lease: &str) -> Result<ItemList, ClientError> {
+        self.get(&format!("/leases/{lease}/items")).await
+    }
+
+    pub async fn heartbeat(&self, lease: &str, epoch: Option<i64>) -> Result<HeartbeatReply, ClientError> {
+        let reply = self.send(&format!("/leases/{lease}/heartbeat"), &Heartbeat { epoch }).await?;
+        Self::expect(reply, "heartbeat")
+    }
+
+    pub async fn metrics(&self, run: i64, batch: &MetricsBatch) -> Result<MetricsAccepted, ClientError> {
+        Self::expect(self.send(&format!("/runs/{run}/metrics"), batch).await?, "metrics")
+    }
+
+    pub async fn results(&self, run: i64, results: &EpochResults) -> Result<(), ClientError> {
+        self.send::<_, serde_json::Value>(&format!("/runs/{run}/results"), results).await.map(|_| ())
+    }
+
+    pub async fn artifact(&self, run: i64, artifact: &RecordArtifact) -> Result<(), ClientError> {
+        self.send::<_, serde_json::Value>(&format!("/runs/{run}/artifacts"), artifact).await.map(|_| ())
+    }
+
+    pub async fn complete(&self, lease: &str, complete: &Complete) -> Result<RunInfo, ClientError> {
+        Self::expect(self.send(&format!("/leases/{lease}/complete"), complete).await?, "complete")
+    }
+
+    pub async fn release(&self, lease: &str, reason: &str) -> Result<RunInfo, ClientError> {
+        Self::expect(self.send(&format!("/leases/{lease}/release"), &Release { reason: reason.to_owned() }).await?, "release")
+    }
+}
