@@ -188,3 +188,23 @@ fn register_submit_and_list_against_a_real_server() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("needs the submitter role"), "{}", text(&out).1);
 }
+
+#[test]
+fn the_demo_trains_its_sweep_and_prints_the_leaderboard() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(COBB)
+        .args(["demo", "--exit-when-done", "--images", "120", "--data-dir", "dd"])
+        .current_dir(dir.path())
+        .output()
+        .expect("demo runs");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("leaderboard"), "{stdout}");
+    let succeeded = stdout.lines().filter(|l| l.contains(" succeeded ")).count();
+    assert_eq!(succeeded, 4, "all four demo runs succeed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("per-class precision / recall"), "{stdout}");
+    assert!(stdout.contains("lat_postop_tether"), "{stdout}");
+    // The metrics are stored as data: the CLI reads them back from the server's database.
+    assert!(dir.path().join("dd/cobb.db").exists());
+    assert!(dir.path().join("dd/worker/checkpoints").exists());
+}

@@ -27,6 +27,26 @@ enum Bench {
     Server(Args),
     /// Phantoms, decoding and the loader.
     Data(DataArgs),
+    /// Training and evaluation images/s on synthetic batches (each model in its own
+    /// process, so peak memory is per model).
+    Train(TrainBenchArgs),
+    #[command(hide = true)]
+    TrainOne { arch: String, size: usize, batch: usize, warmup: usize, steps: usize, eval_steps: usize },
+}
+
+#[derive(Debug, clap::Args)]
+struct TrainBenchArgs {
+    /// arch@size, comma-separated.
+    #[arg(long, default_value = "simple_cnn@128,resnet18@128,efficientnet_b0@128", value_delimiter = ',')]
+    configs: Vec<String>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
+    #[arg(long, default_value_t = 6)]
+    eval_steps: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -344,7 +364,46 @@ async fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Server(args) => server_bench(args).await,
         Bench::Data(args) => data_bench(&args),
+        Bench::Train(args) => train_bench(&args),
+        Bench::TrainOne { arch, size, batch, warmup, steps, eval_steps } => {
+            let arch: protocol::spec::Arch = serde_json::from_value(json!(arch)).context("unknown architecture")?;
+            let t = worker::train::bench::measure(arch, size, batch, warmup, steps, eval_steps);
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let peak_kib: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut value = serde_json::to_value(&t)?;
+            value["peak_rss_kib"] = json!(peak_kib);
+            println!("{value}");
+            Ok(())
+        }
     }
+}
+
+fn train_bench(args: &TrainBenchArgs) -> Result<()> {
+    println!("training benchmark: batch {}, 1-channel random images, 10 classes, AdamW; Burn 0.21 flex on the CPU", args.batch);
+    for config in &args.configs {
+        let (arch, size) = config.split_once('@').context("configs look like arch@size")?;
+        let output = Command::new(std::env::current_exe()?)
+            .args(["train-one", arch, size, &args.batch.to_string(), &args.warmup.to_string(), &args.steps.to_string(), &args.eval_steps.to_string()])
+            .output()?;
+        if !output.status.success() {
+            bail!("{config}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let t: Value = serde_json::from_slice(&output.stdout)?;
+        let peak_mb = t["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
+        println!(
+            "{config:<22} train {:>7.1} img/s ({:>7.0} ms/step)  eval {:>7.1} img/s  peak RSS {:>6.0} MB",
+            t["train_images_per_second"].as_f64().unwrap_or(0.0),
+            t["train_step_ms"].as_f64().unwrap_or(0.0),
+            t["eval_images_per_second"].as_f64().unwrap_or(0.0),
+            peak_mb
+        );
+    }
+    Ok(())
 }
 
 fn rate(n: usize, start: Instant) -> f64 {

@@ -3,6 +3,7 @@
 //! selection, early stopping, cooperative cancellation, and checkpoints that let a run
 //! resume exactly where it stopped.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod schedule;
 
@@ -119,6 +120,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    #[error("model.pretrained ({0}): loading ImageNet weights is not implemented yet; remove the key to train from scratch")]
+    PretrainedUnsupported(String),
 }
 
 fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
@@ -227,6 +230,9 @@ where
     let classes = data.classes.len();
     if data.val.is_empty() {
         return Err(TrainError::NoValidation);
+    }
+    if let Some(path) = &spec.model.pretrained {
+        return Err(TrainError::PretrainedUnsupported(path.clone()));
     }
     B::seed(device, t.seed);
     let mut model: Classifier<B> = models::build::<B>(spec.model.arch, 1, classes, spec.model.dropout, device).model;

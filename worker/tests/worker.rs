@@ -1,0 +1,169 @@
+//! A real server and a real worker: runs are leased, trained, streamed and completed;
+//! a cancelled run stops its worker.
+
+use protocol::api::{DatasetItem, GroupBy, RegisterDataset, RunDetail, RunList};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use worker::device::DeviceChoice;
+use worker::lease::{self, Quiet, WorkerConfig};
+
+struct Server {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = server::ServerConfig {
+            bind: "127.0.0.1:0".to_owned(),
+            data_dir: dir.path().join("server"),
+            heartbeat_secs: 1,
+            ..server::ServerConfig::default()
+        };
+        let app = server::Application::build(config).await.expect("server");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let token = app.admin_token.clone().expect("admin token");
+        tokio::spawn(app.run_until_stopped());
+        Self { url, token, http: reqwest::Client::new(), _dir: dir }
+    }
+
+    async fn post(&self, path: &str, body: &impl serde::Serialize) -> serde_json::Value {
+        let r = self.http.post(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).json(body).send().await.expect("post");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let r = self.http.get(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).send().await.expect("get");
+        r.json().await.expect("json")
+    }
+
+    /// Phantoms registered the way the CLI registers them.
+    async fn register_phantoms(&self, root: &std::path::Path) {
+        let options = worker::phantoms::Options {
+            count: 100,
+            size: 48,
+            seed: 2,
+            format: worker::phantoms::Format::Png,
+            balance: worker::phantoms::Balance::Uniform,
+        };
+        worker::phantoms::generate(root, &options).expect("phantoms");
+        let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
+        let scan = worker::data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
+        let scanned = worker::data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
+        let inputs: Vec<worker::data::split::SplitInput<'_>> = scanned
+            .items
+            .iter()
+            .map(|i| worker::data::split::SplitInput { key: &i.sha256, label: &i.label, group: i.patient.as_deref() })
+            .collect();
+        let splits = worker::data::split::assign(&inputs, [70, 15, 15], 0);
+        let items = scanned
+            .items
+            .into_iter()
+            .zip(splits)
+            .map(|(i, split)| DatasetItem {
+                path: i.path,
+                sha256: i.sha256,
+                bytes: i.bytes,
+                label: i.label,
+                patient: i.patient,
+                split,
+                view: i.view,
+                acquired_at: i.acquired_at,
+            })
+            .collect();
+        let request = RegisterDataset {
+            name: "ph".to_owned(),
+            root: root.display().to_string(),
+            split: "70/15/15".to_owned(),
+            seed: 0,
+            group_by: GroupBy::Patient,
+            classes,
+            items,
+            report: vec![],
+        };
+        self.post("/datasets", &request).await;
+    }
+
+    fn worker(&self, dir: &std::path::Path, exit_when_idle: bool) -> WorkerConfig {
+        WorkerConfig {
+            server: self.url.clone(),
+            token: self.token.clone(),
+            name: "test-worker".to_owned(),
+            device: DeviceChoice::Cpu,
+            work_dir: dir.to_path_buf(),
+            idle_poll: Duration::from_millis(200),
+            exit_when_idle,
+        }
+    }
+}
+
+fn spec(name: &str, epochs: u32, sweep: &str) -> String {
+    format!(
+        "name: {name}\ndataset: {{name: ph}}\nmodel: {{arch: simple_cnn, image_size: 32}}\n\
+         train:\n  epochs: {epochs}\n  batch_size: 8\n  seed: 1\n  optimizer: {{name: adamw, lr: 0.003}}\n{sweep}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_trains_queued_runs_and_streams_every_epoch() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    server.register_phantoms(&dir.path().join("ph")).await;
+    let sweep = "sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.001]}\n";
+    server.post("/experiments", &json!({"yaml": spec("e2e", 2, sweep)})).await;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), shutdown).await.expect("worker");
+
+    let list: RunList = server.get("/runs?experiment=e2e&sort=val_macro_f1").await;
+    assert_eq!(list.total, 2);
+    for run in &list.runs {
+        assert_eq!(run.status, protocol::RunStatus::Succeeded, "{:?}", run.error);
+        assert!(run.sort_value.is_some(), "val_macro_f1 stored");
+        let detail: RunDetail = server.get(&format!("/runs/{}", run.id)).await;
+        assert_eq!(detail.latest["val_accuracy"].step, 1, "two epochs, steps 0 and 1");
+        let classes = detail.class_results.expect("per-class rows");
+        assert_eq!(classes.per_class.len(), 10);
+        assert_eq!(classes.confusion.total(), classes.per_class.iter().map(|c| c.support).sum::<u64>());
+        let kinds: Vec<&str> = detail.artifacts.iter().map(|a| a.kind.as_str()).collect();
+        assert!(kinds.contains(&"best_checkpoint") && kinds.contains(&"last_checkpoint"), "{kinds:?}");
+        let series: Vec<protocol::api::MetricSeries> = server.get(&format!("/runs/{}/metrics?key=train_loss", run.id)).await;
+        assert_eq!(series[0].points.len(), 2, "one point per epoch, no duplicates");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_run_stops_its_worker() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    server.register_phantoms(&dir.path().join("ph")).await;
+    server.post("/experiments", &json!({"yaml": spec("long", 200, "")})).await;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let config = server.worker(&dir.path().join("w"), true);
+    let worker = tokio::spawn(lease::run(config, Arc::new(Quiet), shutdown));
+    // Wait until the run is training.
+    let mut id = 0;
+    for _ in 0..100 {
+        let list: RunList = server.get("/runs?experiment=long&status=running").await;
+        if let Some(run) = list.runs.first() {
+            id = run.id;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(id > 0, "the run started");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled_at = std::time::Instant::now();
+    server.post(&format!("/runs/{id}/cancel"), &json!({})).await;
+    tokio::time::timeout(Duration::from_secs(30), worker).await.expect("the worker stops").expect("joined").expect("ok");
+    let detail: RunDetail = server.get(&format!("/runs/{id}")).await;
+    assert_eq!(detail.run.status, protocol::RunStatus::Cancelled);
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10), "stopped within seconds");
+}
