@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::client::{Client, ClientError};
-use crate::data::loader::LoaderItem;
 use crate::device::DeviceChoice;
 use crate::train::{self, EpochReport, Finish, Reporter, TrainData, TrainError, checkpoint};
 
@@ -93,24 +92,13 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
             return;
         }
     };
-    let root = PathBuf::from(&items.root);
-    let index = |label: &str| items.classes.iter().position(|c| c == label);
-    let mut data = TrainData {
-        classes: items.classes.clone(),
-        train: Vec::new(),
-        val: Vec::new(),
-        cache_root: config.work_dir.join("cache"),
-        version: items.version.clone(),
-    };
-    for item in &items.items {
-        let Some(label) = index(&item.label) else { continue };
-        let entry = LoaderItem { path: root.join(&item.path), sha256: item.sha256.clone(), label };
-        match item.split {
-            protocol::Split::Train => data.train.push(entry),
-            protocol::Split::Val => data.val.push(entry),
-            protocol::Split::Test => {}
-        }
-    }
+    let data = TrainData::from_items(
+        Path::new(&items.root),
+        items.classes.clone(),
+        &items.items,
+        config.work_dir.join("cache"),
+        &items.version,
+    );
     let ckpt_dir = config.work_dir.join("checkpoints").join(format!("run-{}", lease.run_id));
     let resume = lease.resume_from.is_some() && ckpt_dir.join("last").exists();
 

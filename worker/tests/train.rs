@@ -2,9 +2,8 @@
 
 use protocol::spec::{self, ExperimentSpec};
 use std::path::Path;
-use worker::data::loader::LoaderItem;
 use worker::data::manifest::{self, ScanOptions};
-use worker::data::split::{self, SplitInput};
+use worker::data::split;
 use worker::device::DeviceChoice;
 use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
 
@@ -32,19 +31,8 @@ fn phantom_data(dir: &Path, count: usize) -> TrainData {
     let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
     let scan = ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: false };
     let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");
-    let inputs: Vec<SplitInput<'_>> =
-        scanned.items.iter().map(|i| SplitInput { key: &i.sha256, label: &i.label, group: i.patient.as_deref() }).collect();
-    let splits = split::assign(&inputs, [70, 15, 15], 0);
-    let mut data = TrainData { classes: classes.clone(), train: vec![], val: vec![], cache_root: dir.join("cache"), version: "v".to_owned() };
-    for (item, s) in scanned.items.iter().zip(splits) {
-        let label = classes.iter().position(|c| *c == item.label).expect("class");
-        let entry = LoaderItem { path: root.join(&item.path), sha256: item.sha256.clone(), label };
-        match s {
-            protocol::Split::Train => data.train.push(entry),
-            protocol::Split::Val => data.val.push(entry),
-            protocol::Split::Test => {}
-        }
-    }
+    let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
+    let data = TrainData::from_items(&root, classes, &items, dir.join("cache"), "v");
     data
 }
 

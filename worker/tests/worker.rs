@@ -1,7 +1,7 @@
 //! A real server and a real worker: runs are leased, trained, streamed and completed;
 //! a cancelled run stops its worker.
 
-use protocol::api::{DatasetItem, GroupBy, RegisterDataset, RunDetail, RunList};
+use protocol::api::{GroupBy, RegisterDataset, RunDetail, RunList};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -56,27 +56,7 @@ impl Server {
         let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
         let scan = worker::data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
         let scanned = worker::data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
-        let inputs: Vec<worker::data::split::SplitInput<'_>> = scanned
-            .items
-            .iter()
-            .map(|i| worker::data::split::SplitInput { key: &i.sha256, label: &i.label, group: i.patient.as_deref() })
-            .collect();
-        let splits = worker::data::split::assign(&inputs, [70, 15, 15], 0);
-        let items = scanned
-            .items
-            .into_iter()
-            .zip(splits)
-            .map(|(i, split)| DatasetItem {
-                path: i.path,
-                sha256: i.sha256,
-                bytes: i.bytes,
-                label: i.label,
-                patient: i.patient,
-                split,
-                view: i.view,
-                acquired_at: i.acquired_at,
-            })
-            .collect();
+        let items = worker::data::split::freeze(scanned.items, [70, 15, 15], 0, true);
         let request = RegisterDataset {
             name: "ph".to_owned(),
             root: root.display().to_string(),

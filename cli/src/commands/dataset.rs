@@ -1,10 +1,10 @@
 use anyhow::Context;
 use clap::Subcommand;
-use protocol::api::{DatasetItem, DatasetVersionInfo, GroupBy, InstallationSalt, ItemList, RegisterDataset};
+use protocol::api::{DatasetVersionInfo, GroupBy, InstallationSalt, ItemList, RegisterDataset};
 use protocol::classes::{SCOLIOSIS_CLASSES, SMALL_CLASS_THRESHOLD};
 use std::path::PathBuf;
 use worker::data::manifest;
-use worker::data::split::{self, SplitInput};
+use worker::data::split;
 
 use crate::client::Client;
 use crate::failure::Failure;
@@ -125,31 +125,7 @@ pub async fn register(
     if group_by == GroupBy::Patient && scanned.items.iter().all(|i| i.patient.is_none()) {
         eprintln!("warning: no patient ids found; every image is its own group (give --manifest with patient_id)");
     }
-    let inputs: Vec<SplitInput<'_>> = scanned
-        .items
-        .iter()
-        .map(|i| SplitInput {
-            key: &i.sha256,
-            label: &i.label,
-            group: if group_by == GroupBy::Patient { i.patient.as_deref() } else { None },
-        })
-        .collect();
-    let splits = split::assign(&inputs, parsed_ratios, seed);
-    let items: Vec<DatasetItem> = scanned
-        .items
-        .into_iter()
-        .zip(splits)
-        .map(|(i, split)| DatasetItem {
-            path: i.path,
-            sha256: i.sha256,
-            bytes: i.bytes,
-            label: i.label,
-            patient: i.patient,
-            split,
-            view: i.view,
-            acquired_at: i.acquired_at,
-        })
-        .collect();
+    let items = split::freeze(scanned.items, parsed_ratios, seed, group_by == GroupBy::Patient);
     let root = std::fs::canonicalize(path).with_context(|| format!("while resolving {}", path.display()))?;
     let request = RegisterDataset {
         name: name.to_owned(),

@@ -4,11 +4,9 @@ use anyhow::Context;
 use clap::Args;
 use protocol::classes::SCOLIOSIS_CLASSES;
 use protocol::spec;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use worker::data::loader::LoaderItem;
 use worker::data::manifest::{self, ScanOptions};
-use worker::data::split::{self, SplitInput};
+use worker::data::split;
 use worker::device::{self, DeviceChoice};
 use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
 
@@ -87,25 +85,8 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
     for issue in &scanned.report {
         eprintln!("skipped {}: {}", issue.path, issue.reason);
     }
-    let inputs: Vec<SplitInput<'_>> =
-        scanned.items.iter().map(|i| SplitInput { key: &i.sha256, label: &i.label, group: i.patient.as_deref() }).collect();
-    let splits = split::assign(&inputs, [70, 15, 15], 0);
-    let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let mut data = TrainData {
-        classes: classes.clone(),
-        train: Vec::new(),
-        val: Vec::new(),
-        cache_root: args.out.join("cache"),
-        version: "local".to_owned(),
-    };
-    for (item, split) in scanned.items.iter().zip(splits) {
-        let entry = LoaderItem { path: args.data.join(&item.path), sha256: item.sha256.clone(), label: index[item.label.as_str()] };
-        match split {
-            protocol::Split::Train => data.train.push(entry),
-            protocol::Split::Val => data.val.push(entry),
-            protocol::Split::Test => {} // never used for training or selection
-        }
-    }
+    let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
+    let data = TrainData::from_items(&args.data, classes, &items, args.out.join("cache"), "local");
     eprintln!(
         "training {} at {} px on {} train / {} val images ({} epochs, {})",
         config.model.arch,

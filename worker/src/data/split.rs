@@ -85,6 +85,30 @@ pub fn assign(items: &[SplitInput<'_>], ratios: [u32; 3], seed: u64) -> Vec<Spli
     out
 }
 
+/// Freezes the split of scanned items: the manifest entries a dataset version stores.
+/// With `by_patient`, a patient's images share one split.
+pub fn freeze(items: Vec<super::manifest::ScannedItem>, ratios: [u32; 3], seed: u64, by_patient: bool) -> Vec<protocol::api::DatasetItem> {
+    let inputs: Vec<SplitInput<'_>> = items
+        .iter()
+        .map(|i| SplitInput { key: &i.sha256, label: &i.label, group: if by_patient { i.patient.as_deref() } else { None } })
+        .collect();
+    let splits = assign(&inputs, ratios, seed);
+    items
+        .into_iter()
+        .zip(splits)
+        .map(|(i, split)| protocol::api::DatasetItem {
+            path: i.path,
+            sha256: i.sha256,
+            bytes: i.bytes,
+            label: i.label,
+            patient: i.patient,
+            split,
+            view: i.view,
+            acquired_at: i.acquired_at,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
