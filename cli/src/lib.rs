@@ -58,6 +58,8 @@ pub enum Command {
     },
     /// List experiments.
     Experiments,
+    /// List workers with when they were last seen and what they run.
+    Workers,
     /// Register and inspect frozen dataset versions.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
@@ -105,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Show { run } => commands::runs::show(*run, &client()?, cli.json).await,
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
+        Command::Workers => commands::runs::workers(&client()?, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Train(args) => commands::train::run(args, cli.json),

@@ -208,3 +208,107 @@ fn the_demo_trains_its_sweep_and_prints_the_leaderboard() {
     assert!(dir.path().join("dd/cobb.db").exists());
     assert!(dir.path().join("dd/worker/checkpoints").exists());
 }
+
+/// `cobb server` with short leases, for the crash tests.
+fn start_server_with_short_leases(dir: &Path) -> (Server, String) {
+    let port = free_port();
+    let child = Command::new(COBB)
+        .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env("COBB_LEASE_TTL_SECS", "3")
+        .env("COBB_HEARTBEAT_SECS", "1")
+        .env("COBB_REAP_INTERVAL_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
+fn run_json(dir: &Path, url: &str, id: i64) -> serde_json::Value {
+    let out = cobb(dir, url, &["show", &id.to_string(), "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_run_survives_its_worker_being_killed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_server, url) = start_server_with_short_leases(dir.path());
+    let out = cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "150", "--size", "48"]);
+    assert!(out.status.success());
+    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
+    let spec = "name: crash\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 30\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
+    std::fs::write(dir.path().join("crash.yaml"), spec).expect("spec");
+    assert!(cobb(dir.path(), &url, &["submit", "crash.yaml"]).status.success());
+
+    let worker = |name: &str| {
+        Command::new(COBB)
+            .args(["worker", "--name", name, "--exit-when-idle"])
+            .current_dir(dir.path())
+            .env("COBB_SERVER", &url)
+            .env_remove("COBB_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("worker starts")
+    };
+    let mut first = worker("doomed");
+    // Kill -9 once a few epochs are stored.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = run_json(dir.path(), &url, 1);
+        if run["latest"]["train_loss"]["step"].as_i64().unwrap_or(-1) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first worker made no progress: {run}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    // The lease expires (3 s without heartbeats) and the reaper requeues the run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run_json(dir.path(), &url, 1)["run"]["status"] != "queued" {
+        assert!(Instant::now() < deadline, "the run was not requeued");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let second = worker("rescuer").wait_with_output().expect("second worker");
+    let log = String::from_utf8_lossy(&second.stderr).into_owned();
+    let run = run_json(dir.path(), &url, 1);
+    assert_eq!(run["run"]["status"], "succeeded", "{run}\n{log}");
+    assert_eq!(run["run"]["attempt"], 2, "{run}");
+    let reasons: Vec<&str> = run["leases"].as_array().expect("leases").iter().filter_map(|l| l["end_reason"].as_str()).collect();
+    assert_eq!(reasons, ["expired", "completed"], "{run}");
+    assert!(log.contains("started (attempt 2)"), "{log}");
+    assert!(!log.contains("epoch 1/30"), "the second attempt resumed from the checkpoint instead of starting over:\n{log}");
+    // One stored value per epoch, no duplicates from the two attempts.
+    let out = Command::new(COBB)
+        .args(["show", "1", "--json"])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .output()
+        .expect("show");
+    let detail: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(detail["latest"]["train_loss"]["step"], 29);
+    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
+    let series: serde_json::Value = tokio::runtime::Runtime::new().expect("rt").block_on(async {
+        reqwest::Client::new()
+            .get(format!("{url}/api/v1/runs/1/metrics?key=train_loss"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    });
+    let steps: Vec<i64> = series[0]["points"].as_array().expect("points").iter().filter_map(|p| p["step"].as_i64()).collect();
+    assert_eq!(steps, (0..30).collect::<Vec<i64>>(), "every epoch exactly once");
+}

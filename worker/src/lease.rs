@@ -62,6 +62,16 @@ fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
+/// Records a checkpoint file as an artifact of the lease's run (sha256 and size).
+async fn record_artifact(client: &Client, lease: &Lease, kind: &str, path: &Path) -> Result<(), ClientError> {
+    let Ok((sha256, bytes)) = sha256_of(path) else {
+        return Ok(());
+    };
+    let uri = format!("file://{}", std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display());
+    let record = RecordArtifact { lease_id: lease.lease_id.clone(), kind: kind.to_owned(), uri, sha256, bytes };
+    client.artifact(lease.run_id, &record).await
+}
+
 /// Runs until `shutdown` is set (or the queue is empty with `exit_when_idle`).
 pub async fn run(config: WorkerConfig, progress: Arc<dyn Progress>, shutdown: Arc<AtomicBool>) -> Result<(), ClientError> {
     let client = Client::new(&config.server, &config.token);
@@ -154,6 +164,12 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
             Ok(_) => client.results(lease.run_id, &results).await,
             Err(e) => Err(e),
         };
+        // The epoch's checkpoint is on disk before its report: record it, so that another
+        // attempt of this run resumes from here if this worker dies.
+        let sent = match sent {
+            Ok(()) => record_artifact(client, &lease, "last_checkpoint", &checkpoint::Store::new(&ckpt_dir).last_dir().join("model.mpk")).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = sent {
             if matches!(e, ClientError::LeaseLost(_)) {
                 lost.store(true, Ordering::Relaxed);
@@ -168,16 +184,9 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
         progress.finished(&lease, "lost", "the lease was lost; nothing more is sent for it");
         return;
     }
-    // Checkpoints as artifacts (content-addressed by sha256; local files for now).
-    let store = checkpoint::Store::new(&ckpt_dir);
-    for (kind, path) in [("last_checkpoint", store.last_dir().join("model.mpk")), ("best_checkpoint", store.best_model())] {
-        if let Ok((sha256, bytes)) = sha256_of(&path) {
-            let uri = format!("file://{}", std::fs::canonicalize(&path).unwrap_or(path.clone()).display());
-            let record = RecordArtifact { lease_id: lease.lease_id.clone(), kind: kind.to_owned(), uri, sha256, bytes };
-            if let Err(e) = client.artifact(lease.run_id, &record).await {
-                tracing::warn!(error = %e, kind, "could not record an artifact");
-            }
-        }
+    // The best checkpoint as an artifact (content-addressed by sha256; a local file for now).
+    if let Err(e) = record_artifact(client, &lease, "best_checkpoint", &checkpoint::Store::new(&ckpt_dir).best_model()).await {
+        tracing::warn!(error = %e, "could not record the best checkpoint");
     }
     let complete = match outcome {
         Ok(Ok(result)) => match result.finish {

@@ -1,5 +1,5 @@
 use clap::Args;
-use protocol::api::{CancelResult, ExperimentSummary, RunDetail, RunInfo, RunList};
+use protocol::api::{CancelResult, ExperimentSummary, RunDetail, RunInfo, RunList, WorkerInfo};
 use protocol::sweep;
 
 use crate::client::Client;
@@ -188,5 +188,26 @@ pub async fn experiments(client: &Client, json: bool) -> Result<(), Failure> {
         })
         .collect();
     output::table(&["EXPERIMENT", "DATASET", "SWEEPS", "RUNS"], &rows);
+    Ok(())
+}
+
+pub async fn workers(client: &Client, json: bool) -> Result<(), Failure> {
+    let list: Vec<WorkerInfo> = client.get("/workers").await?;
+    if json {
+        output::json(&list);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.device.clone().unwrap_or_else(|| "-".to_owned()),
+                output::time(w.last_seen_at),
+                w.current_run.map_or_else(|| "idle".to_owned(), |r| format!("run {r}")),
+            ]
+        })
+        .collect();
+    output::table(&["WORKER", "DEVICE", "LAST SEEN", "DOING"], &rows);
     Ok(())
 }
