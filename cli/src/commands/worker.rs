@@ -65,6 +65,56 @@ impl Progress for Lines {
     }
 }
 
+/// One progress bar per run (epochs done, loss, validation macro-F1) on a terminal.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::HashMap<i64, indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Self { multi: indicatif::MultiProgress::new(), bars: std::sync::Mutex::new(Default::default()) }
+    }
+
+    fn bar(&self, run: i64) -> Option<indicatif::ProgressBar> {
+        self.bars.lock().ok().and_then(|b| b.get(&run).cloned())
+    }
+}
+
+impl Progress for Bars {
+    fn started(&self, lease: &protocol::api::Lease) {
+        let bar = self.multi.add(indicatif::ProgressBar::new(u64::from(lease.config.train.epochs)));
+        let style = indicatif::ProgressStyle::with_template("{prefix:<34} [{bar:24}] {pos}/{len} epochs {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        let params = protocol::sweep::describe(&lease.params).replace("model.arch=", "").replace("train.optimizer.", "");
+        bar.set_prefix(format!("run {} {}", lease.run_id, if params.is_empty() { lease.run_name.clone() } else { params }));
+        bar.set_message(format!("attempt {}", lease.attempt));
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(lease.run_id, bar);
+        }
+    }
+    fn epoch(&self, lease: &protocol::api::Lease, r: &worker::train::EpochReport) {
+        if let Some(bar) = self.bar(lease.run_id) {
+            bar.set_position(r.epoch as u64 + 1);
+            bar.set_message(format!("loss {:.3}  val macro-F1 {:.3}  {:.0} img/s", r.train_loss, r.report.macro_f1, r.images_per_second));
+        }
+    }
+    fn finished(&self, lease: &protocol::api::Lease, status: &str, detail: &str) {
+        if let Some(bar) = self.bar(lease.run_id) {
+            let message = bar.message();
+            bar.finish_with_message(format!("{message}  {status} {detail}"));
+        }
+    }
+}
+
+/// Bars on a terminal, one line per event otherwise (logs, CI).
+fn progress() -> Arc<dyn Progress> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() { Arc::new(Bars::new()) } else { Arc::new(Lines) }
+}
+
 fn default_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".to_owned());
     format!("{host}-{}", std::process::id())
@@ -81,6 +131,7 @@ fn spawn_workers(
     exit_when_idle: bool,
     shutdown: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let progress = progress();
     (0..count)
         .map(|i| {
             let config = WorkerConfig {
@@ -93,8 +144,9 @@ fn spawn_workers(
                 exit_when_idle,
             };
             let shutdown = shutdown.clone();
+            let progress = progress.clone();
             tokio::spawn(async move {
-                if let Err(e) = lease::run(config, Arc::new(Lines), shutdown).await {
+                if let Err(e) = lease::run(config, progress, shutdown).await {
                     eprintln!("worker stopped: {e}");
                 }
             })
