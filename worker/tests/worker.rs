@@ -147,3 +147,35 @@ async fn cancelling_a_running_run_stops_its_worker() {
     assert_eq!(detail.run.status, protocol::RunStatus::Cancelled);
     assert!(cancelled_at.elapsed() < Duration::from_secs(10), "stopped within seconds");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_twelve_runs_and_each_succeeds_once() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    server.register_phantoms(&dir.path().join("ph")).await;
+    let lrs: Vec<String> = (1..=12).map(|i| format!("{}", i as f64 * 0.0005)).collect();
+    let sweep = format!("sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {{values: [{}]}}\n", lrs.join(", "));
+    server.post("/experiments", &json!({"yaml": spec("fleet", 1, &sweep)})).await;
+
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut config = server.worker(&dir.path().join(format!("w{i}")), true);
+            config.name = format!("fleet-{i}");
+            tokio::spawn(lease::run(config, Arc::new(Quiet), Arc::new(AtomicBool::new(false))))
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("joined").expect("worker ok");
+    }
+    let list: RunList = server.get("/runs?experiment=fleet&limit=100").await;
+    assert_eq!(list.total, 12);
+    let mut by_worker = std::collections::BTreeMap::new();
+    for run in &list.runs {
+        assert_eq!(run.status, protocol::RunStatus::Succeeded, "{:?}", run.error);
+        assert_eq!(run.attempt, 1, "run {} was leased once", run.id);
+        *by_worker.entry(run.worker.clone().unwrap_or_default()).or_insert(0) += 1;
+        let detail: RunDetail = server.get(&format!("/runs/{}", run.id)).await;
+        assert_eq!(detail.leases.len(), 1);
+    }
+    assert!(by_worker.len() >= 2, "the work was shared: {by_worker:?}");
+}
