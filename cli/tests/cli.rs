@@ -312,3 +312,56 @@ fn a_run_survives_its_worker_being_killed() {
     let steps: Vec<i64> = series[0]["points"].as_array().expect("points").iter().filter_map(|p| p["step"].as_i64()).collect();
     assert_eq!(steps, (0..30).collect::<Vec<i64>>(), "every epoch exactly once");
 }
+
+#[test]
+fn workers_ride_out_a_server_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let serve = || {
+        let child = Command::new(COBB)
+            .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Server(child)
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = serve();
+    assert!(cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "150", "--size", "48"]).status.success());
+    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
+    let spec = "name: restart\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 20\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
+    std::fs::write(dir.path().join("restart.yaml"), spec).expect("spec");
+    assert!(cobb(dir.path(), &url, &["submit", "restart.yaml"]).status.success());
+    let worker = Command::new(COBB)
+        .args(["worker", "--name", "steady", "--exit-when-idle"])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_json(dir.path(), &url, 1)["latest"]["train_loss"]["step"].as_i64().unwrap_or(-1) < 1 {
+        assert!(Instant::now() < deadline, "no progress before the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Down for two seconds, then back on the same port and database.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    server = serve();
+    let output = worker.wait_with_output().expect("worker exits when the queue is empty");
+    let run = run_json(dir.path(), &url, 1);
+    assert_eq!(run["run"]["status"], "succeeded", "{run}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(run["run"]["attempt"], 1, "the same lease carried the run through the restart");
+    assert_eq!(run["latest"]["train_loss"]["step"], 19);
+    drop(server);
+}
