@@ -30,7 +30,9 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.send::<(), T>(Method::GET, path, None).await.map(|t| t.expect("GET returns a body"))
+        self.send::<(), T>(Method::GET, path, None)
+            .await?
+            .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("empty answer from {path}")))
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
