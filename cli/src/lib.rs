@@ -60,6 +60,13 @@ pub enum Command {
     Experiments,
     /// List workers with when they were last seen and what they run.
     Workers,
+    /// The audit log; --verify recomputes the hash chain and fails on the first broken link.
+    Audit {
+        #[arg(long)]
+        experiment: Option<String>,
+        #[arg(long)]
+        verify: bool,
+    },
     /// Register and inspect frozen dataset versions.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
@@ -108,6 +115,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Workers => commands::runs::workers(&client()?, cli.json).await,
+        Command::Audit { experiment, verify } => commands::runs::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Train(args) => commands::train::run(args, cli.json),

@@ -447,3 +447,34 @@ pub struct Health {
     pub version: String,
     pub database: String,
 }
+
+// ---- audit -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub experiment: Option<String>,
+    pub run_id: Option<i64>,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The result of recomputing the whole hash chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainCheck {
+    pub ok: bool,
+    pub events: u64,
+    /// The first event whose stored hashes do not match its content or predecessor.
+    pub first_broken: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub events: Vec<AuditEvent>,
+    pub chain: ChainCheck,
+}

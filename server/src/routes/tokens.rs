@@ -8,7 +8,7 @@ use crate::service;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(create).service(whoami).service(workers);
+    cfg.service(create).service(whoami).service(workers).service(audit);
 }
 
 #[post("/tokens")]
@@ -37,4 +37,16 @@ async fn workers(state: web::Data<AppState>, who: Principal) -> Result<HttpRespo
         })
         .collect();
     Ok(HttpResponse::Ok().json(list))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    experiment: Option<String>,
+}
+
+/// Every audit event (or one experiment's) and whether the hash chain holds.
+#[get("/audit")]
+async fn audit(state: web::Data<AppState>, who: Principal, q: web::Query<AuditQuery>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::audit::log(&state, q.experiment.as_deref()).await?))
 }

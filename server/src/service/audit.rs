@@ -56,3 +56,44 @@ pub async fn append(conn: &impl ConnectionTrait, event: Event<'_>) -> Result<(),
     store::audit::insert(conn, at, event.actor, event.action, event.experiment, event.run_id, &details, &prev, &hash)
         .await
 }
+
+/// Recomputes the chain over every event, oldest first, and reports the first broken link.
+pub fn verify(rows: &[crate::store::audit::AuditRow]) -> protocol::api::ChainCheck {
+    let mut prev = GENESIS.to_owned();
+    for row in rows {
+        let reason = if row.prev_hash != prev {
+            Some(format!("event {} does not follow event before it (its prev_hash is not that event's hash): an event was removed, inserted or changed", row.id))
+        } else if event_hash(&row.prev_hash, row.at, &row.actor, &row.action, row.experiment.as_deref(), row.run_id, &row.details_json) != row.hash {
+            Some(format!("event {} was changed after it was written (its content no longer matches its hash)", row.id))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return protocol::api::ChainCheck { ok: false, events: rows.len() as u64, first_broken: Some(row.id), reason: Some(reason) };
+        }
+        prev = row.hash.clone();
+    }
+    protocol::api::ChainCheck { ok: true, events: rows.len() as u64, first_broken: None, reason: None }
+}
+
+/// The audit log (optionally of one experiment) with the verification of the whole chain.
+pub async fn log(state: &crate::startup::AppState, experiment: Option<&str>) -> Result<protocol::api::AuditLog, crate::error::ApiError> {
+    let rows = crate::store::audit::list(&state.db.read).await?;
+    let chain = verify(&rows);
+    let events = rows
+        .into_iter()
+        .filter(|r| experiment.is_none() || r.experiment.as_deref() == experiment)
+        .map(|r| protocol::api::AuditEvent {
+            id: r.id,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            experiment: r.experiment,
+            run_id: r.run_id,
+            details: serde_json::from_str(&r.details_json).unwrap_or(serde_json::Value::Null),
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+        .collect();
+    Ok(protocol::api::AuditLog { events, chain })
+}

@@ -67,3 +67,37 @@ async fn token_names_are_unique(app: TestApp) {
     let who: Value = app.read(&app.admin, "/whoami").await;
     assert_eq!(who["role"], "admin");
 }
+
+mod audit {
+    use super::*;
+
+    crate::on_both_databases!(the_audit_chain_verifies_and_catches_a_tampered_event);
+
+    async fn the_audit_chain_verifies_and_catches_a_tampered_event(app: TestApp) {
+        app.register_dataset("d", &CLASSES, 10).await;
+        crate::helpers::ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+        app.token("ann", "viewer").await;
+        let log: Value = app.read(&app.admin, "/audit").await;
+        assert_eq!(log["chain"]["ok"], true, "{log}");
+        let actions: Vec<&str> = log["events"].as_array().expect("events").iter().filter_map(|e| e["action"].as_str()).collect();
+        assert_eq!(actions, ["token.create", "dataset.register", "experiment.submit", "token.create"]);
+        let only: Value = app.read(&app.admin, "/audit?experiment=e").await;
+        assert_eq!(only["events"].as_array().map(Vec::len), Some(1));
+
+        // Someone with database access rewrites who submitted the experiment.
+        let db = sea_orm::Database::connect(&app.database_url).await.expect("connect");
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared("UPDATE audit_events SET actor = 'mallory' WHERE action = 'experiment.submit'")
+            .await
+            .expect("tamper");
+        let log: Value = app.read(&app.admin, "/audit").await;
+        assert_eq!(log["chain"]["ok"], false);
+        assert_eq!(log["chain"]["first_broken"], 3);
+        assert!(log["chain"]["reason"].as_str().expect("reason").contains("changed after it was written"));
+
+        // Removing an event breaks the link after it.
+        db.execute_unprepared("DELETE FROM audit_events WHERE action = 'experiment.submit'").await.expect("delete");
+        let log: Value = app.read(&app.admin, "/audit").await;
+        assert_eq!(log["chain"]["first_broken"], 4);
+    }
+}

@@ -17,6 +17,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub base: String,
+    /// The database the server uses (for tests that play an attacker with database access).
+    pub database_url: String,
     pub admin: String,
     pub http: reqwest::Client,
     pub backend: Backend,
@@ -60,6 +62,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConf
         config.database_url = Some(fresh_postgres_database().await?);
     }
     tweak(&mut config);
+    let database_url = config.database_url();
     let app = Application::build(config).await.expect("server starts");
     let port = app.port();
     let admin = app.admin_token.clone().expect("first start creates an admin token");
@@ -68,6 +71,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConf
     tokio::spawn(app.run_until_stopped());
     Some(TestApp {
         base: format!("http://127.0.0.1:{port}/api/v1"),
+        database_url,
         admin,
         http: reqwest::Client::new(),
         backend,
