@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::classes::SCOLIOSIS_CLASSES;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -571,25 +570,12 @@ pub fn locate(source: &str, path: &str) -> Option<(usize, usize)> {
     best
 }
 
-/// The full list of classes a spec trains on. Today every experiment uses the 10
-/// categories of CONTRACT.md; the dataset version decides which are present.
-pub fn default_classes() -> Vec<String> {
-    SCOLIOSIS_CLASSES.iter().map(|s| (*s).to_owned()).collect()
-}
-
 /// The spec with its sweep removed and defaults filled in: what a single run trains with.
 pub fn resolved(spec: &ExperimentSpec) -> ExperimentSpec {
     let mut out = spec.clone();
     out.sweep = None;
     out.model.image_size = Some(spec.model.resolved_image_size());
     out
-}
-
-/// Stable JSON of a spec, used for hashing configs in the audit log.
-pub fn canonical_json(spec: &ExperimentSpec) -> String {
-    // serde_json with BTreeMap-free structs serialises fields in declaration order, which
-    // is stable for a given cobb version.
-    serde_json::to_string(spec).unwrap_or_default()
 }
 
 /// Sweep parameters keyed by dotted path (used in run listings).

@@ -22,7 +22,6 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
-    state: web::Data<AppState>,
     /// The admin token created on this start (first start only).
     pub admin_token: Option<String>,
 }
@@ -57,15 +56,11 @@ impl Application {
         .run();
         crate::service::leases::spawn_reaper(state.clone());
         tracing::info!(port, database = ?state.db.backend, data_dir = %config.data_dir.display(), "cobb server listening");
-        Ok(Self { port, server, state, admin_token })
+        Ok(Self { port, server, admin_token })
     }
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    pub fn state(&self) -> web::Data<AppState> {
-        self.state.clone()
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

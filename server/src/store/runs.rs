@@ -207,11 +207,6 @@ pub async fn finish_lease(
     .await
 }
 
-pub async fn set_best_epoch(conn: &impl ConnectionTrait, run_id: i64, epoch: i64) -> Result<(), DbErr> {
-    exec(conn, "UPDATE runs SET best_epoch = $1 WHERE id = $2", values![epoch, run_id]).await?;
-    Ok(())
-}
-
 /// A released lease does not count as an attempt.
 pub async fn forgive_attempt(conn: &impl ConnectionTrait, run_id: i64) -> Result<(), DbErr> {
     exec(conn, "UPDATE runs SET attempt = attempt - 1 WHERE id = $1 AND attempt > 0", values![run_id]).await?;
