@@ -179,3 +179,26 @@ async fn three_workers_share_twelve_runs_and_each_succeeds_once() {
     }
     assert!(by_worker.len() >= 2, "the work was shared: {by_worker:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_corrupted_after_registration_fails_the_run_naming_it() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("ph");
+    server.register_phantoms(&root).await;
+    // Damage one registered image on disk.
+    let manifest = std::fs::read_to_string(root.join("manifest.csv")).expect("manifest");
+    let victim = manifest.lines().nth(1).and_then(|l| l.split(',').next()).expect("a file").to_owned();
+    std::fs::write(root.join(&victim), b"\x89PNG truncated garbage").expect("corrupt");
+    server.post("/experiments", &json!({"yaml": spec("damaged", 2, "")})).await;
+
+    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
+        .await
+        .expect("worker");
+    let list: RunList = server.get("/runs?experiment=damaged").await;
+    let run = &list.runs[0];
+    assert_eq!(run.status, protocol::RunStatus::Failed);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(error.contains(&victim) && error.contains("changed since the dataset version was registered"), "{error}");
+    assert_eq!(run.attempt, 1, "a data error is not retried");
+}
