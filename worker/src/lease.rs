@@ -156,6 +156,9 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
             continue;
         }
         progress.epoch(&lease, &report);
+        for (path, reason) in &report.skipped {
+            tracing::warn!(file = %path.display(), %reason, epoch = report.epoch, "image skipped");
+        }
         let metrics: Vec<MetricPoint> =
             report.metrics().into_iter().map(|(key, value)| MetricPoint { key, step: report.epoch as i64, value }).collect();
         let batch = MetricsBatch { lease_id: Some(lease.lease_id.clone()), metrics };
