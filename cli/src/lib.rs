@@ -51,6 +51,11 @@ pub enum Command {
         /// Run id.
         run: i64,
     },
+    /// Per-class precision and recall of 2-20 runs side by side, with view and phase roll-ups.
+    Compare {
+        #[arg(required = true, num_args = 2..=20)]
+        runs: Vec<i64>,
+    },
     /// Cancel a run (`12`) or a whole sweep (`s3`).
     Cancel {
         /// A run id, or `s<ID>` for a sweep.
@@ -112,6 +117,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Submit(args) => commands::submit::run(args, &client()?, cli.json).await,
         Command::Runs(args) => commands::runs::list(args, &client()?, cli.json).await,
         Command::Show { run } => commands::runs::show(*run, &client()?, cli.json).await,
+        Command::Compare { runs } => commands::runs::compare(runs, &client()?, cli.json).await,
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Workers => commands::runs::workers(&client()?, cli.json).await,

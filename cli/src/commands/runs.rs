@@ -251,3 +251,100 @@ pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, json
     }
     Ok(())
 }
+
+/// Per-class precision and recall of several runs side by side (validation, each run's best
+/// epoch), the best value per class marked with `*`, and roll-ups by view and phase.
+pub fn print_class_comparison(details: &[RunDetail]) {
+    use protocol::metrics::ConfusionMatrix;
+    let tables: Vec<Option<(Vec<String>, Vec<(f64, f64)>)>> = details
+        .iter()
+        .map(|d| {
+            d.class_results.as_ref().map(|c| {
+                (c.per_class.iter().map(|m| m.class.clone()).collect(), c.per_class.iter().map(|m| (m.precision, m.recall)).collect())
+            })
+        })
+        .collect();
+    let Some((classes, _)) = tables.iter().flatten().next().cloned() else {
+        println!("(no per-class results yet)");
+        return;
+    };
+    let print = |title: &str, rows: &[String], values: &[Vec<Option<(f64, f64)>>]| {
+        println!("\n{title}");
+        let mut header = vec!["CLASS".to_owned()];
+        header.extend(details.iter().map(|d| format!("run {} P / R", d.run.id)));
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, class)| {
+                let best_p = values.iter().filter_map(|v| v[i].map(|x| x.0)).fold(f64::MIN, f64::max);
+                let best_r = values.iter().filter_map(|v| v[i].map(|x| x.1)).fold(f64::MIN, f64::max);
+                let mut row = vec![class.clone()];
+                for v in values {
+                    row.push(match v[i] {
+                        Some((p, r)) => format!(
+                            "{p:.2}{} / {r:.2}{}",
+                            if p == best_p && values.len() > 1 { "*" } else { " " },
+                            if r == best_r && values.len() > 1 { "*" } else { " " }
+                        ),
+                        None => "-".to_owned(),
+                    });
+                }
+                row
+            })
+            .collect();
+        let refs: Vec<&str> = header.iter().map(String::as_str).collect();
+        output::table(&refs, &body);
+    };
+    let per_class: Vec<Vec<Option<(f64, f64)>>> = tables
+        .iter()
+        .map(|t| classes.iter().map(|c| t.as_ref().and_then(|(names, v)| names.iter().position(|n| n == c).map(|i| v[i]))).collect())
+        .collect();
+    print("per-class precision / recall (validation, best epoch; * = best of these runs)", &classes, &per_class);
+    for (title, group) in [("by view", protocol::classes::view_of as fn(&str) -> Option<&'static str>), ("by phase", protocol::classes::phase_of)] {
+        let rolled: Vec<Option<ConfusionMatrix>> =
+            details.iter().map(|d| d.class_results.as_ref().map(|c| c.confusion.roll_up(group))).collect();
+        let Some(names) = rolled.iter().flatten().next().map(|m| m.classes.clone()) else { continue };
+        let values: Vec<Vec<Option<(f64, f64)>>> = rolled
+            .iter()
+            .map(|m| {
+                let report = m.as_ref().map(ConfusionMatrix::report);
+                names
+                    .iter()
+                    .map(|n| report.as_ref().and_then(|r| r.per_class.iter().find(|x| &x.class == n).map(|x| (x.precision, x.recall))))
+                    .collect()
+            })
+            .collect();
+        print(&format!("roll-up {title}"), &names, &values);
+    }
+}
+
+pub async fn compare(ids: &[i64], client: &Client, json: bool) -> Result<(), Failure> {
+    if ids.len() < 2 || ids.len() > 20 {
+        return Err(Failure::input("compare takes 2 to 20 run ids"));
+    }
+    let mut details = Vec::with_capacity(ids.len());
+    for id in ids {
+        details.push(client.get::<RunDetail>(&format!("/runs/{id}")).await?);
+    }
+    if json {
+        output::json(&details);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = details
+        .iter()
+        .map(|d| {
+            let metric = |k: &str| d.latest.get(k).map_or("-".to_owned(), |m| format!("{:.3}", m.value));
+            vec![
+                d.run.id.to_string(),
+                d.run.status.to_string(),
+                d.config.model.arch.to_string(),
+                metric("val_accuracy"),
+                metric("val_macro_f1"),
+                if d.run.params.is_empty() { "-".to_owned() } else { sweep::describe(&d.run.params) },
+            ]
+        })
+        .collect();
+    output::table(&["RUN", "STATUS", "ARCH", "VAL ACC (last)", "VAL MACRO-F1 (last)", "PARAMS"], &rows);
+    print_class_comparison(&details);
+    Ok(())
+}

@@ -357,27 +357,6 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
     for r in &best {
         details.push(client.get::<RunDetail>(&format!("/runs/{}", r.id)).await?);
     }
-    println!("\nper-class precision / recall of the best runs (validation, best epoch)");
-    let mut header = vec!["CLASS".to_owned()];
-    header.extend(details.iter().map(|d| format!("run {} P / R", d.run.id)));
-    let classes: Vec<String> =
-        details[0].class_results.as_ref().map(|c| c.per_class.iter().map(|m| m.class.clone()).collect()).unwrap_or_default();
-    let rows: Vec<Vec<String>> = classes
-        .iter()
-        .map(|class| {
-            let mut row = vec![class.clone()];
-            for d in &details {
-                let cell = d
-                    .class_results
-                    .as_ref()
-                    .and_then(|c| c.per_class.iter().find(|m| &m.class == class))
-                    .map_or("-".to_owned(), |m| format!("{:.2} / {:.2}", m.precision, m.recall));
-                row.push(cell);
-            }
-            row
-        })
-        .collect();
-    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
-    output::table(&header_refs, &rows);
+    super::runs::print_class_comparison(&details);
     Ok(())
 }
