@@ -1,11 +1,13 @@
 //! HTTP routes under /api/v1: extract, call one service function, respond.
 
+pub mod audit;
 pub mod datasets;
 pub mod experiments;
 pub mod health;
 pub mod leases;
 pub mod runs;
 pub mod tokens;
+pub mod workers;
 
 use actix_web::web;
 
@@ -17,6 +19,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             .configure(datasets::routes)
             .configure(experiments::routes)
             .configure(runs::routes)
-            .configure(leases::routes),
+            .configure(leases::routes)
+            .configure(workers::routes)
+            .configure(audit::routes),
     );
 }
