@@ -342,11 +342,10 @@ impl Issue {
 pub fn parse(source: &str, file: &str) -> Result<ExperimentSpec, SpecError> {
     let spec = deserialize(source, file)?;
     let mut issues = validate(&spec);
-    if issues.is_empty() {
-        if let Err(sweep_issues) = crate::sweep::expand(&spec) {
+    if issues.is_empty()
+        && let Err(sweep_issues) = crate::sweep::expand(&spec) {
             issues = sweep_issues;
         }
-    }
     match issues.into_iter().next() {
         None => Ok(spec),
         Some(issue) => Err(position(source, file, issue)),
@@ -532,11 +531,10 @@ pub fn locate(source: &str, path: &str) -> Option<(usize, usize)> {
                 i += 1;
                 continue;
             }
-            if let Some(p) = parent_indent {
-                if indent <= p {
+            if let Some(p) = parent_indent
+                && indent <= p {
                     break;
                 }
-            }
             let trimmed = trimmed.trim_start_matches("- ");
             if let Some((key, _)) = trimmed.split_once(':') {
                 let key = key.trim().trim_matches(|c| c == '"' || c == '\'');

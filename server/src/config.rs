@@ -46,7 +46,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Layers defaults, `cobb.toml` (or the file named by `COBB_CONFIG`), `COBB_*`
     /// variables, and finally `overrides` (the command-line flags that were given).
-    pub fn load(overrides: impl Serialize) -> Result<Self, figment::Error> {
+    pub fn load(overrides: impl Serialize) -> Result<Self, Box<figment::Error>> {
         let file = std::env::var("COBB_CONFIG").unwrap_or_else(|_| "cobb.toml".to_owned());
         Figment::from(Serialized::defaults(ServerConfig::default()))
             .merge(Toml::file(file))
@@ -63,6 +63,7 @@ impl ServerConfig {
             ]))
             .merge(Serialized::defaults(overrides))
             .extract()
+            .map_err(Box::new)
     }
 
     pub fn database_url(&self) -> String {

@@ -256,7 +256,9 @@ pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, json
 /// epoch), the best value per class marked with `*`, and roll-ups by view and phase.
 pub fn print_class_comparison(details: &[RunDetail]) {
     use protocol::metrics::ConfusionMatrix;
-    let tables: Vec<Option<(Vec<String>, Vec<(f64, f64)>)>> = details
+    // Per run: class names and (precision, recall) per class, when the run has results.
+    type ClassTable = Option<(Vec<String>, Vec<(f64, f64)>)>;
+    let tables: Vec<ClassTable> = details
         .iter()
         .map(|d| {
             d.class_results.as_ref().map(|c| {

@@ -121,6 +121,7 @@ fn default_name() -> String {
 }
 
 /// Starts `count` worker loops; returns their join handles.
+#[allow(clippy::too_many_arguments)]
 fn spawn_workers(
     server: &str,
     token: &str,

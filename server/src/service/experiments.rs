@@ -36,8 +36,8 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     let tx = state.db.write.begin().await?;
     let version = super::datasets::resolve(&tx, &parsed.dataset.name, parsed.dataset.version.as_deref()).await?;
     let existing = store::experiments::by_name(&tx, &parsed.name).await?;
-    if let Some(e) = &existing {
-        if e.dataset_version_id != version.id {
+    if let Some(e) = &existing
+        && e.dataset_version_id != version.id {
             return Err(ApiError::Conflict(format!(
                 "experiment `{}` is frozen on dataset version {} of `{}`, but this spec resolves to {}; \
                  set dataset.version: {} to add runs to it, or give the spec a new name to study the new version",
@@ -48,7 +48,6 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
                 &e.dataset_version[..12]
             )));
         }
-    }
     let method = match parsed.sweep.as_ref().map(|s| s.method) {
         Some(Method::Grid) => "grid",
         Some(Method::Random) => "random",

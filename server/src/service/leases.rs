@@ -95,11 +95,10 @@ async fn fenced(conn: &impl ConnectionTrait, lease_id: &str, run_id: Option<i64>
     let Some(lease) = store::leases::get_for_write(conn, lease_id).await? else {
         return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` does not exist"))));
     };
-    if let Some(run_id) = run_id {
-        if lease.run_id != run_id {
+    if let Some(run_id) = run_id
+        && lease.run_id != run_id {
             return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` belongs to run {}, not run {run_id}", lease.run_id))));
         }
-    }
     if let Some(ended) = lease.ended_at {
         let reason = lease.end_reason.clone().unwrap_or_else(|| "ended".to_owned());
         return Ok(Err(match reason.as_str() {

@@ -49,11 +49,10 @@ impl ImageCache {
     /// decoded now and cached.
     pub fn load(&self, source: &Path, sha256: &str) -> Result<Vec<f32>, LoadError> {
         let entry = self.entry(sha256);
-        if let Ok(bytes) = std::fs::read(&entry) {
-            if bytes.len() == self.size * self.size * 2 {
+        if let Ok(bytes) = std::fs::read(&entry)
+            && bytes.len() == self.size * self.size * 2 {
                 return Ok(bytes.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])) / 65535.0).collect());
             }
-        }
         let display = source.display().to_string();
         let io = |source: std::io::Error| LoadError::Io { path: display.clone(), source };
         let raw = std::fs::read(source).map_err(io)?;

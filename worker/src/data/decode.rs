@@ -122,7 +122,7 @@ fn decode_dicom(path: &Path) -> Result<(Gray, DicomIds), DecodeError> {
     }
     let pixel_error = |e: dicom_pixeldata::Error| DecodeError::Pixels(e.to_string());
     // Every frame must be there: a truncated encapsulated stream can decode to fewer bytes.
-    let bytes_per_sample = (usize::from(decoded.bits_allocated()) + 7) / 8;
+    let bytes_per_sample = usize::from(decoded.bits_allocated()).div_ceil(8);
     let expected = if decoded.bits_allocated() == 1 {
         (w * h * decoded.number_of_frames() as usize).div_ceil(8)
     } else {

@@ -31,7 +31,9 @@ impl<'a, B: Backend> Ctx<'a, B> {
     }
 }
 
-/// Any of cobb's architectures.
+/// Any of cobb's architectures. (Built once per run; the size difference between variants
+/// does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Classifier<B: Backend> {
     Simple(simple_cnn::SimpleCnn<B>),

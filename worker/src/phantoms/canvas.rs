@@ -77,6 +77,7 @@ impl Canvas {
     }
 
     /// A hollow ellipse whose wall is `thickness` pixels (before scaling).
+    #[allow(clippy::too_many_arguments)]
     pub fn ring(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, angle: f32, thickness: f32, value: f32) {
         let t = self.transform;
         let (cx, cy) = t.point(cx, cy);

@@ -198,11 +198,10 @@ pub fn generate(out: &Path, options: &Options) -> std::io::Result<Written> {
                             i,
                         ),
                     };
-                    if let Err(e) = result {
-                        if let Ok(mut slot) = failure.lock() {
+                    if let Err(e) = result
+                        && let Ok(mut slot) = failure.lock() {
                             slot.get_or_insert(e);
                         }
-                    }
                 }
             });
         }

@@ -261,13 +261,12 @@ where
     B::seed(device, t.seed);
     let mut model: Classifier<B> = models::build::<B>(spec.model.arch, 1, classes, spec.model.dropout, device).model;
     let mut state = checkpoint::State::default();
-    if resume {
-        if let Some((m, opt_record, s)) = checkpoints.load_last::<B, O::Record>(model.clone(), device)? {
+    if resume
+        && let Some((m, opt_record, s)) = checkpoints.load_last::<B, O::Record>(model.clone(), device)? {
             model = m;
             optim = optim.load_record(opt_record);
             state = s;
         }
-    }
     let weights = match t.loss.class_weights {
         ClassWeights::Balanced => Some(balanced_weights(&data.train, classes)),
         ClassWeights::None => None,
@@ -386,8 +385,8 @@ where
         state.next_epoch = epoch + 1;
         checkpoints.save_last::<B, O::Record>(&model, optim.to_record(), &state)?;
         reporter.epoch(&epoch_report);
-        if let Some(es) = &t.early_stopping {
-            if state.since_improvement >= es.patience as usize {
+        if let Some(es) = &t.early_stopping
+            && state.since_improvement >= es.patience as usize {
                 return Ok(Outcome {
                     finish: Finish::Completed { epochs: epoch + 1, early_stopped: true },
                     best_epoch: state.best_epoch,
@@ -395,7 +394,6 @@ where
                     history,
                 });
             }
-        }
     }
     Ok(Outcome {
         finish: Finish::Completed { epochs: t.epochs as usize, early_stopped: false },
