@@ -48,11 +48,7 @@ async fn show(
     query: web::Query<VersionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Viewer)?;
-    let info = service::datasets::show(&state, &name, query.version.as_deref()).await.map_err(|e| match e {
-        // A missing dataset is a plain 404 here (it is 422 inside a submission).
-        ApiError::DatasetNotFound(name) => ApiError::not_found("dataset", name),
-        other => other,
-    })?;
+    let info = service::datasets::show(&state, &name, query.version.as_deref()).await.map_err(plain_not_found)?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -64,9 +60,14 @@ async fn items(
     query: web::Query<VersionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Reviewer)?;
-    let found = service::datasets::items(&state, &name, query.version.as_deref()).await.map_err(|e| match e {
+    let found = service::datasets::items(&state, &name, query.version.as_deref()).await.map_err(plain_not_found)?;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// A missing dataset is a plain 404 on the dataset routes (it is 422 inside a submission).
+fn plain_not_found(e: ApiError) -> ApiError {
+    match e {
         ApiError::DatasetNotFound(name) => ApiError::not_found("dataset", name),
         other => other,
-    })?;
-    Ok(HttpResponse::Ok().json(found))
+    }
 }

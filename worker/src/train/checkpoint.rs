@@ -24,6 +24,13 @@ pub struct State {
     pub history: Vec<EpochReport>,
 }
 
+impl State {
+    /// How the run ended, with its best epoch and the history so far.
+    pub fn into_outcome(self, finish: super::Finish) -> super::Outcome {
+        super::Outcome { finish, best_epoch: self.best_epoch, best_value: self.best_value, history: self.history }
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
 }

@@ -290,7 +290,6 @@ where
     let val_config = LoaderConfig { shuffle: false, augment: None, ..train_config.clone() };
     let steps_per_epoch = data.train.len().div_ceil(t.batch_size.max(1) as usize);
 
-    let mut history = state.history.clone();
     for epoch in state.next_epoch..t.epochs as usize {
         // Backend randomness (dropout, stochastic depth) is re-seeded per epoch, so a
         // resumed run draws exactly what an uninterrupted one would.
@@ -303,7 +302,7 @@ where
         let batches = Batches::new(train_items.clone(), cache.clone(), train_config.clone(), epoch as u64);
         for (step, batch) in batches.enumerate() {
             if reporter.should_stop() {
-                return Ok(Outcome { finish: Finish::Stopped { epoch }, best_epoch: state.best_epoch, best_value: state.best_value, history });
+                return Ok(state.into_outcome(Finish::Stopped { epoch }));
             }
             let mut batch = batch?;
             skipped.append(&mut batch.skipped);
@@ -380,25 +379,14 @@ where
                 state.since_improvement += 1;
             }
         }
-        history.push(epoch_report.clone());
-        state.history = history.clone();
+        state.history.push(epoch_report.clone());
         state.next_epoch = epoch + 1;
         checkpoints.save_last::<B, O::Record>(&model, optim.to_record(), &state)?;
         reporter.epoch(&epoch_report);
         if let Some(es) = &t.early_stopping
             && state.since_improvement >= es.patience as usize {
-                return Ok(Outcome {
-                    finish: Finish::Completed { epochs: epoch + 1, early_stopped: true },
-                    best_epoch: state.best_epoch,
-                    best_value: state.best_value,
-                    history,
-                });
+                return Ok(state.into_outcome(Finish::Completed { epochs: epoch + 1, early_stopped: true }));
             }
     }
-    Ok(Outcome {
-        finish: Finish::Completed { epochs: t.epochs as usize, early_stopped: false },
-        best_epoch: state.best_epoch,
-        best_value: state.best_value,
-        history,
-    })
+    Ok(state.into_outcome(Finish::Completed { epochs: t.epochs as usize, early_stopped: false }))
 }
