@@ -31,7 +31,26 @@ enum Bench {
     /// process, so peak memory is per model).
     Train(TrainBenchArgs),
     #[command(hide = true)]
-    TrainOne { arch: String, size: usize, batch: usize, warmup: usize, steps: usize, eval_steps: usize },
+    TrainOne {
+        arch: String,
+        size: usize,
+        batch: usize,
+        warmup: usize,
+        steps: usize,
+        eval_steps: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = f64::INFINITY)]
+        max_seconds: f64,
+    },
+    /// The torchvision parity check (worker/tests/fixtures/parity) on a device: prints the
+    /// largest |cobb - torchvision| logit difference.
+    Parity {
+        #[arg(long, default_value = "worker/tests/fixtures/parity")]
+        fixture: std::path::PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +66,12 @@ struct TrainBenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 6)]
     eval_steps: usize,
+    /// cpu or cuda:N (a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Stop the timed training steps of a model after this many seconds.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    max_seconds: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -365,9 +390,20 @@ async fn main() -> Result<()> {
         Bench::Server(args) => server_bench(args).await,
         Bench::Data(args) => data_bench(&args),
         Bench::Train(args) => train_bench(&args),
-        Bench::TrainOne { arch, size, batch, warmup, steps, eval_steps } => {
+        Bench::Parity { fixture, device } => {
+            let choice: worker::device::DeviceChoice = device.parse().map_err(anyhow::Error::msg)?;
+            let diff = worker::train::bench::parity(choice, &fixture).map_err(anyhow::Error::msg)?;
+            println!("parity on {device}: max |cobb - torchvision| logit difference {diff:.2e} ({})", if diff < 1e-4 { "ok, < 1e-4" } else { "FAILED, >= 1e-4" });
+            if diff >= 1e-4 {
+                bail!("parity check failed");
+            }
+            Ok(())
+        }
+        Bench::TrainOne { arch, size, batch, warmup, steps, eval_steps, device, max_seconds } => {
             let arch: protocol::spec::Arch = serde_json::from_value(json!(arch)).context("unknown architecture")?;
-            let t = worker::train::bench::measure(arch, size, batch, warmup, steps, eval_steps);
+            let choice = device.parse().map_err(anyhow::Error::msg)?;
+            let work = worker::train::bench::Workload { arch, size, batch, warmup, train_steps: steps, eval_steps, max_seconds };
+            let t = worker::train::bench::measure(choice, work)?;
             let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             let peak_kib: u64 = status
                 .lines()
@@ -384,11 +420,13 @@ async fn main() -> Result<()> {
 }
 
 fn train_bench(args: &TrainBenchArgs) -> Result<()> {
-    println!("training benchmark: batch {}, 1-channel random images, 10 classes, AdamW; Burn 0.21 flex on the CPU", args.batch);
+    let backend = if args.device == "cpu" { "flex on the CPU".to_owned() } else { format!("CUDA ({})", args.device) };
+    println!("training benchmark: batch {}, 1-channel random images, 10 classes, AdamW; Burn 0.21 {backend}", args.batch);
     for config in &args.configs {
         let (arch, size) = config.split_once('@').context("configs look like arch@size")?;
         let output = Command::new(std::env::current_exe()?)
             .args(["train-one", arch, size, &args.batch.to_string(), &args.warmup.to_string(), &args.steps.to_string(), &args.eval_steps.to_string()])
+            .args(["--device", &args.device, "--max-seconds", &args.max_seconds.to_string()])
             .output()?;
         if !output.status.success() {
             bail!("{config}: {}", String::from_utf8_lossy(&output.stderr));

@@ -108,11 +108,14 @@ pub struct MbConv<B: Backend> {
     residual: bool,
     /// Probability of dropping the residual branch during training.
     drop_path: f64,
+    /// Stage (0-6) and position in the stage: torchvision's `features.{stage + 1}.{index}`.
+    stage: usize,
+    index: usize,
 }
 
 impl<B: Backend> MbConv<B> {
     #[allow(clippy::too_many_arguments)]
-    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64) -> Self {
+    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64, at: (usize, usize)) -> Self {
         let hidden = round_filters_exact(input * expand);
         Self {
             expand: (expand != 1).then(|| ConvBn::new(ctx, input, hidden, 1, 1, 1)),
@@ -121,6 +124,8 @@ impl<B: Backend> MbConv<B> {
             project: ConvBn::new(ctx, hidden, output, 1, 1, 1),
             residual: stride == 1 && input == output,
             drop_path,
+            stage: at.0,
+            index: at.1,
         }
     }
 
@@ -169,16 +174,23 @@ impl<B: Backend> EfficientNet<B> {
             ctx.bn_eps = 1e-3;
             ctx.bn_momentum = 0.01;
         }
+        Self::scaled(ctx, width, depth, channels, classes, dropout.unwrap_or(default_dropout))
+    }
+
+    /// B0's layout scaled by any width and depth multipliers (the named variants are
+    /// particular values; the parity fixture uses a reduced-width model).
+    pub fn scaled(ctx: &mut Ctx<B>, width: f64, depth: f64, channels: usize, classes: usize, dropout: f64) -> Self {
         let stem_out = round_filters(32, width);
         let stem = ConvBn::new(ctx, channels, stem_out, 3, 2, 1);
         let total: usize = STAGES.iter().map(|s| round_repeats(s.5, depth)).sum();
         let mut blocks = Vec::with_capacity(total);
         let mut input = stem_out;
-        for &(expand, kernel, stride, _, out, layers) in &STAGES {
+        for (stage, &(expand, kernel, stride, _, out, layers)) in STAGES.iter().enumerate() {
             let output = round_filters(out, width);
             for i in 0..round_repeats(layers, depth) {
                 let drop_path = 0.2 * blocks.len() as f64 / total as f64;
-                blocks.push(MbConv::new(ctx, input, output, expand, kernel, if i == 0 { stride } else { 1 }, drop_path));
+                let stride = if i == 0 { stride } else { 1 };
+                blocks.push(MbConv::new(ctx, input, output, expand, kernel, stride, drop_path, (stage, i)));
                 input = output;
             }
         }
@@ -189,9 +201,47 @@ impl<B: Backend> EfficientNet<B> {
             blocks,
             head,
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            dropout: DropoutConfig::new(dropout.unwrap_or(default_dropout)).init(),
+            dropout: DropoutConfig::new(dropout).init(),
             classifier: LinearConfig::new(head_out, classes).init(ctx.device),
         }
+    }
+
+    /// Module paths in cobb and in torchvision's and timm's state dicts, one row per
+    /// convolution, batch norm or linear layer: (cobb, torchvision, timm).
+    pub fn foreign_names(&self) -> Vec<[String; 3]> {
+        let mut names = vec![
+            ["stem.conv", "features.0.0", "conv_stem"].map(String::from),
+            ["stem.bn", "features.0.1", "bn1"].map(String::from),
+        ];
+        for (b, block) in self.blocks.iter().enumerate() {
+            let tv = format!("features.{}.{}.block", block.stage + 1, block.index);
+            let timm = format!("blocks.{}.{}", block.stage, block.index);
+            let ours = format!("blocks.{b}");
+            let mut row = |cobb: &str, tv_part: String, timm_part: &str| {
+                names.push([format!("{ours}.{cobb}"), format!("{tv}.{tv_part}"), format!("{timm}.{timm_part}")]);
+            };
+            // torchvision numbers the sub-blocks; the depthwise one is first without expansion.
+            let d = usize::from(block.expand.is_some());
+            if block.expand.is_some() {
+                row("expand.conv", "0.0".into(), "conv_pw");
+                row("expand.bn", "0.1".into(), "bn1");
+                row("depthwise.conv", format!("{d}.0"), "conv_dw");
+                row("depthwise.bn", format!("{d}.1"), "bn2");
+                row("project.conv", format!("{}.0", d + 2), "conv_pwl");
+                row("project.bn", format!("{}.1", d + 2), "bn3");
+            } else {
+                row("depthwise.conv", format!("{d}.0"), "conv_dw");
+                row("depthwise.bn", format!("{d}.1"), "bn1");
+                row("project.conv", format!("{}.0", d + 2), "conv_pw");
+                row("project.bn", format!("{}.1", d + 2), "bn2");
+            }
+            row("se.fc1", format!("{}.fc1", d + 1), "se.conv_reduce");
+            row("se.fc2", format!("{}.fc2", d + 1), "se.conv_expand");
+        }
+        names.push(["head.conv", "features.8.0", "conv_head"].map(String::from));
+        names.push(["head.bn", "features.8.1", "bn2"].map(String::from));
+        names.push(["classifier", "classifier.1", "classifier"].map(String::from));
+        names
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {

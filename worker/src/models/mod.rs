@@ -2,6 +2,7 @@
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
 pub mod efficientnet;
+pub mod pretrained;
 pub mod resnet;
 pub mod simple_cnn;
 

@@ -30,10 +30,13 @@ pub struct Block<B: Backend> {
     convs: Vec<Conv2d<B>>,
     bns: Vec<BatchNorm<B>>,
     downsample: Option<Downsample<B>>,
+    /// torchvision's `layer{layer + 1}.{index}`.
+    layer: usize,
+    index: usize,
 }
 
 impl<B: Backend> Block<B> {
-    fn new(ctx: &mut Ctx<B>, input: usize, planes: usize, stride: usize, bottleneck: bool) -> Self {
+    fn new(ctx: &mut Ctx<B>, input: usize, planes: usize, stride: usize, bottleneck: bool, at: (usize, usize)) -> Self {
         let (convs, bns, output) = if bottleneck {
             let out = planes * 4;
             (
@@ -45,7 +48,7 @@ impl<B: Backend> Block<B> {
             (vec![conv(ctx, input, planes, 3, stride), conv(ctx, planes, planes, 3, 1)], vec![ctx.bn(planes), ctx.bn(planes)], planes)
         };
         let downsample = (stride != 1 || input != output).then(|| Downsample { conv: conv(ctx, input, output, 1, stride), bn: ctx.bn(output) });
-        Self { convs, bns, downsample }
+        Self { convs, bns, downsample, layer: at.0, index: at.1 }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -95,7 +98,7 @@ impl<B: Backend> ResNet<B> {
             let planes = 64 << stage;
             for i in 0..count {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(Block::new(ctx, input, planes, stride, bottleneck));
+                blocks.push(Block::new(ctx, input, planes, stride, bottleneck, (stage, i)));
                 input = if bottleneck { planes * 4 } else { planes };
             }
         }
@@ -108,6 +111,26 @@ impl<B: Backend> ResNet<B> {
             dropout: DropoutConfig::new(dropout).init(),
             fc: LinearConfig::new(input, classes).init(ctx.device),
         }
+    }
+
+    /// Module paths in cobb and in torchvision's state dict (timm's ResNets use the same
+    /// names): (cobb, torchvision, timm).
+    pub fn foreign_names(&self) -> Vec<[String; 3]> {
+        let same = |ours: String, theirs: String| [ours, theirs.clone(), theirs];
+        let mut names = vec![same("stem".into(), "conv1".into()), same("stem_bn".into(), "bn1".into())];
+        for (b, block) in self.blocks.iter().enumerate() {
+            let tv = format!("layer{}.{}", block.layer + 1, block.index);
+            for k in 0..block.convs.len() {
+                names.push(same(format!("blocks.{b}.convs.{k}"), format!("{tv}.conv{}", k + 1)));
+                names.push(same(format!("blocks.{b}.bns.{k}"), format!("{tv}.bn{}", k + 1)));
+            }
+            if block.downsample.is_some() {
+                names.push(same(format!("blocks.{b}.downsample.conv"), format!("{tv}.downsample.0")));
+                names.push(same(format!("blocks.{b}.downsample.bn"), format!("{tv}.downsample.1")));
+            }
+        }
+        names.push(same("fc".into(), "fc".into()));
+        names
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {

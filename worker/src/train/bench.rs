@@ -2,7 +2,7 @@
 //! ../shared/peers/torch_train_bench.py: batch of random 1-channel images, 10 classes,
 //! AdamW lr 1e-3, cross-entropy), for `cobb-bench train`.
 
-use burn::backend::{Autodiff, Flex};
+use crate::device::{DeviceChoice, DeviceError};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -19,15 +19,59 @@ pub struct Throughput {
     pub train_images_per_second: f64,
     pub eval_images_per_second: f64,
     pub train_step_ms: f64,
+    /// Timed training steps actually run (fewer than asked when `max_seconds` ran out).
+    pub train_steps: usize,
+    pub device: String,
 }
 
-type B = Autodiff<Flex>;
+/// What to time: `train_steps` training steps (stopping early once `max_seconds` have
+/// passed) and `eval_steps` evaluation steps, after `warmup` untimed training steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub arch: Arch,
+    pub size: usize,
+    pub batch: usize,
+    pub warmup: usize,
+    pub train_steps: usize,
+    pub eval_steps: usize,
+    pub max_seconds: f64,
+}
 
-/// Times `train_steps` training steps and `eval_steps` evaluation steps after `warmup`
-/// untimed training steps.
-pub fn measure(arch: Arch, size: usize, batch: usize, warmup: usize, train_steps: usize, eval_steps: usize) -> Throughput {
-    let device = Default::default();
-    <B as Backend>::seed(&device, 0);
+/// Runs `work` on the chosen device (Burn's flex on the CPU, or CUDA with the `cuda` feature).
+pub fn measure(choice: DeviceChoice, work: Workload) -> Result<Throughput, DeviceError> {
+    crate::device::probe(choice)?;
+    match choice {
+        DeviceChoice::Cpu => Ok(measure_on::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), work, "cpu")),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => {
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            Ok(measure_on::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, work, &format!("cuda:{index}")))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(DeviceError::NotBuilt),
+    }
+}
+
+/// The torchvision parity check ([`crate::models::pretrained::parity`]) on the chosen device.
+pub fn parity(choice: DeviceChoice, fixture: &std::path::Path) -> Result<f32, String> {
+    crate::device::probe(choice).map_err(|e| e.to_string())?;
+    let weights = "efficientnet_tiny.safetensors";
+    let diff = match choice {
+        DeviceChoice::Cpu => crate::models::pretrained::parity::<burn::backend::Flex>(fixture, weights, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => {
+            crate::models::pretrained::parity::<burn::backend::Cuda>(fixture, weights, &burn::backend::cuda::CudaDevice::new(index))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => return Err(DeviceError::NotBuilt.to_string()),
+    };
+    diff.map_err(|e| e.to_string())
+}
+
+fn measure_on<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, work: Workload, name: &str) -> Throughput {
+    let Workload { arch, size, batch, warmup, train_steps, eval_steps, max_seconds } = work;
+    let device = device.clone();
+    B::seed(&device, 0);
     let mut model = crate::models::build::<B>(arch, 1, 10, None, &device).model;
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -43,9 +87,12 @@ pub fn measure(arch: Arch, size: usize, batch: usize, warmup: usize, train_steps
         model = step(model);
     }
     let started = Instant::now();
-    for _ in 0..train_steps {
+    let mut done = 0;
+    while done < train_steps && (done == 0 || started.elapsed().as_secs_f64() < max_seconds) {
         model = step(model);
+        done += 1;
     }
+    let train_steps = done;
     let train_seconds = started.elapsed().as_secs_f64();
     let valid = model.valid();
     let xv = x.inner();
@@ -62,5 +109,7 @@ pub fn measure(arch: Arch, size: usize, batch: usize, warmup: usize, train_steps
         train_images_per_second: (train_steps * batch) as f64 / train_seconds.max(1e-9),
         eval_images_per_second: (eval_steps * batch) as f64 / eval_seconds.max(1e-9),
         train_step_ms: train_seconds * 1000.0 / train_steps.max(1) as f64,
+        train_steps,
+        device: name.to_owned(),
     }
 }

@@ -31,6 +31,11 @@ impl State {
     }
 }
 
+/// A model saved by [`Store::save_best`] (the `.mpk` file), loaded into `model`.
+pub fn load_model<B: Backend>(model: Classifier<B>, file: &Path, device: &B::Device) -> Result<Classifier<B>, TrainError> {
+    model.load_file(file.with_extension(""), &recorder(), device).map_err(|e| err("loading the checkpoint", e))
+}
+
 pub struct Store {
     dir: PathBuf,
 }

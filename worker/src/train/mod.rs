@@ -144,8 +144,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
-    #[error("model.pretrained ({0}): loading ImageNet weights is not implemented yet; remove the key to train from scratch")]
-    PretrainedUnsupported(String),
+    #[error(transparent)]
+    Pretrained(#[from] models::pretrained::PretrainedError),
 }
 
 fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
@@ -179,6 +179,96 @@ fn better(goal: Goal, candidate: f64, best: Option<f64>) -> bool {
             Goal::Minimize => candidate < b,
         },
     }
+}
+
+/// Predictions of a model over items: the confusion matrix, the summed loss and the images
+/// seen, and the images that could not be read.
+struct Scored {
+    confusion: ConfusionMatrix,
+    loss_sum: f64,
+    seen: usize,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score<B: Backend>(
+    model: &Classifier<B>,
+    classes: &[String],
+    items: Arc<Vec<LoaderItem>>,
+    cache: Arc<ImageCache>,
+    config: &LoaderConfig,
+    size: usize,
+    device: &B::Device,
+    loss_fn: Option<&burn::nn::loss::CrossEntropyLoss<B>>,
+) -> Result<Scored, TrainError> {
+    let mut out = Scored { confusion: ConfusionMatrix::new(classes.to_vec()), loss_sum: 0.0, seen: 0, skipped: Vec::new() };
+    for batch in Batches::new(items, cache, config.clone(), 0) {
+        let mut batch = batch?;
+        out.skipped.append(&mut batch.skipped);
+        if batch.is_empty() {
+            continue;
+        }
+        let logits = model.forward(images_tensor::<B>(&batch, size, device));
+        if let Some(loss_fn) = loss_fn {
+            let loss = loss_fn.forward(logits.clone(), labels_tensor::<B>(&batch, device));
+            out.loss_sum += f64::from(loss.into_scalar().elem::<f32>()) * batch.len() as f64;
+        }
+        out.seen += batch.len();
+        let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        for (truth, p) in batch.labels.iter().zip(predicted) {
+            let _ = out.confusion.record(*truth, p.max(0) as usize);
+        }
+    }
+    Ok(out)
+}
+
+/// A checkpoint's result on a set of items (a promotion's test split).
+pub struct Evaluation {
+    pub confusion: ConfusionMatrix,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Evaluates the model saved at `model_file` (a best checkpoint, `.mpk`) on `items`, without
+/// augmentation, on the chosen device.
+pub fn evaluate_on(
+    choice: crate::device::DeviceChoice,
+    spec: &ExperimentSpec,
+    classes: &[String],
+    items: Vec<LoaderItem>,
+    cache: ImageCache,
+    model_file: &std::path::Path,
+) -> Result<Evaluation, TrainError> {
+    use crate::device::DeviceChoice;
+    match choice {
+        DeviceChoice::Cpu => evaluate::<burn::backend::Flex>(spec, classes, items, cache, model_file, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => {
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            evaluate::<burn::backend::Cuda>(spec, classes, items, cache, model_file, &device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(TrainError::Device(crate::device::DeviceError::NotBuilt)),
+    }
+}
+
+fn evaluate<B: Backend>(
+    spec: &ExperimentSpec,
+    classes: &[String],
+    items: Vec<LoaderItem>,
+    cache: ImageCache,
+    model_file: &std::path::Path,
+    device: &B::Device,
+) -> Result<Evaluation, TrainError> {
+    let size = spec.model.resolved_image_size() as usize;
+    let model = models::build::<B>(spec.model.arch, 1, classes.len(), spec.model.dropout, device).model;
+    let model = checkpoint::load_model(model, model_file, device)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = LoaderConfig { batch_size: spec.train.batch_size as usize, seed: 0, shuffle: false, augment: None, threads, prefetch: 2 };
+    let scored = score(&model, classes, Arc::new(items), Arc::new(cache), &config, size, device, None)?;
+    if scored.seen == 0 {
+        return Err(TrainError::NoData { skipped: scored.skipped.len() });
+    }
+    Ok(Evaluation { confusion: scored.confusion, skipped: scored.skipped })
 }
 
 /// Trains on the chosen device: Burn's flex backend on the CPU, or CUDA (`cuda` feature).
@@ -255,18 +345,21 @@ where
     if data.val.is_empty() {
         return Err(TrainError::NoValidation);
     }
-    if let Some(path) = &spec.model.pretrained {
-        return Err(TrainError::PretrainedUnsupported(path.clone()));
-    }
     B::seed(device, t.seed);
     let mut model: Classifier<B> = models::build::<B>(spec.model.arch, 1, classes, spec.model.dropout, device).model;
     let mut state = checkpoint::State::default();
+    let mut resumed = false;
     if resume
         && let Some((m, opt_record, s)) = checkpoints.load_last::<B, O::Record>(model.clone(), device)? {
             model = m;
             optim = optim.load_record(opt_record);
             state = s;
+            resumed = true;
         }
+    if !resumed && let Some(path) = &spec.model.pretrained {
+        let report = models::pretrained::load(&mut model, std::path::Path::new(path))?;
+        tracing::info!(path, loaded = report.loaded, naming = report.naming, adapted = ?report.adapted, "pretrained weights loaded");
+    }
     let weights = match t.loss.class_weights {
         ClassWeights::Balanced => Some(balanced_weights(&data.train, classes)),
         ClassWeights::None => None,
@@ -328,25 +421,9 @@ where
         let images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
         // Validation on the inner (non-autodiff) backend: BatchNorm uses running statistics.
-        let valid = model.valid();
-        let mut confusion = ConfusionMatrix::new(data.classes.clone());
-        let mut val_loss_sum = 0.0;
-        let mut val_seen = 0usize;
-        for batch in Batches::new(val_items.clone(), cache.clone(), val_config.clone(), 0) {
-            let mut batch = batch?;
-            skipped.append(&mut batch.skipped);
-            if batch.is_empty() {
-                continue;
-            }
-            let logits = valid.forward(images_tensor::<B::InnerBackend>(&batch, size, device));
-            let loss = val_loss_fn.forward(logits.clone(), labels_tensor::<B::InnerBackend>(&batch, device));
-            val_loss_sum += f64::from(loss.into_scalar().elem::<f32>()) * batch.len() as f64;
-            val_seen += batch.len();
-            let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-            for (truth, p) in batch.labels.iter().zip(predicted) {
-                let _ = confusion.record(*truth, p.max(0) as usize);
-            }
-        }
+        let scored = score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, device, Some(&val_loss_fn))?;
+        skipped.extend(scored.skipped);
+        let (confusion, val_loss_sum, val_seen) = (scored.confusion, scored.loss_sum, scored.seen);
         if val_seen == 0 {
             return Err(TrainError::NoValidation);
         }
