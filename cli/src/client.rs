@@ -39,6 +39,11 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await?.ok_or_else(|| Failure::Runtime(anyhow::anyhow!("empty answer from {path}")))
     }
 
+    /// The body of a successful GET as text (CSV downloads).
+    pub async fn get_text(&self, path: &str) -> Result<String, Failure> {
+        Ok(self.exchange::<()>(Method::GET, path, None).await?.unwrap_or_default())
+    }
+
     /// None for 204 No Content.
     pub async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -46,6 +51,15 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<Option<T>, Failure> {
+        let url = format!("{}{path}", self.base);
+        match self.exchange(method, path, body).await? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).with_context(|| format!("unexpected answer from {url}")).map_err(Failure::Runtime),
+        }
+    }
+
+    /// The body of a successful answer (None for 204), or the server's error as a failure.
+    async fn exchange<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<Option<String>, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -67,7 +81,7 @@ impl Client {
         }
         let text = response.text().await.context("while reading the server's answer")?;
         if status.is_success() {
-            return serde_json::from_str(&text).map(Some).with_context(|| format!("unexpected answer from {url}")).map_err(Failure::Runtime);
+            return Ok(Some(text));
         }
         let error = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => anyhow::anyhow!("{body}"),

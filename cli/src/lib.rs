@@ -65,6 +65,28 @@ pub enum Command {
     Experiments,
     /// List workers with when they were last seen and what they run.
     Workers,
+    /// Promote a succeeded run (reviewer role): it supersedes the experiment's promoted
+    /// model and is evaluated once on the sealed test split; waits for and prints the result.
+    Promote {
+        run: i64,
+        /// Why this model (required; kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// How long to wait for the test evaluation before returning (it carries on).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+    /// The test-split report of a promotion (the source study's table); --csv for a file.
+    Report {
+        promotion: i64,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// The promotion history (newest first), with each test evaluation's state.
+    Promotions {
+        #[arg(long)]
+        experiment: Option<String>,
+    },
     /// The audit log; --verify recomputes the hash chain and fails on the first broken link.
     Audit {
         #[arg(long)]
@@ -121,6 +143,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Workers => commands::runs::workers(&client()?, cli.json).await,
+        Command::Promote { run, reason, wait_secs } => commands::promote::promote(&client()?, *run, reason, *wait_secs, cli.json).await,
+        Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
+        Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
         Command::Audit { experiment, verify } => commands::runs::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),

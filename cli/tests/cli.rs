@@ -365,3 +365,56 @@ fn workers_ride_out_a_server_restart() {
     assert_eq!(run["latest"]["train_loss"]["step"], 19);
     drop(server);
 }
+
+#[test]
+fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_server, url) = start_server(dir.path());
+    assert!(cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "120", "--size", "40"]).status.success());
+    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
+    let spec = "name: promo\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 2\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
+    std::fs::write(dir.path().join("promo.yaml"), spec).expect("spec");
+    assert!(cobb(dir.path(), &url, &["submit", "promo.yaml"]).status.success());
+    let trained = Command::new(COBB)
+        .args(["worker", "--name", "trainer", "--exit-when-idle"])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .output()
+        .expect("worker");
+    assert!(trained.status.success());
+    assert_eq!(run_json(dir.path(), &url, 1)["run"]["status"], "succeeded");
+
+    // Without a worker the evaluation waits, and the CLI says what to do.
+    let out = cobb(dir.path(), &url, &["promote", "1", "--reason", "best val macro-F1", "--wait-secs", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("is queued") && stdout.contains("cobb worker"), "{stdout}");
+
+    // A worker evaluates it once; the report is the source study's table.
+    let evaluated = Command::new(COBB)
+        .args(["worker", "--name", "evaluator", "--exit-when-idle"])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .output()
+        .expect("worker");
+    assert!(evaluated.status.success(), "{}", String::from_utf8_lossy(&evaluated.stderr));
+    let out = cobb(dir.path(), &url, &["report", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for needle in ["test split of promo", "lat_postop_tether", "macro avg", "weighted avg", "accuracy", "-- by view", "-- by phase"] {
+        assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
+    }
+    let csv = text(&cobb(dir.path(), &url, &["report", "1", "--csv"])).0;
+    assert!(csv.starts_with("section,class,precision,recall,f1,support"), "{csv}");
+    let detail = run_json(dir.path(), &url, 1);
+    assert!(detail["latest"]["test_accuracy"]["value"].is_number(), "{detail}");
+
+    let out = cobb(dir.path(), &url, &["audit", "--verify"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for action in ["promote", "test_evaluation_started", "test_evaluated"] {
+        assert!(stdout.contains(action), "{stdout}");
+    }
+    assert!(stderr.contains("audit chain verified"), "{stderr}");
+}

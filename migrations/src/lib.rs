@@ -4,13 +4,14 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m001_initial;
+mod m002_promotions;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m001_initial::Migration)]
+        vec![Box::new(m001_initial::Migration), Box::new(m002_promotions::Migration)]
     }
 }
 

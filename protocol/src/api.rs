@@ -478,3 +478,108 @@ pub struct AuditLog {
     pub events: Vec<AuditEvent>,
     pub chain: ChainCheck,
 }
+
+// ---- promotion and the sealed test split ---------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub reason: String,
+}
+
+/// The evaluation of a promoted model on the test split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluationStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl EvaluationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvaluationStatus::Queued => "queued",
+            EvaluationStatus::Running => "running",
+            EvaluationStatus::Succeeded => "succeeded",
+            EvaluationStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => EvaluationStatus::Queued,
+            "running" => EvaluationStatus::Running,
+            "succeeded" => EvaluationStatus::Succeeded,
+            "failed" => EvaluationStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromotionInfo {
+    pub id: i64,
+    pub experiment: String,
+    pub run_id: i64,
+    pub run_name: String,
+    pub actor: String,
+    pub reason: String,
+    pub created_at: Millis,
+    pub checkpoint_sha256: String,
+    pub best_epoch: i64,
+    pub dataset_version: String,
+    pub config_hash: String,
+    pub code_version: String,
+    pub status: EvaluationStatus,
+    pub attempt: i64,
+    pub error: Option<String>,
+    pub finished_at: Option<Millis>,
+    /// The promotion that replaced this one as the experiment's promoted model.
+    pub superseded_by: Option<i64>,
+    pub superseded_at: Option<Millis>,
+    /// True when an earlier promotion of the same run already evaluated it: the test split
+    /// is not evaluated twice for one model.
+    pub reused_evaluation: bool,
+}
+
+/// The test-split result of a promoted run: the source study's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestReport {
+    pub promotion: PromotionInfo,
+    pub report: crate::metrics::ClassificationReport,
+    pub confusion: crate::metrics::ConfusionMatrix,
+    /// Roll-ups by view (AP/lateral) and by phase (pre-op/post-op).
+    pub by_view: crate::metrics::ClassificationReport,
+    pub by_phase: crate::metrics::ClassificationReport,
+}
+
+/// A test-evaluation job handed to a worker (never a training lease).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluationLease {
+    pub lease_id: String,
+    pub promotion_id: i64,
+    pub run_id: i64,
+    pub run_name: String,
+    pub experiment: String,
+    pub attempt: u32,
+    pub heartbeat_seconds: u64,
+    pub config: ExperimentSpec,
+    /// The run's best checkpoint: the worker verifies this sha256 before evaluating.
+    pub checkpoint: ArtifactInfo,
+    pub dataset_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluationComplete {
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub retryable: bool,
+    #[serde(default)]
+    pub confusion: Option<crate::metrics::ConfusionMatrix>,
+    /// Test images that could not be read, and why.
+    #[serde(default)]
+    pub skipped: Vec<IngestionIssue>,
+}

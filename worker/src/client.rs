@@ -3,7 +3,7 @@
 //! a run; refusals (409 lease expired/lost) are returned as such.
 
 use protocol::api::{
-    Complete, EpochResults, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
+    Complete, EpochResults, EvaluationComplete, EvaluationLease, PromotionInfo, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
     RecordArtifact, Release, RunInfo,
 };
 use protocol::ErrorBody;
@@ -135,5 +135,23 @@ impl Client {
 
     pub async fn release(&self, lease: &str, reason: &str) -> Result<RunInfo, ClientError> {
         Self::expect(self.send(&format!("/leases/{lease}/release"), &Release { reason: reason.to_owned() }).await?, "release")
+    }
+
+    /// A promoted run's test evaluation, if one is waiting (asked before training leases).
+    pub async fn lease_evaluation(&self, worker: &str, device: &str) -> Result<Option<EvaluationLease>, ClientError> {
+        self.send("/evaluations/lease", &LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()) }).await
+    }
+
+    /// The test items, through the evaluation's lease only.
+    pub async fn evaluation_items(&self, lease: &str) -> Result<ItemList, ClientError> {
+        self.get(&format!("/evaluations/{lease}/items")).await
+    }
+
+    pub async fn evaluation_heartbeat(&self, lease: &str) -> Result<(), ClientError> {
+        self.send::<_, serde_json::Value>(&format!("/evaluations/{lease}/heartbeat"), &serde_json::json!({})).await.map(|_| ())
+    }
+
+    pub async fn complete_evaluation(&self, lease: &str, complete: &EvaluationComplete) -> Result<PromotionInfo, ClientError> {
+        Self::expect(self.send(&format!("/evaluations/{lease}/complete"), complete).await?, "complete evaluation")
     }
 }

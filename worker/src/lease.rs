@@ -34,6 +34,7 @@ pub struct WorkerConfig {
 
 /// What the worker prints or shows about its runs.
 pub trait Progress: Send + Sync {
+    fn evaluated(&self, _job: &protocol::api::EvaluationLease, _status: &str, _detail: &str) {}
     fn started(&self, _lease: &Lease) {}
     fn epoch(&self, _lease: &Lease, _report: &EpochReport) {}
     fn finished(&self, _lease: &Lease, _status: &str, _detail: &str) {}
@@ -57,7 +58,7 @@ impl Reporter for Channel {
     }
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
+pub(crate) fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
     let bytes = std::fs::read(path)?;
     Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
 }
@@ -81,6 +82,13 @@ pub async fn run(config: WorkerConfig, progress: Arc<dyn Progress>, shutdown: Ar
     };
     tracing::info!(worker = %config.name, %device, "worker started");
     while !shutdown.load(Ordering::Relaxed) {
+        // A promoted model's test evaluation goes before training: it is short and a
+        // reviewer is waiting for it.
+        if let Some(job) = client.lease_evaluation(&config.name, &device).await? {
+            let span = tracing::info_span!("evaluation", run.id = job.run_id, promotion = job.promotion_id);
+            crate::evaluate::run(&client, &config, job, progress.clone()).instrument(span).await;
+            continue;
+        }
         match client.lease(&config.name, &device).await? {
             Some(lease) => {
                 let span = tracing::info_span!("lease", run.id = lease.run_id, lease.id = %lease.lease_id, attempt = lease.attempt);

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod data;
 pub mod device;
+pub mod evaluate;
 pub mod lease;
 pub mod models;
 pub mod phantoms;

@@ -47,8 +47,8 @@ fn a_grayscale_model_sums_the_rgb_stem() {
     assert!(report.adapted.iter().any(|a| a.contains("features.0.0.weight") && a.contains("summed")), "{report:?}");
     // A gray image is an RGB image with three equal channels.
     let g = Tensor::<B, 4>::random([2, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let a = rgb.forward(Tensor::cat(vec![g.clone(), g.clone(), g.clone()], 1)).into_data().to_vec::<f32>().unwrap();
-    let b = gray.forward(g).into_data().to_vec::<f32>().unwrap();
+    let a = rgb.forward(Tensor::cat(vec![g.clone(), g.clone(), g.clone()], 1)).into_data().to_vec::<f32>().expect("f32 logits");
+    let b = gray.forward(g).into_data().to_vec::<f32>().expect("f32 logits");
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-4, "{diff}");
 }
@@ -65,21 +65,21 @@ fn another_class_count_replaces_the_head_only() {
 fn weights_of_another_model_are_refused_with_the_keys_named() {
     let device = Default::default();
     let mut b0 = build::<B>(Arch::EfficientnetB0, 1, 10, None, &device).model;
-    let err = pretrained::load(&mut b0, &fixture().join("efficientnet_tiny.safetensors")).unwrap_err().to_string();
+    let err = pretrained::load(&mut b0, &fixture().join("efficientnet_tiny.safetensors")).expect_err("refused").to_string();
     assert!(err.contains("of the wrong shape") && err.contains("features.0.0.weight"), "{err}");
     let mut resnet = build::<B>(Arch::Resnet18, 1, 10, None, &device).model;
-    let err = pretrained::load(&mut resnet, &fixture().join("efficientnet_tiny.safetensors")).unwrap_err().to_string();
+    let err = pretrained::load(&mut resnet, &fixture().join("efficientnet_tiny.safetensors")).expect_err("refused").to_string();
     assert!(err.contains("conv1.weight") && err.contains("features.0.0.weight"), "{err}");
     let mut simple = build::<B>(Arch::SimpleCnn, 1, 10, None, &device).model;
-    assert!(pretrained::load(&mut simple, &fixture().join("efficientnet_tiny.pth")).unwrap_err().to_string().contains("simple_cnn"));
-    let err = pretrained::load(&mut b0, Path::new("/nonexistent/weights.pth")).unwrap_err().to_string();
+    assert!(pretrained::load(&mut simple, &fixture().join("efficientnet_tiny.pth")).expect_err("refused").to_string().contains("simple_cnn"));
+    let err = pretrained::load(&mut b0, Path::new("/nonexistent/weights.pth")).expect_err("refused").to_string();
     assert!(err.contains("no such file"), "{err}");
 }
 
 #[test]
 fn full_size_models_use_torchvision_key_names_and_shapes() {
-    let text = std::fs::read_to_string(fixture().join("keys.json")).unwrap();
-    let all: BTreeMap<String, BTreeMap<String, Vec<usize>>> = serde_json::from_str(&text).unwrap();
+    let text = std::fs::read_to_string(fixture().join("keys.json")).expect("keys.json");
+    let all: BTreeMap<String, BTreeMap<String, Vec<usize>>> = serde_json::from_str(&text).expect("json");
     for (name, arch) in [
         ("resnet18", Arch::Resnet18),
         ("resnet50", Arch::Resnet50),

@@ -1,6 +1,7 @@
 pub mod dataset;
 pub mod models;
 pub mod phantoms;
+pub mod promote;
 pub mod runs;
 pub mod server;
 pub mod submit;

@@ -24,7 +24,7 @@ pub struct RunsArgs {
     pub limit: u64,
 }
 
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod experiments;
 pub mod health;
 pub mod leases;
+pub mod promotions;
 pub mod runs;
 pub mod tokens;
 pub mod workers;
@@ -20,6 +21,7 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             .configure(experiments::routes)
             .configure(runs::routes)
             .configure(leases::routes)
+            .configure(promotions::routes)
             .configure(workers::routes)
             .configure(audit::routes),
     );

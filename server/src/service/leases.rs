@@ -59,7 +59,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
     let config: ExperimentSpec = serde_json::from_str(&run.config_json).map_err(anyhow::Error::from)?;
-    let resume_from = store::artifacts::latest_checkpoint(conn, run_id).await?.map(|a| ArtifactInfo {
+    let resume_from = store::artifacts::latest(conn, run_id, "last_checkpoint").await?.map(|a| ArtifactInfo {
         kind: a.kind,
         uri: a.uri,
         sha256: a.sha256,
@@ -271,6 +271,13 @@ pub async fn ingest_metrics(
             return Err(ApiError::InvalidRequest(format!(
                 "metric `{}` at step {}: keys are 1-250 characters, steps >= 0, values finite",
                 m.key, m.step
+            )));
+        }
+        if m.key.starts_with("test_") {
+            return Err(ApiError::InvalidRequest(format!(
+                "metric `{}`: test_* metrics are written by the server from a promotion's evaluation only; \
+                 training reports train_* and val_* keys",
+                m.key
             )));
         }
     }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod datasets;
 pub mod experiments;
 pub mod leases;
+pub mod promotions;
 pub mod runs;
 pub mod tokens;
 

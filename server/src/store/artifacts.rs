@@ -36,13 +36,13 @@ pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<Arti
         .await
 }
 
-/// The newest checkpoint of a run (what a resumed attempt starts from).
-pub async fn latest_checkpoint(conn: &impl ConnectionTrait, run_id: i64) -> Result<Option<ArtifactRow>, DbErr> {
+/// The newest artifact of `kind` of a run (`last_checkpoint` is what a resumed attempt
+/// starts from, `best_checkpoint` what a promotion evaluates).
+pub async fn latest(conn: &impl ConnectionTrait, run_id: i64, kind: &str) -> Result<Option<ArtifactRow>, DbErr> {
     one(
         conn,
-        "SELECT kind, uri, sha256, bytes, created_at FROM artifacts WHERE run_id = $1 AND kind = 'last_checkpoint' \
-         ORDER BY id DESC LIMIT 1",
-        values![run_id],
+        "SELECT kind, uri, sha256, bytes, created_at FROM artifacts WHERE run_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+        values![run_id, kind],
     )
     .await
 }

@@ -8,6 +8,7 @@ pub mod datasets;
 pub mod experiments;
 pub mod leases;
 pub mod metrics;
+pub mod promotions;
 pub mod results;
 pub mod runs;
 pub mod settings;

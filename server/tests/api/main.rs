@@ -7,3 +7,4 @@ mod bad_input;
 mod datasets;
 mod experiments;
 mod leases;
+mod promotions;

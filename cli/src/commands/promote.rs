@@ -1,0 +1,128 @@
+//! `cobb promote RUN --reason TEXT`: promote a run to the sealed test split and wait for
+//! its one evaluation; `cobb promotions [--experiment E]`: the promotion history.
+
+use protocol::api::{EvaluationStatus, PromoteRequest, PromotionInfo, TestReport};
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::failure::Failure;
+use crate::output;
+
+pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, json: bool) -> Result<(), Failure> {
+    let promotion: PromotionInfo = client.post(&format!("/runs/{run}/promote"), &PromoteRequest { reason: reason.to_owned() }).await?;
+    if !json {
+        println!(
+            "promoted run {} ({}) of `{}` as promotion {}: checkpoint {}, dataset {}, code {}",
+            promotion.run_id,
+            promotion.run_name,
+            promotion.experiment,
+            promotion.id,
+            output::short(&promotion.checkpoint_sha256),
+            output::short(&promotion.dataset_version),
+            output::short(&promotion.code_version)
+        );
+        if promotion.reused_evaluation {
+            println!("this run was evaluated on the test split before; its result is reused (a model is evaluated once)");
+        }
+    }
+    let started = Instant::now();
+    let mut current = promotion;
+    while matches!(current.status, EvaluationStatus::Queued | EvaluationStatus::Running) {
+        if started.elapsed() > Duration::from_secs(wait_secs) {
+            if json {
+                output::json(&current);
+            } else {
+                println!(
+                    "the test evaluation is {} after {wait_secs}s; it runs on the next free worker (start one with `cobb worker`, or use `cobb up`). \
+                     Follow it with `cobb promotions` or on the experiment's page.",
+                    current.status.as_str()
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        current = client.get(&format!("/promotions/{}", current.id)).await?;
+    }
+    if current.status == EvaluationStatus::Failed {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "the test evaluation of promotion {} failed: {}",
+            current.id,
+            current.error.unwrap_or_default()
+        )));
+    }
+    let report: TestReport = client.get(&format!("/promotions/{}/report", current.id)).await?;
+    if json {
+        output::json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+pub async fn report(client: &Client, promotion: i64, csv: bool, json: bool) -> Result<(), Failure> {
+    if csv {
+        print!("{}", client.get_text(&format!("/promotions/{promotion}/report.csv")).await?);
+        return Ok(());
+    }
+    let report: TestReport = client.get(&format!("/promotions/{promotion}/report")).await?;
+    if json {
+        output::json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// The source study's table: per class, then averages, then view and phase roll-ups.
+pub fn print_report(t: &TestReport) {
+    let r = &t.report;
+    println!("\ntest split of {} (run {}, best epoch {}): {} images", t.promotion.experiment, t.promotion.run_id, t.promotion.best_epoch, r.total);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (section, report) in [("", &t.report), ("view", &t.by_view), ("phase", &t.by_phase)] {
+        if !section.is_empty() {
+            rows.push(vec![format!("-- by {section}"), String::new(), String::new(), String::new(), String::new()]);
+        }
+        for c in &report.per_class {
+            rows.push(vec![c.class.clone(), output::number(c.precision), output::number(c.recall), output::number(c.f1), c.support.to_string()]);
+        }
+    }
+    rows.push(vec!["macro avg".into(), output::number(r.macro_precision), output::number(r.macro_recall), output::number(r.macro_f1), r.total.to_string()]);
+    rows.push(vec![
+        "weighted avg".into(),
+        output::number(r.weighted_precision),
+        output::number(r.weighted_recall),
+        output::number(r.weighted_f1),
+        r.total.to_string(),
+    ]);
+    rows.push(vec!["accuracy".into(), String::new(), String::new(), output::number(r.accuracy), r.total.to_string()]);
+    output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
+}
+
+pub async fn promotions(client: &Client, experiment: Option<&str>, json: bool) -> Result<(), Failure> {
+    let path = match experiment {
+        Some(e) => format!("/promotions?experiment={}", crate::commands::runs::encode(e)),
+        None => "/promotions".to_owned(),
+    };
+    let list: Vec<PromotionInfo> = client.get(&path).await?;
+    if json {
+        output::json(&list);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.to_string(),
+                output::time(p.created_at),
+                p.experiment.clone(),
+                format!("{} ({})", p.run_id, p.run_name),
+                p.actor.clone(),
+                p.status.as_str().to_owned(),
+                p.superseded_by.map_or_else(|| "current".to_owned(), |s| format!("superseded by {s}")),
+                p.reason.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["#", "TIME", "EXPERIMENT", "RUN", "BY", "TEST EVAL", "STATE", "REASON"], &rows);
+    Ok(())
+}
