@@ -5,13 +5,14 @@ pub use sea_orm_migration::prelude::*;
 
 mod m001_initial;
 mod m002_promotions;
+mod m003_sessions;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m001_initial::Migration), Box::new(m002_promotions::Migration)]
+        vec![Box::new(m001_initial::Migration), Box::new(m002_promotions::Migration), Box::new(m003_sessions::Migration)]
     }
 }
 

@@ -12,6 +12,7 @@ pub mod rng;
 pub mod spec;
 pub mod status;
 pub mod sweep;
+pub mod time;
 
 pub use error::ErrorBody;
 pub use spec::{ExperimentSpec, SpecError};

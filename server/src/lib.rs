@@ -1,4 +1,4 @@
-//! cobb's server: owns the database, the run queue and leases, and the REST API.
+//! cobb's server: owns the database, the run queue and leases, the REST API and the dashboards.
 
 pub mod auth;
 pub mod clock;
@@ -10,6 +10,7 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 
 pub use config::ServerConfig;
 pub use startup::{AppState, Application};

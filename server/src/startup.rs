@@ -50,6 +50,7 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|e, _| error::request_error(format!("bad query: {e}"))))
                 .wrap(actix_web::middleware::Compress::default())
                 .configure(crate::routes::api)
+                .configure(crate::ui::routes)
         })
         .listen(listener)?
         .shutdown_timeout(5)

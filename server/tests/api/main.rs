@@ -8,3 +8,4 @@ mod datasets;
 mod experiments;
 mod leases;
 mod promotions;
+mod ui;

@@ -9,7 +9,7 @@ use crate::helpers::{CLASSES, GRID_2X2, TestApp, fails, ok, spec};
 crate::on_both_databases!(a_promoted_run_is_evaluated_once_on_the_sealed_test_split);
 
 /// Leases the next run and completes it as succeeded with a best checkpoint; returns its id.
-async fn finish_a_run(app: &TestApp, worker: &str) -> i64 {
+pub(crate) async fn finish_a_run(app: &TestApp, worker: &str) -> i64 {
     let lease: Value = ok(app.post(worker, "/leases", &json!({"worker": "w1"})).await).await;
     let (lease_id, run) = (lease["lease_id"].as_str().expect("lease").to_owned(), lease["run_id"].as_i64().expect("run"));
     let batch = json!({"lease_id": lease_id, "metrics": [{"key": "val_macro_f1", "step": 1, "value": 0.7}]});

@@ -1,0 +1,104 @@
+//! Inline SVG charts (plotters' SVG backend): learning curves and grouped per-class bars.
+//! Every chart on a page also has its numbers in a table next to it.
+
+use plotters::prelude::*;
+
+/// Colours that stay apart for up to 20 series.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+pub fn color(i: usize) -> RGBColor {
+    COLORS[i % COLORS.len()]
+}
+
+/// A line chart of `series` (name, points by epoch), with axis labels and a legend.
+pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in points {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if !y_min.is_finite() {
+        (y_min, y_max) = (0.0, 1.0);
+    }
+    let pad = ((y_max - y_min) * 0.08).max(1e-3);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (560, 300)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad));
+        let Ok(mut chart) = chart else { return String::new() };
+        let _ = chart.configure_mesh().x_desc("epoch").y_desc(y_label).light_line_style(RGBColor(235, 235, 235)).draw();
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let c = color(i);
+            if let Ok(drawn) = chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2))) {
+                drawn.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+            }
+            let _ = chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())));
+        }
+        let _ = chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+/// Grouped bars: for each class, one bar per series (run), values in 0..1.
+pub fn grouped_bars(title: &str, y_label: &str, classes: &[String], series: &[(String, Vec<f64>)]) -> String {
+    let n = series.len().max(1) as f64;
+    let mut svg = String::new();
+    {
+        let width = (140 + classes.len() * (24 + 10 * series.len())).clamp(560, 1400) as u32;
+        let root = SVGBackend::with_string(&mut svg, (width, 380)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(110)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..classes.len() as f64, 0.0..1.05);
+        let Ok(mut chart) = chart else { return String::new() };
+        let names = classes.to_vec();
+        let _ = chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(classes.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.01 { names.get(i).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+            .y_desc(y_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw();
+        for (s, (name, values)) in series.iter().enumerate() {
+            let c = color(s);
+            let bars = values.iter().enumerate().map(move |(i, &v)| {
+                let x0 = i as f64 + 0.1 + 0.8 * s as f64 / n;
+                Rectangle::new([(x0, 0.0), (x0 + 0.8 / n, v)], c.filled())
+            });
+            if let Ok(drawn) = chart.draw_series(bars) {
+                drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+            }
+        }
+        let _ = chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw();
+        let _ = root.present();
+    }
+    svg
+}

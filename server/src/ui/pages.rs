@@ -1,0 +1,378 @@
+//! The dashboard pages: experiments, experiment, sweep leaderboard, run, compare, audit,
+//! promotion result. Each handler reads through the services the REST API uses, so a page
+//! shows exactly what the API returns.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use protocol::api::{EvaluationStatus, RunDetail, RunInfo};
+use protocol::metrics::ConfusionMatrix;
+use protocol::{Role, RunStatus};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{charts, check_csrf, error_page, render, viewer};
+use crate::error::ApiError;
+use crate::service;
+use crate::startup::AppState;
+use crate::store;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(experiments)
+        .service(experiment)
+        .service(sweep)
+        .service(run)
+        .service(compare)
+        .service(audit)
+        .service(promotion)
+        .service(promotion_csv)
+        .service(promotion_json)
+        .service(promote);
+}
+
+/// Runs a page body with its viewer; errors become error pages.
+macro_rules! page {
+    ($req:expr, $state:expr, |$v:ident| $body:expr) => {{
+        match viewer(&$req, &$state).await {
+            Err(response) => response,
+            Ok($v) => {
+                let result: Result<HttpResponse, ApiError> = async { $body }.await;
+                match result {
+                    Ok(response) => response,
+                    Err(e) => error_page(Some(&$v), &e),
+                }
+            }
+        }
+    }};
+}
+
+fn run_duration_s(r: &RunInfo) -> Option<f64> {
+    Some((r.finished_at? - r.started_at?) as f64 / 1000.0)
+}
+
+#[get("/ui/experiments")]
+async fn experiments(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    page!(req, state, |v| {
+        let list = service::experiments::list(&state).await?;
+        let promotions = service::promotions::list(&state, None).await?;
+        let mut rows = Vec::new();
+        for e in list {
+            let filter = store::runs::Filter { experiment: Some(e.name.clone()), sweep: None, status: Some("succeeded".into()) };
+            let sort = service::runs::parse_sort(Some("-val_macro_f1"), None)?;
+            let best = service::runs::list(&state, filter, sort, 1, 0).await?.runs.into_iter().next();
+            let promoted = promotions.iter().find(|p| p.experiment == e.name && p.superseded_by.is_none());
+            rows.push(json!({"e": e, "best": best, "promoted": promoted}));
+        }
+        Ok(render("experiments.html", Some(&v), json!({"rows": rows})))
+    })
+}
+
+#[get("/ui/experiments/{name}")]
+async fn experiment(req: HttpRequest, state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
+    page!(req, state, |v| {
+        let detail = service::experiments::show(&state, &name).await?;
+        let dataset = service::datasets::show(&state, &detail.summary.dataset, Some(&detail.summary.dataset_version)).await?;
+        let promotions = service::promotions::list(&state, Some(&name)).await?;
+        Ok(render("experiment.html", Some(&v), json!({"x": detail, "dataset": dataset, "promotions": promotions})))
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct SweepQuery {
+    sort: Option<String>,
+    status: Option<String>,
+}
+
+#[get("/ui/sweeps/{id}")]
+async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>, q: web::Query<SweepQuery>) -> HttpResponse {
+    page!(req, state, |v| {
+        let id = *id;
+        let info = service::experiments::sweep(&state, id).await?;
+        let status = q.status.clone().filter(|s| !s.is_empty());
+        let filter = store::runs::Filter { experiment: None, sweep: Some(id), status: status.clone() };
+        let sort = service::runs::parse_sort(Some("created"), Some("asc"))?;
+        let runs = service::runs::list(&state, filter, sort, service::runs::MAX_PAGE, 0).await?.runs;
+        let conn = &state.db.read;
+        let mut metrics: BTreeMap<(i64, String), f64> = BTreeMap::new();
+        for m in store::leaderboard::best_metrics(conn, id).await? {
+            metrics.insert((m.run_id, m.key), m.value);
+        }
+        let mut worst: BTreeMap<i64, (String, f64)> = BTreeMap::new();
+        for r in store::leaderboard::best_recalls(conn, id).await? {
+            let entry = worst.entry(r.run_id).or_insert((r.class.clone(), r.recall));
+            if r.recall < entry.1 {
+                *entry = (r.class, r.recall);
+            }
+        }
+        let epochs: BTreeMap<i64, i64> = store::leaderboard::epochs(conn, id).await?.into_iter().map(|e| (e.run_id, e.epochs)).collect();
+        // Hyperparameters that differ between the sweep's runs.
+        let mut seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for r in &runs {
+            for (k, val) in &r.params {
+                seen.entry(k).or_default().insert(val.to_string());
+            }
+        }
+        let varying: Vec<String> = seen.into_iter().filter(|(_, vals)| vals.len() > 1).map(|(k, _)| k.to_owned()).collect();
+        let mut rows: Vec<Value> = runs
+            .iter()
+            .map(|r| {
+                let acc = metrics.get(&(r.id, "val_accuracy".to_owned()));
+                let f1 = metrics.get(&(r.id, "val_macro_f1".to_owned()));
+                let w = worst.get(&r.id);
+                json!({
+                    "id": r.id, "name": r.name, "status": r.status, "params": varying.iter().map(|k| r.params.get(k).map(|x| x.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
+                    "val_accuracy": acc, "val_macro_f1": f1, "worst_recall": w.map(|w| w.1), "worst_class": w.map(|w| w.0.clone()),
+                    "epochs": epochs.get(&r.id), "duration_s": run_duration_s(r), "error": r.error,
+                })
+            })
+            .collect();
+        let sort = q.sort.clone().unwrap_or_else(|| "-val_macro_f1".to_owned());
+        let (key, descending) = match sort.strip_prefix('-') {
+            Some(k) => (k.to_owned(), true),
+            None => (sort.clone(), false),
+        };
+        rows.sort_by(|a, b| {
+            let (x, y) = (&a[&key], &b[&key]);
+            // Missing values last, whatever the direction.
+            let ord = match (x.as_f64(), y.as_f64()) {
+                (Some(p), Some(q)) => if descending { q.total_cmp(&p) } else { p.total_cmp(&q) },
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => x.to_string().cmp(&y.to_string()),
+            };
+            ord.then(a["id"].as_i64().cmp(&b["id"].as_i64()))
+        });
+        Ok(render(
+            "sweep.html",
+            Some(&v),
+            json!({"sweep": info, "rows": rows, "varying": varying, "sort": sort, "status": status, "statuses": ["queued", "running", "succeeded", "failed", "cancelled"]}),
+        ))
+    })
+}
+
+/// `(name, [(epoch, value)])` of the given keys.
+fn curves(series: &[protocol::api::MetricSeries], keys: &[&str]) -> Vec<(String, Vec<(f64, f64)>)> {
+    keys.iter()
+        .filter_map(|k| series.iter().find(|s| s.key == *k))
+        .map(|s| (s.key.clone(), s.points.iter().map(|p| (p.step as f64, p.value)).collect()))
+        .collect()
+}
+
+/// A confusion matrix as rows of cells with a 0-1 shade (row-normalised), for the heatmap.
+fn heatmap(m: &ConfusionMatrix) -> Value {
+    let rows: Vec<Value> = m
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(t, row)| {
+            let total: u64 = row.iter().sum();
+            let cells: Vec<Value> = row
+                .iter()
+                .enumerate()
+                .map(|(p, &n)| json!({"n": n, "shade": if total > 0 { n as f64 / total as f64 } else { 0.0 }, "diag": t == p}))
+                .collect();
+            json!({"class": m.classes[t], "cells": cells, "total": total})
+        })
+        .collect();
+    json!({"classes": m.classes, "rows": rows})
+}
+
+#[get("/ui/runs/{id}")]
+async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |v| {
+        let detail = service::runs::show(&state, *id).await?;
+        let series = service::runs::metrics(&state, *id, None).await?;
+        let loss = charts::lines("Loss", "cross-entropy", &curves(&series, &["train_loss", "val_loss"]));
+        let quality = charts::lines("Validation", "score", &curves(&series, &["val_macro_f1", "val_accuracy"]));
+        let lr = charts::lines("Learning rate", "lr", &curves(&series, &["lr"]));
+        let table: Vec<Value> = {
+            let keys = ["train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"];
+            let mut by_epoch: BTreeMap<i64, BTreeMap<&str, f64>> = BTreeMap::new();
+            for s in series.iter().filter(|s| keys.contains(&s.key.as_str())) {
+                for p in &s.points {
+                    by_epoch.entry(p.step).or_default().insert(keys.iter().find(|k| **k == s.key).copied().unwrap_or(""), p.value);
+                }
+            }
+            by_epoch.into_iter().map(|(epoch, m)| json!({"epoch": epoch, "m": m})).collect()
+        };
+        let confusion = detail.class_results.as_ref().map(|c| heatmap(&c.confusion));
+        let promotions = store::promotions::of_run(&state.db.read, *id).await?;
+        let checkpoint = detail.artifacts.iter().rev().find(|a| a.kind == "best_checkpoint");
+        let can_promote = detail.run.status == RunStatus::Succeeded && checkpoint.is_some() && v.principal.role.allows(Role::Reviewer);
+        let test = detail.latest.iter().filter(|(k, _)| k.starts_with("test_")).count() > 0;
+        Ok(render(
+            "run.html",
+            Some(&v),
+            json!({
+                "d": detail, "charts": {"loss": loss, "quality": quality, "lr": lr}, "epochs": table, "confusion": confusion,
+                "checkpoint": checkpoint, "code_version": service::promotions::CODE_VERSION,
+                "promotions": promotions.iter().map(|p| json!({"id": p.id, "status": p.status, "actor": p.actor, "superseded_by": p.superseded_by})).collect::<Vec<_>>(),
+                "can_promote": can_promote, "has_test": test,
+                "live": matches!(detail.run.status, RunStatus::Running | RunStatus::Queued),
+                "config": serde_json::to_string_pretty(&detail.config).unwrap_or_default(),
+            }),
+        ))
+    })
+}
+
+/// `runs=1&runs=2` or `runs=1,2`, and `baseline=`.
+fn compare_query(req: &HttpRequest) -> (Vec<i64>, Option<i64>) {
+    let mut runs = Vec::new();
+    let mut baseline = None;
+    for pair in req.query_string().split('&') {
+        match pair.split_once('=') {
+            Some(("runs", v)) => runs.extend(v.split([',', '+']).filter_map(|x| x.trim().parse::<i64>().ok())),
+            Some(("baseline", v)) => baseline = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let mut seen = BTreeSet::new();
+    runs.retain(|r| seen.insert(*r));
+    (runs, baseline)
+}
+
+/// Classes with fewer training images than this are flagged on the compare page.
+pub const FEW_TRAINING_IMAGES: u64 = 100;
+
+#[get("/ui/compare")]
+async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    page!(req, state, |v| {
+        let (ids, baseline) = compare_query(&req);
+        if !(2..=20).contains(&ids.len()) {
+            return Err(ApiError::InvalidRequest(format!("compare 2 to 20 runs (got {}): tick them on a sweep page, or /ui/compare?runs=1,2", ids.len())));
+        }
+        let mut details: Vec<RunDetail> = Vec::new();
+        for id in &ids {
+            details.push(service::runs::show(&state, *id).await?);
+        }
+        let baseline = baseline.filter(|b| ids.contains(b)).unwrap_or(ids[0]);
+        let classes: Vec<String> = details
+            .iter()
+            .find_map(|d| d.class_results.as_ref().map(|c| c.confusion.classes.clone()))
+            .unwrap_or_default();
+        // Training images per class in the first run's dataset version.
+        let dataset = service::datasets::show(&state, &details[0].dataset, Some(&details[0].dataset_version)).await?;
+        let train_count: BTreeMap<&str, u64> = dataset.counts.iter().map(|c| (c.label.as_str(), c.train)).collect();
+        let value = |d: &RunDetail, class: &str, recall: bool| {
+            d.class_results.as_ref().and_then(|c| c.per_class.iter().find(|m| m.class == class)).map(|m| if recall { m.recall } else { m.precision })
+        };
+        let base = details.iter().find(|d| d.run.id == baseline);
+        let mut rows = Vec::new();
+        for class in &classes {
+            let mut cells = Vec::new();
+            for recall in [false, true] {
+                let values: Vec<Option<f64>> = details.iter().map(|d| value(d, class, recall)).collect();
+                let best = values.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+                let base_value = base.and_then(|b| value(b, class, recall));
+                for v in &values {
+                    cells.push(json!({"v": v, "best": v.is_some_and(|x| x == best), "delta": v.zip(base_value).map(|(x, b)| x - b)}));
+                }
+            }
+            let train = train_count.get(class.as_str()).copied().unwrap_or(0);
+            rows.push(json!({"class": class, "cells": cells, "train": train, "few": train < FEW_TRAINING_IMAGES}));
+        }
+        let bars = |recall: bool| {
+            let series: Vec<(String, Vec<f64>)> = details
+                .iter()
+                .map(|d| (format!("run {} {}", d.run.id, d.run.name), classes.iter().map(|c| value(d, c, recall).unwrap_or(0.0)).collect()))
+                .collect();
+            charts::grouped_bars(if recall { "Recall per class" } else { "Precision per class" }, if recall { "recall" } else { "precision" }, &classes, &series)
+        };
+        let rollups = |group: fn(&str) -> Option<&'static str>| -> Vec<Value> {
+            details
+                .iter()
+                .map(|d| {
+                    let report = d.class_results.as_ref().map(|c| c.confusion.roll_up(group).report());
+                    json!({"run": d.run.id, "groups": report.map(|r| r.per_class).unwrap_or_default()})
+                })
+                .collect()
+        };
+        // The confusion-matrix difference of the first two runs (second minus first).
+        let diff = match (details.first().and_then(|d| d.class_results.as_ref()), details.get(1).and_then(|d| d.class_results.as_ref())) {
+            (Some(a), Some(b)) if a.confusion.classes == b.confusion.classes => {
+                let rows: Vec<Value> = a.confusion.counts.iter().zip(&b.confusion.counts).enumerate().map(|(t, (ra, rb))| {
+                    let cells: Vec<Value> = ra.iter().zip(rb).enumerate().map(|(p, (x, y))| {
+                        let d = *y as i64 - *x as i64;
+                        json!({"d": d, "good": if t == p { d > 0 } else { d < 0 }, "zero": d == 0})
+                    }).collect();
+                    json!({"class": a.confusion.classes[t], "cells": cells})
+                }).collect();
+                Some(json!({"a": ids[0], "b": ids[1], "classes": a.confusion.classes, "rows": rows}))
+            }
+            _ => None,
+        };
+        let runs: Vec<Value> = details
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let c = charts::color(i);
+                json!({"id": d.run.id, "name": d.run.name, "best_epoch": d.run.best_epoch, "color": format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)})
+            })
+            .collect();
+        Ok(render(
+            "compare.html",
+            Some(&v),
+            json!({
+                "runs": runs, "ids": ids, "baseline": baseline, "rows": rows, "few": FEW_TRAINING_IMAGES,
+                "precision_chart": bars(false), "recall_chart": bars(true),
+                "by_view": rollups(protocol::classes::view_of), "by_phase": rollups(protocol::classes::phase_of), "diff": diff,
+            }),
+        ))
+    })
+}
+
+#[get("/ui/audit")]
+async fn audit(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    page!(req, state, |v| {
+        let log = service::audit::log(&state, None).await?;
+        let promotions = service::promotions::list(&state, None).await?;
+        let events: Vec<Value> = log.events.iter().rev().map(|e| json!({"e": e, "details": e.details.to_string()})).collect();
+        Ok(render("audit.html", Some(&v), json!({"chain": log.chain, "events": events, "promotions": promotions})))
+    })
+}
+
+#[get("/ui/promotions/{id}")]
+async fn promotion(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |v| {
+        let p = service::promotions::get(&state, *id).await?;
+        let report = if p.status == EvaluationStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
+        let live = matches!(p.status, EvaluationStatus::Queued | EvaluationStatus::Running);
+        Ok(render("promotion.html", Some(&v), json!({"p": p, "t": report, "live": live})))
+    })
+}
+
+#[get("/ui/promotions/{id}/report.csv")]
+async fn promotion_csv(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |_v| {
+        let report = service::promotions::report(&state, *id).await?;
+        Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"promotion-{}-test-report.csv\"", *id)))
+            .body(service::promotions::report_csv(&report)))
+    })
+}
+
+#[get("/ui/promotions/{id}/report.json")]
+async fn promotion_json(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |_v| {
+        let report = service::promotions::report(&state, *id).await?;
+        Ok(HttpResponse::Ok()
+            .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"promotion-{}-test-report.json\"", *id)))
+            .json(report))
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct PromoteForm {
+    reason: String,
+    csrf: String,
+}
+
+#[post("/ui/runs/{id}/promote")]
+async fn promote(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>, form: web::Form<PromoteForm>) -> HttpResponse {
+    page!(req, state, |v| {
+        check_csrf(&v, &form.csrf)?;
+        v.principal.require(Role::Reviewer)?;
+        let p = service::promotions::promote(&state, &v.principal, *id, &form.reason).await?;
+        Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/ui/promotions/{}", p.id))).finish())
+    })
+}
