@@ -204,6 +204,7 @@ fn the_demo_trains_its_sweep_and_prints_the_leaderboard() {
     assert_eq!(succeeded, 4, "all four demo runs succeed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("per-class precision / recall"), "{stdout}");
     assert!(stdout.contains("lat_postop_tether"), "{stdout}");
+    assert!(stdout.contains("dashboard: http://127.0.0.1:") && stdout.contains("/ui"), "{stdout}");
     // The metrics are stored as data: the CLI reads them back from the server's database.
     assert!(dir.path().join("dd/cobb.db").exists());
     assert!(dir.path().join("dd/worker/checkpoints").exists());

@@ -318,18 +318,28 @@ pub async fn demo(args: &DemoArgs, data_dir: &Path) -> Result<(), Failure> {
             return Ok(());
         }
     }
-    shutdown.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.abort();
-    }
     print_leaderboard(&client, sweep).await?;
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
-    println!("\nAPI: {url}/api/v1 (token in {}); try: COBB_SERVER={url} cobb runs --sort val_macro_f1", data_dir.join("admin.token").display());
+    let token_file = data_dir.join("admin.token");
+    println!("\ndashboard: {url}/ui (log in with the token in {})", token_file.display());
+    println!("API: {url}/api/v1; try: COBB_SERVER={url} cobb runs --sort val_macro_f1");
+    let stop = |workers: Vec<tokio::task::JoinHandle<()>>| {
+        shutdown.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.abort();
+        }
+    };
     if args.exit_when_done {
+        stop(workers);
         return Ok(());
     }
-    eprintln!("serving until ctrl-c");
-    let _ = tokio::signal::ctrl_c().await;
+    // The workers stay up, so a run promoted from the dashboard (or `cobb promote`) is
+    // evaluated on the test split while the demo serves.
+    eprintln!("serving the dashboards, with the workers ready for a promotion's test evaluation, until ctrl-c");
+    while !shutdown.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop(workers);
     Ok(())
 }
 

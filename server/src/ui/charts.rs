@@ -34,6 +34,8 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
         (y_min, y_max) = (0.0, 1.0);
     }
     let pad = ((y_max - y_min) * 0.08).max(1e-3);
+    // Headroom above the data for the legend.
+    let top = (y_max - y_min).max(1e-3) * 0.4;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (560, 300)).into_drawing_area();
@@ -43,9 +45,14 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad));
+            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + top));
         let Ok(mut chart) = chart else { return String::new() };
-        let _ = chart.configure_mesh().x_desc("epoch").y_desc(y_label).light_line_style(RGBColor(235, 235, 235)).draw();
+        let _ = chart
+            .configure_mesh()
+            .x_labels((x_max as usize + 1).min(12))
+            .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{x:.0}") } else { String::new() })
+            .x_desc("epoch")
+            .y_desc(y_label).light_line_style(RGBColor(235, 235, 235)).draw();
         for (i, (name, pts)) in series.iter().enumerate() {
             let c = color(i);
             if let Ok(drawn) = chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2))) {
@@ -59,39 +66,43 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
     svg
 }
 
-/// Grouped bars: for each class, one bar per series (run), values in 0..1.
-pub fn grouped_bars(title: &str, y_label: &str, classes: &[String], series: &[(String, Vec<f64>)]) -> String {
+/// Grouped horizontal bars: for each class (a row, labelled on the left), one bar per
+/// series (run); values in 0..1.
+pub fn grouped_bars(title: &str, x_label: &str, classes: &[String], series: &[(String, Vec<f64>)]) -> String {
     let n = series.len().max(1) as f64;
+    let rows = classes.len().max(1);
     let mut svg = String::new();
     {
-        let width = (140 + classes.len() * (24 + 10 * series.len())).clamp(560, 1400) as u32;
-        let root = SVGBackend::with_string(&mut svg, (width, 380)).into_drawing_area();
+        let height = (90 + rows * (8 + 7 * series.len()).max(22)).clamp(300, 1600) as u32;
+        let root = SVGBackend::with_string(&mut svg, (620, height)).into_drawing_area();
         let _ = root.fill(&WHITE);
         let chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 16))
             .margin(10)
-            .x_label_area_size(110)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..classes.len() as f64, 0.0..1.05);
+            .x_label_area_size(36)
+            .y_label_area_size(170)
+            .build_cartesian_2d(0.0..1.45, 0.0..rows as f64);
         let Ok(mut chart) = chart else { return String::new() };
         let names = classes.to_vec();
         let _ = chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(classes.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.01 { names.get(i).cloned().unwrap_or_default() } else { String::new() }
+            .disable_y_mesh()
+            .y_labels(rows * 2 + 1)
+            .y_label_formatter(&|y| {
+                // Row i (from the top) is centred at rows - i - 0.5.
+                let from_top = rows as f64 - y - 0.5;
+                if (from_top - from_top.round()).abs() < 0.01 { names.get(from_top.round() as usize).cloned().unwrap_or_default() } else { String::new() }
             })
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-            .y_desc(y_label)
+            .x_labels(8)
+            .x_label_formatter(&|x| if *x <= 1.0 + 1e-9 { format!("{x:.1}") } else { String::new() })
+            .x_desc(x_label)
             .light_line_style(RGBColor(235, 235, 235))
             .draw();
         for (s, (name, values)) in series.iter().enumerate() {
             let c = color(s);
             let bars = values.iter().enumerate().map(move |(i, &v)| {
-                let x0 = i as f64 + 0.1 + 0.8 * s as f64 / n;
-                Rectangle::new([(x0, 0.0), (x0 + 0.8 / n, v)], c.filled())
+                let top = rows as f64 - i as f64 - 0.1 - 0.8 * s as f64 / n;
+                Rectangle::new([(0.0, top - 0.8 / n), (v, top)], c.filled())
             });
             if let Ok(drawn) = chart.draw_series(bars) {
                 drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
