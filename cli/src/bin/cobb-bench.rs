@@ -30,6 +30,9 @@ enum Bench {
     /// Training and evaluation images/s on synthetic batches (each model in its own
     /// process, so peak memory is per model).
     Train(TrainBenchArgs),
+    /// Dashboard page times: the sweep page at 1,000 runs and the compare page at 20 runs x
+    /// 10 classes x 50 epochs, on SQLite (and PostgreSQL with --postgres-url).
+    Pages(PagesArgs),
     #[command(hide = true)]
     TrainOne {
         arch: String,
@@ -72,6 +75,21 @@ struct TrainBenchArgs {
     /// Stop the timed training steps of a model after this many seconds.
     #[arg(long, default_value_t = f64::INFINITY)]
     max_seconds: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct PagesArgs {
+    #[arg(long, default_value_t = 1000)]
+    sweep_runs: usize,
+    #[arg(long, default_value_t = 20)]
+    compare_runs: usize,
+    #[arg(long, default_value_t = 50)]
+    compare_epochs: usize,
+    /// Page loads measured per page.
+    #[arg(long, default_value_t = 40)]
+    loads: usize,
+    #[arg(long, env = "COBB_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,6 +293,21 @@ async fn submit(api: &Api, name: &str, runs: usize) -> Result<()> {
 /// Leases runs until none is left; logs `epochs` epochs of `keys` for each. Returns the
 /// latency of every metrics request, in milliseconds.
 async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: &[String]) -> Result<Vec<f64>> {
+    train_like_workers_with(api, concurrency, epochs, keys, false).await
+}
+
+/// A 10-class confusion matrix that varies with the run and the epoch.
+fn fake_confusion(run: i64, epoch: usize) -> Value {
+    let classes = protocol::classes::SCOLIOSIS_CLASSES;
+    let counts: Vec<Vec<u64>> = (0..10)
+        .map(|t| (0..10).map(|p| if t == p { 8 + ((run as usize + epoch + t) % 5) as u64 } else { u64::from((run as usize * 7 + t * 3 + p + epoch).is_multiple_of(4)) }).collect())
+        .collect();
+    json!({"classes": classes, "counts": counts})
+}
+
+/// Like [`train_like_workers`]; with `results`, each epoch's confusion matrix is sent too
+/// (per-class rows, as real workers do).
+async fn train_like_workers_with(api: &Api, concurrency: usize, epochs: usize, keys: &[String], results: bool) -> Result<Vec<f64>> {
     let keys = Arc::new(keys.to_vec());
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -295,6 +328,10 @@ async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: 
                     let start = Instant::now();
                     api.post(&format!("/runs/{run}/metrics"), &body).await?;
                     latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                    if results {
+                        let body = json!({"lease_id": lease_id, "epoch": epoch, "confusion": fake_confusion(run, epoch)});
+                        api.post(&format!("/runs/{run}/results"), &body).await?;
+                    }
                 }
                 api.post(&format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": epochs - 1}))
                     .await?;
@@ -390,6 +427,7 @@ async fn main() -> Result<()> {
         Bench::Server(args) => server_bench(args).await,
         Bench::Data(args) => data_bench(&args),
         Bench::Train(args) => train_bench(&args),
+        Bench::Pages(args) => pages_bench(&args).await,
         Bench::Parity { fixture, device } => {
             let choice: worker::device::DeviceChoice = device.parse().map_err(anyhow::Error::msg)?;
             let diff = worker::train::bench::parity(choice, &fixture).map_err(anyhow::Error::msg)?;
@@ -417,6 +455,61 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn pages_bench(args: &PagesArgs) -> Result<()> {
+    println!(
+        "dashboard pages: sweep page over {} runs (3 epochs each, 10 classes); compare page of {} runs x 10 classes x {} epochs; {} loads each, one at a time",
+        args.sweep_runs, args.compare_runs, args.compare_epochs, args.loads
+    );
+    let mut backends: Vec<(&str, Option<String>)> = vec![("sqlite", None)];
+    if let Some(url) = &args.postgres_url {
+        backends.push(("postgres", Some(fresh_postgres(url)?)));
+    }
+    for (label, url) in backends {
+        let server = start_server(url.as_deref())?;
+        let http = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+        let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
+        setup(&admin).await?;
+        let worker_token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
+        let worker = Api { http: http.clone(), base: server.url.clone(), token: worker_token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+        let keys = metric_keys(35);
+        let seeding = Instant::now();
+        submit(&admin, "pages", args.sweep_runs).await?;
+        train_like_workers_with(&worker, 8, 3, &keys, true).await?;
+        submit(&admin, "compare", args.compare_runs).await?;
+        train_like_workers_with(&worker, 8, args.compare_epochs, &keys, true).await?;
+        let seeded = seeding.elapsed().as_secs_f64();
+        let sweep = admin.get("/experiments/pages").await?["sweeps"][0]["id"].as_i64().unwrap_or(1);
+        let compare = admin.get("/runs?experiment=compare&limit=100").await?;
+        let ids: Vec<String> = compare["runs"].as_array().map(|r| r.iter().filter_map(|x| x["id"].as_i64()).map(|i| i.to_string()).collect()).unwrap_or_default();
+        let root = server.url.trim_end_matches("/api/v1").to_owned();
+        for (page, path) in [("sweep", format!("/ui/sweeps/{sweep}")), ("compare", format!("/ui/compare?runs={}", ids.join(",")))] {
+            let mut times = Vec::new();
+            let mut bytes = 0;
+            for i in 0..args.loads + 3 {
+                let start = Instant::now();
+                let response = http.get(format!("{root}{path}")).bearer_auth(&server.token).send().await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                if !status.is_success() {
+                    bail!("{path}: {status}");
+                }
+                if i >= 3 {
+                    times.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                bytes = body.len();
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{label:8} {page:8} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} KB of HTML; seeding took {seeded:.0} s)",
+                percentile(&times, 50.0),
+                percentile(&times, 99.0),
+                bytes / 1024
+            );
+        }
+    }
+    Ok(())
 }
 
 fn train_bench(args: &TrainBenchArgs) -> Result<()> {

@@ -4,7 +4,8 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use protocol::api::{EvaluationStatus, RunDetail, RunInfo};
+use protocol::api::EvaluationStatus;
+use protocol::metrics::ClassMetrics;
 use protocol::metrics::ConfusionMatrix;
 use protocol::{Role, RunStatus};
 use serde_json::{Value, json};
@@ -45,10 +46,6 @@ macro_rules! page {
     }};
 }
 
-fn run_duration_s(r: &RunInfo) -> Option<f64> {
-    Some((r.finished_at? - r.started_at?) as f64 / 1000.0)
-}
-
 #[get("/ui/experiments")]
 async fn experiments(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     page!(req, state, |v| {
@@ -86,42 +83,43 @@ struct SweepQuery {
 async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>, q: web::Query<SweepQuery>) -> HttpResponse {
     page!(req, state, |v| {
         let id = *id;
-        let info = service::experiments::sweep(&state, id).await?;
         let status = q.status.clone().filter(|s| !s.is_empty());
-        let filter = store::runs::Filter { experiment: None, sweep: Some(id), status: status.clone() };
-        let sort = service::runs::parse_sort(Some("created"), Some("asc"))?;
-        let runs = service::runs::list(&state, filter, sort, service::runs::MAX_PAGE, 0).await?.runs;
+        if let Some(s) = &status {
+            s.parse::<RunStatus>().map_err(ApiError::InvalidRequest)?;
+        }
         let conn = &state.db.read;
-        let mut metrics: BTreeMap<(i64, String), f64> = BTreeMap::new();
-        for m in store::leaderboard::best_metrics(conn, id).await? {
-            metrics.insert((m.run_id, m.key), m.value);
-        }
-        let mut worst: BTreeMap<i64, (String, f64)> = BTreeMap::new();
-        for r in store::leaderboard::best_recalls(conn, id).await? {
-            let entry = worst.entry(r.run_id).or_insert((r.class.clone(), r.recall));
-            if r.recall < entry.1 {
-                *entry = (r.class, r.recall);
-            }
-        }
-        let epochs: BTreeMap<i64, i64> = store::leaderboard::epochs(conn, id).await?.into_iter().map(|e| (e.run_id, e.epochs)).collect();
+        // Five independent reads, side by side on the read pool.
+        let (info, runs, best, worst, epochs) = tokio::join!(
+            service::experiments::sweep(&state, id),
+            store::leaderboard::runs(conn, id, status.as_deref()),
+            store::leaderboard::best_metrics(conn, id),
+            store::leaderboard::worst_recalls(conn, id),
+            store::leaderboard::epochs(conn, id),
+        );
+        let (info, runs) = (info?, runs?);
+        let params: Vec<protocol::spec::Params> = runs.iter().map(|r| serde_json::from_str(&r.params_json).unwrap_or_default()).collect();
+        let metrics: BTreeMap<(i64, String), f64> = best?.into_iter().map(|m| ((m.run_id, m.key), m.value)).collect();
+        let worst: BTreeMap<i64, (String, f64)> = worst?.into_iter().map(|r| (r.run_id, (r.class, r.recall))).collect();
+        let epochs: BTreeMap<i64, i64> = epochs?.into_iter().map(|e| (e.run_id, e.epochs)).collect();
         // Hyperparameters that differ between the sweep's runs.
         let mut seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for r in &runs {
-            for (k, val) in &r.params {
+        for p in &params {
+            for (k, val) in p {
                 seen.entry(k).or_default().insert(val.to_string());
             }
         }
         let varying: Vec<String> = seen.into_iter().filter(|(_, vals)| vals.len() > 1).map(|(k, _)| k.to_owned()).collect();
         let mut rows: Vec<Value> = runs
             .iter()
-            .map(|r| {
+            .zip(&params)
+            .map(|(r, p)| {
                 let acc = metrics.get(&(r.id, "val_accuracy".to_owned()));
                 let f1 = metrics.get(&(r.id, "val_macro_f1".to_owned()));
                 let w = worst.get(&r.id);
                 json!({
-                    "id": r.id, "name": r.name, "status": r.status, "params": varying.iter().map(|k| r.params.get(k).map(|x| x.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
+                    "id": r.id, "name": r.name, "status": r.status, "params": varying.iter().map(|k| p.get(k).map(|x| x.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
                     "val_accuracy": acc, "val_macro_f1": f1, "worst_recall": w.map(|w| w.1), "worst_class": w.map(|w| w.0.clone()),
-                    "epochs": epochs.get(&r.id), "duration_s": run_duration_s(r), "error": r.error,
+                    "epochs": epochs.get(&r.id), "duration_s": r.finished_at.zip(r.started_at).map(|(f, s)| (f - s) as f64 / 1000.0), "error": r.error,
                 })
             })
             .collect();
@@ -230,6 +228,46 @@ fn compare_query(req: &HttpRequest) -> (Vec<i64>, Option<i64>) {
     (runs, baseline)
 }
 
+/// What the compare page needs of a run: its best epoch's per-class rows and matrix.
+struct Compared {
+    id: i64,
+    name: String,
+    best_epoch: Option<i64>,
+    dataset_version_id: i64,
+    per_class: Vec<ClassMetrics>,
+    confusion: Option<ConfusionMatrix>,
+}
+
+/// The runs in `ids` order, read in three queries whatever their number.
+async fn compared_runs(state: &AppState, ids: &[i64]) -> Result<Vec<Compared>, ApiError> {
+    let conn = &state.db.read;
+    let mut rows: BTreeMap<i64, Vec<ClassMetrics>> = BTreeMap::new();
+    for r in store::leaderboard::best_class_rows(conn, ids).await? {
+        rows.entry(r.run_id).or_default().push(ClassMetrics { class: r.class, precision: r.precision, recall: r.recall, f1: r.f1, support: r.support as u64 });
+    }
+    let mut matrices: BTreeMap<i64, ConfusionMatrix> = BTreeMap::new();
+    for m in store::leaderboard::best_matrices(conn, ids).await? {
+        let classes: Vec<String> = serde_json::from_str(&m.classes_json).unwrap_or_default();
+        let counts: Vec<Vec<u64>> = serde_json::from_str(&m.counts_json).unwrap_or_default();
+        if let Ok(matrix) = ConfusionMatrix::from_parts(classes, counts) {
+            matrices.insert(m.run_id, matrix);
+        }
+    }
+    let mut brief: BTreeMap<i64, store::leaderboard::BriefRun> = store::leaderboard::brief(conn, ids).await?.into_iter().map(|b| (b.id, b)).collect();
+    ids.iter()
+        .map(|id| {
+            let b = brief.remove(id).ok_or_else(|| ApiError::not_found("run", id))?;
+            let confusion = matrices.remove(id);
+            // Rows in the matrix's class order.
+            let mut per_class = rows.remove(id).unwrap_or_default();
+            if let Some(m) = &confusion {
+                per_class.sort_by_key(|c| m.classes.iter().position(|x| *x == c.class).unwrap_or(usize::MAX));
+            }
+            Ok(Compared { id: b.id, name: b.name, best_epoch: b.best_epoch, dataset_version_id: b.dataset_version_id, per_class, confusion })
+        })
+        .collect()
+}
+
 /// Classes with fewer training images than this are flagged on the compare page.
 pub const FEW_TRAINING_IMAGES: u64 = 100;
 
@@ -240,22 +278,19 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         if !(2..=20).contains(&ids.len()) {
             return Err(ApiError::InvalidRequest(format!("compare 2 to 20 runs (got {}): tick them on a sweep page, or /ui/compare?runs=1,2", ids.len())));
         }
-        let mut details: Vec<RunDetail> = Vec::new();
-        for id in &ids {
-            details.push(service::runs::show(&state, *id).await?);
-        }
+        let details = compared_runs(&state, &ids).await?;
         let baseline = baseline.filter(|b| ids.contains(b)).unwrap_or(ids[0]);
-        let classes: Vec<String> = details
-            .iter()
-            .find_map(|d| d.class_results.as_ref().map(|c| c.confusion.classes.clone()))
-            .unwrap_or_default();
+        let classes: Vec<String> = details.iter().find_map(|d| d.confusion.as_ref().map(|c| c.classes.clone())).unwrap_or_default();
         // Training images per class in the first run's dataset version.
-        let dataset = service::datasets::show(&state, &details[0].dataset, Some(&details[0].dataset_version)).await?;
+        let version = store::datasets::version_by_id(&state.db.read, details[0].dataset_version_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("dataset version", details[0].dataset_version_id))?;
+        let dataset = service::datasets::info(&state.db.read, version, false).await?;
         let train_count: BTreeMap<&str, u64> = dataset.counts.iter().map(|c| (c.label.as_str(), c.train)).collect();
-        let value = |d: &RunDetail, class: &str, recall: bool| {
-            d.class_results.as_ref().and_then(|c| c.per_class.iter().find(|m| m.class == class)).map(|m| if recall { m.recall } else { m.precision })
+        let value = |d: &Compared, class: &str, recall: bool| {
+            d.per_class.iter().find(|m| m.class == class).map(|m| if recall { m.recall } else { m.precision })
         };
-        let base = details.iter().find(|d| d.run.id == baseline);
+        let base = details.iter().find(|d| d.id == baseline);
         let mut rows = Vec::new();
         for class in &classes {
             let mut cells = Vec::new();
@@ -273,7 +308,7 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         let bars = |recall: bool| {
             let series: Vec<(String, Vec<f64>)> = details
                 .iter()
-                .map(|d| (format!("run {} {}", d.run.id, d.run.name), classes.iter().map(|c| value(d, c, recall).unwrap_or(0.0)).collect()))
+                .map(|d| (format!("run {} {}", d.id, d.name), classes.iter().map(|c| value(d, c, recall).unwrap_or(0.0)).collect()))
                 .collect();
             charts::grouped_bars(if recall { "Recall per class" } else { "Precision per class" }, if recall { "recall" } else { "precision" }, &classes, &series)
         };
@@ -281,22 +316,22 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             details
                 .iter()
                 .map(|d| {
-                    let report = d.class_results.as_ref().map(|c| c.confusion.roll_up(group).report());
-                    json!({"run": d.run.id, "groups": report.map(|r| r.per_class).unwrap_or_default()})
+                    let report = d.confusion.as_ref().map(|c| c.roll_up(group).report());
+                    json!({"run": d.id, "groups": report.map(|r| r.per_class).unwrap_or_default()})
                 })
                 .collect()
         };
         // The confusion-matrix difference of the first two runs (second minus first).
-        let diff = match (details.first().and_then(|d| d.class_results.as_ref()), details.get(1).and_then(|d| d.class_results.as_ref())) {
-            (Some(a), Some(b)) if a.confusion.classes == b.confusion.classes => {
-                let rows: Vec<Value> = a.confusion.counts.iter().zip(&b.confusion.counts).enumerate().map(|(t, (ra, rb))| {
+        let diff = match (details.first().and_then(|d| d.confusion.as_ref()), details.get(1).and_then(|d| d.confusion.as_ref())) {
+            (Some(a), Some(b)) if a.classes == b.classes => {
+                let rows: Vec<Value> = a.counts.iter().zip(&b.counts).enumerate().map(|(t, (ra, rb))| {
                     let cells: Vec<Value> = ra.iter().zip(rb).enumerate().map(|(p, (x, y))| {
                         let d = *y as i64 - *x as i64;
                         json!({"d": d, "good": if t == p { d > 0 } else { d < 0 }, "zero": d == 0})
                     }).collect();
-                    json!({"class": a.confusion.classes[t], "cells": cells})
+                    json!({"class": a.classes[t], "cells": cells})
                 }).collect();
-                Some(json!({"a": ids[0], "b": ids[1], "classes": a.confusion.classes, "rows": rows}))
+                Some(json!({"a": ids[0], "b": ids[1], "classes": a.classes, "rows": rows}))
             }
             _ => None,
         };
@@ -305,7 +340,7 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             .enumerate()
             .map(|(i, d)| {
                 let c = charts::color(i);
-                json!({"id": d.run.id, "name": d.run.name, "best_epoch": d.run.best_epoch, "color": format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)})
+                json!({"id": d.id, "name": d.name, "best_epoch": d.best_epoch, "color": format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)})
             })
             .collect();
         Ok(render(
