@@ -18,11 +18,17 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// On SQLite, or on the PostgreSQL database at `database_url`.
+    async fn start_on(database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let config = server::ServerConfig {
             bind: "127.0.0.1:0".to_owned(),
             data_dir: dir.path().join("server"),
             heartbeat_secs: 1,
+            database_url,
             ..server::ServerConfig::default()
         };
         let app = server::Application::build(config).await.expect("server");
@@ -150,7 +156,17 @@ async fn cancelling_a_running_run_stops_its_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_share_twelve_runs_and_each_succeeds_once() {
-    let server = Server::start().await;
+    three_workers_share_twelve_runs(Server::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_twelve_runs_on_postgres() {
+    if let Some(url) = server::db::fresh_test_database().await {
+        three_workers_share_twelve_runs(Server::start_on(Some(url)).await).await;
+    }
+}
+
+async fn three_workers_share_twelve_runs(server: Server) {
     let dir = tempfile::tempdir().expect("tmp");
     server.register_phantoms(&dir.path().join("ph")).await;
     let lrs: Vec<String> = (1..=12).map(|i| format!("{}", i as f64 * 0.0005)).collect();

@@ -27,24 +27,7 @@ pub struct TestApp {
 
 /// A fresh PostgreSQL database on the server named by COBB_TEST_POSTGRES_URL.
 async fn fresh_postgres_database() -> Option<String> {
-    let Ok(url) = std::env::var("COBB_TEST_POSTGRES_URL") else {
-        if std::env::var("COBB_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-            panic!("COBB_REQUIRE_POSTGRES=1 but COBB_TEST_POSTGRES_URL is not set: the PostgreSQL suite must run");
-        }
-        eprintln!("notice: PostgreSQL suite skipped; set COBB_TEST_POSTGRES_URL=postgres://USER@HOST/DB to run it");
-        return None;
-    };
-    use sea_orm::{ConnectionTrait, Database};
-    let admin = Database::connect(&url).await.expect("connect to COBB_TEST_POSTGRES_URL");
-    let name = format!("cobb_test_{}", uuid::Uuid::new_v4().simple());
-    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-    admin.close().await.ok();
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h.to_owned(), format!("?{q}")),
-        None => (url.clone(), String::new()),
-    };
-    let without_db = head.rsplit_once('/').map(|(h, _)| h.to_owned()).unwrap_or(head);
-    Some(format!("{without_db}/{name}{query}"))
+    server::db::fresh_test_database().await
 }
 
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
