@@ -29,6 +29,11 @@ impl Client {
         Ok(Self { base: format!("{}/api/v1", server.trim_end_matches('/')), token, http })
     }
 
+    /// The server's base URL (without /api/v1) and the token in use, for in-process workers.
+    pub fn worker_login(&self) -> (String, Option<String>) {
+        (self.base.trim_end_matches("/api/v1").to_owned(), self.token.clone())
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send::<(), T>(Method::GET, path, None)
             .await?

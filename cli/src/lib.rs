@@ -75,6 +75,10 @@ pub enum Command {
         /// How long to wait for the test evaluation before returning (it carries on).
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
+        /// Evaluate in this process (CPU) instead of waiting for a worker: for a lone
+        /// `cobb server` on this machine (the checkpoints must be readable here).
+        #[arg(long)]
+        evaluate_here: bool,
     },
     /// The test-split report of a promotion (the source study's table); --csv for a file.
     Report {
@@ -143,7 +147,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Workers => commands::runs::workers(&client()?, cli.json).await,
-        Command::Promote { run, reason, wait_secs } => commands::promote::promote(&client()?, *run, reason, *wait_secs, cli.json).await,
+        Command::Promote { run, reason, wait_secs, evaluate_here } => {
+            let here = evaluate_here.then_some(cli.data_dir.as_path());
+            commands::promote::promote(&client()?, *run, reason, *wait_secs, here, cli.json).await
+        }
         Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
         Command::Audit { experiment, verify } => commands::runs::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,

@@ -374,7 +374,8 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     assert!(cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "120", "--size", "40"]).status.success());
     assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
     let spec = "name: promo\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
-                train:\n  epochs: 2\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
+                train:\n  epochs: 2\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n\
+                sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.001]}\n";
     std::fs::write(dir.path().join("promo.yaml"), spec).expect("spec");
     assert!(cobb(dir.path(), &url, &["submit", "promo.yaml"]).status.success());
     let trained = Command::new(COBB)
@@ -410,6 +411,14 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     assert!(csv.starts_with("section,class,precision,recall,f1,support"), "{csv}");
     let detail = run_json(dir.path(), &url, 1);
     assert!(detail["latest"]["test_accuracy"]["value"].is_number(), "{detail}");
+
+    // With no worker around, --evaluate-here evaluates in the CLI's own process.
+    let out = cobb(dir.path(), &url, &["promote", "2", "--reason", "fewer lateral errors", "--evaluate-here"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("macro avg") && stdout.contains("test split of promo (run 2"), "{stdout}");
+    let history = text(&cobb(dir.path(), &url, &["promotions"])).0;
+    assert!(history.contains("superseded by 2") && history.contains("current"), "{history}");
 
     let out = cobb(dir.path(), &url, &["audit", "--verify"]);
     let (stdout, stderr) = text(&out);

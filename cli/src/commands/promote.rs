@@ -8,7 +8,34 @@ use crate::client::Client;
 use crate::failure::Failure;
 use crate::output;
 
-pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, json: bool) -> Result<(), Failure> {
+/// Runs the promotion's evaluation in this process (on the CPU, with the data dir's worker
+/// cache): for a server with no worker running, on the machine that holds the checkpoints.
+async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i64) -> Result<(), Failure> {
+    let (server, token) = client.worker_login();
+    let token = token.ok_or_else(|| Failure::input("evaluating here needs a token with the worker role (or admin)"))?;
+    let config = worker::lease::WorkerConfig {
+        server: server.clone(),
+        token: token.clone(),
+        name: format!("promote-{}", std::process::id()),
+        device: worker::device::DeviceChoice::Cpu,
+        work_dir: data_dir.join("worker"),
+        idle_poll: Duration::from_secs(1),
+        exit_when_idle: true,
+    };
+    let worker_client = worker::client::Client::new(&server, &token);
+    // Evaluations are handed out oldest first; run them until this promotion's is done.
+    while let Some(job) = worker_client.lease_evaluation(&config.name, "cpu").await.map_err(|e| Failure::Runtime(e.into()))? {
+        let mine = job.promotion_id == promotion;
+        eprintln!("evaluating promotion {} (run {}) on the test split here", job.promotion_id, job.run_id);
+        worker::evaluate::run(&worker_client, &config, job, std::sync::Arc::new(worker::lease::Quiet)).await;
+        if mine {
+            break;
+        }
+    }
+    Ok(())
+}
+
+pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, here: Option<&std::path::Path>, json: bool) -> Result<(), Failure> {
     let promotion: PromotionInfo = client.post(&format!("/runs/{run}/promote"), &PromoteRequest { reason: reason.to_owned() }).await?;
     if !json {
         println!(
@@ -25,6 +52,11 @@ pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, js
             println!("this run was evaluated on the test split before; its result is reused (a model is evaluated once)");
         }
     }
+    if let Some(data_dir) = here
+        && promotion.status == EvaluationStatus::Queued
+    {
+        evaluate_here(client, data_dir, promotion.id).await?;
+    }
     let started = Instant::now();
     let mut current = promotion;
     while matches!(current.status, EvaluationStatus::Queued | EvaluationStatus::Running) {
@@ -33,8 +65,8 @@ pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, js
                 output::json(&current);
             } else {
                 println!(
-                    "the test evaluation is {} after {wait_secs}s; it runs on the next free worker (start one with `cobb worker`, or use `cobb up`). \
-                     Follow it with `cobb promotions` or on the experiment's page.",
+                    "the test evaluation is {} after {wait_secs}s; it runs on the next free worker (start one with `cobb worker`, use `cobb up`, \
+                     or promote with --evaluate-here on the machine that holds the checkpoints). Follow it with `cobb promotions` or on the experiment's page.",
                     current.status.as_str()
                 );
             }
