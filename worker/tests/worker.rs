@@ -51,6 +51,13 @@ impl Server {
 
     /// Phantoms registered the way the CLI registers them.
     async fn register_phantoms(&self, root: &std::path::Path) {
+        self.register_phantoms_with(root, "ph", 0).await;
+    }
+
+    /// Phantoms as dataset `name`, with `corrupt` of its training images replaced (after the
+    /// split, before registration, hashes updated) by bytes that are no image: files that
+    /// are in the version but cannot be decoded.
+    async fn register_phantoms_with(&self, root: &std::path::Path, name: &str, corrupt: usize) {
         let options = worker::phantoms::Options {
             count: 100,
             size: 48,
@@ -62,9 +69,15 @@ impl Server {
         let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
         let scan = worker::data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
         let scanned = worker::data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
-        let items = worker::data::split::freeze(scanned.items, [70, 15, 15], 0, true);
+        let mut items = worker::data::split::freeze(scanned.items, [70, 15, 15], 0, true);
+        for item in items.iter_mut().filter(|i| i.split == protocol::Split::Train).take(corrupt) {
+            let bytes = format!("not an image: {}", item.path).into_bytes();
+            std::fs::write(root.join(&item.path), &bytes).expect("corrupt");
+            item.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            item.bytes = bytes.len() as u64;
+        }
         let request = RegisterDataset {
-            name: "ph".to_owned(),
+            name: name.to_owned(),
             root: root.display().to_string(),
             split: "70/15/15".to_owned(),
             seed: 0,
@@ -217,4 +230,32 @@ async fn a_file_corrupted_after_registration_fails_the_run_naming_it() {
     let error = run.error.clone().unwrap_or_default();
     assert!(error.contains(&victim) && error.contains("changed since the dataset version was registered"), "{error}");
     assert_eq!(run.attempt, 1, "a data error is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_images_are_skipped_and_reported_up_to_a_threshold() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    server.register_phantoms_with(&dir.path().join("one"), "one-bad", 1).await;
+    server.register_phantoms_with(&dir.path().join("many"), "many-bad", 12).await;
+    for (name, dataset) in [("few", "one-bad"), ("lots", "many-bad")] {
+        let yaml = spec(name, 1, "").replace("dataset: {name: ph}", &format!("dataset: {{name: {dataset}}}"));
+        server.post("/experiments", &json!({"yaml": yaml})).await;
+    }
+    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
+        .await
+        .expect("worker");
+
+    let few: RunList = server.get("/runs?experiment=few").await;
+    let detail: RunDetail = server.get(&format!("/runs/{}", few.runs[0].id)).await;
+    assert_eq!(detail.run.status, protocol::RunStatus::Succeeded, "{:?}", detail.run.error);
+    let skipped = detail.latest.get("skipped_images").map(|m| m.value);
+    assert_eq!(skipped, Some(1.0), "the bad training image is reported");
+
+    let lots: RunList = server.get("/runs?experiment=lots").await;
+    let run = &lots.runs[0];
+    assert_eq!(run.status, protocol::RunStatus::Failed);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(error.contains("could not be read") && error.contains("not an image") && error.contains(".png"), "{error}");
+    assert_eq!(run.attempt, 1, "bad data is not retried");
 }

@@ -5,6 +5,7 @@ use protocol::api::{
     DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, IngestionIssue, RegisterDataset,
     SplitCount,
 };
+use protocol::Split;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -229,7 +230,13 @@ pub async fn salt(state: &AppState) -> Result<String, ApiError> {
 /// leave the server through this.
 pub async fn items(state: &AppState, name: &str, version: Option<&str>) -> Result<protocol::api::ItemList, ApiError> {
     let row = resolve(&state.db.read, name, version).await?;
-    let items = store::datasets::items(&state.db.read, row.id, &["train", "val", "test"]).await?;
+    item_list(&state.db.read, row, &[Split::Train, Split::Val, Split::Test]).await
+}
+
+/// The items of `splits` of a version, with its root and classes.
+pub(crate) async fn item_list(conn: &impl ConnectionTrait, row: VersionRow, splits: &[Split]) -> Result<protocol::api::ItemList, ApiError> {
+    let names: Vec<&str> = splits.iter().map(|s| s.as_str()).collect();
+    let items = store::datasets::items(conn, row.id, &names).await?;
     Ok(protocol::api::ItemList {
         dataset: row.dataset,
         version: row.version,

@@ -340,14 +340,7 @@ pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiErro
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    let rows = store::datasets::items(conn, version.id, &[Split::Train.as_str(), Split::Val.as_str()]).await?;
-    Ok(ItemList {
-        dataset: version.dataset,
-        version: version.version,
-        root: version.root,
-        classes: serde_json::from_str(&version.classes_json).unwrap_or_default(),
-        items: rows.into_iter().map(crate::store::datasets::ItemRow::into_item).collect(),
-    })
+    super::datasets::item_list(conn, version, &[Split::Train, Split::Val]).await
 }
 
 /// Runs the reaper every `reap_interval_secs` until the process ends.

@@ -299,14 +299,7 @@ pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiErro
     let version = store::datasets::version_by_hash(conn, &row.dataset_version)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", &row.dataset_version))?;
-    let rows = store::datasets::items(conn, version.id, &[Split::Test.as_str()]).await?;
-    Ok(ItemList {
-        dataset: version.dataset,
-        version: version.version,
-        root: version.root,
-        classes: serde_json::from_str(&version.classes_json).unwrap_or_default(),
-        items: rows.into_iter().map(crate::store::datasets::ItemRow::into_item).collect(),
-    })
+    super::datasets::item_list(conn, version, &[Split::Test]).await
 }
 
 /// Stores the evaluation's result: test metrics (step = the best epoch), per-class rows and

@@ -29,6 +29,11 @@ use crate::models::{self, Classifier};
 /// Gradients are clipped to this global norm (a fixed choice; see docs/training.md).
 pub const CLIP_NORM: f32 = 5.0;
 
+/// A run carries on without images that cannot be decoded (each reported) while they are
+/// at most this share of its train and validation items; beyond it the run fails naming
+/// them, since the results would no longer describe the frozen dataset version.
+pub const MAX_SKIPPED_FRACTION: f64 = 0.05;
+
 /// What a run trains on.
 pub struct TrainData {
     pub classes: Vec<String>,
@@ -90,6 +95,7 @@ impl EpochReport {
             ("val_weighted_f1".to_owned(), self.report.weighted_f1),
             ("lr".to_owned(), self.lr),
             ("images_per_second".to_owned(), self.images_per_second),
+            ("skipped_images".to_owned(), self.skipped.len() as f64),
         ];
         for c in &self.report.per_class {
             out.push((format!("val_precision/{}", c.class), c.precision));
@@ -146,6 +152,10 @@ pub enum TrainError {
     Device(#[from] crate::device::DeviceError),
     #[error(transparent)]
     Pretrained(#[from] models::pretrained::PretrainedError),
+    #[error(
+        "{skipped} of {total} train/val images could not be read in epoch {epoch}, more than the {limit:.0}% a run tolerates; first: {first}; fix or remove them and register a new dataset version"
+    )]
+    TooManySkipped { epoch: usize, skipped: usize, total: usize, limit: f64, first: String },
 }
 
 fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
@@ -423,6 +433,11 @@ where
         // Validation on the inner (non-autodiff) backend: BatchNorm uses running statistics.
         let scored = score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, device, Some(&val_loss_fn))?;
         skipped.extend(scored.skipped);
+        let total = data.train.len() + data.val.len();
+        if skipped.len() as f64 > MAX_SKIPPED_FRACTION * total as f64 {
+            let first: Vec<String> = skipped.iter().take(3).map(|(p, why)| format!("{} ({why})", p.display())).collect();
+            return Err(TrainError::TooManySkipped { epoch, skipped: skipped.len(), total, limit: MAX_SKIPPED_FRACTION * 100.0, first: first.join("; ") });
+        }
         let (confusion, val_loss_sum, val_seen) = (scored.confusion, scored.loss_sum, scored.seen);
         if val_seen == 0 {
             return Err(TrainError::NoValidation);
