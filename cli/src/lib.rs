@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
         /// Evaluate in this process (CPU) instead of waiting for a worker: for a lone
-        /// `cobb server` on this machine (the checkpoints must be readable here).
+        /// `cobb server` with no worker running (needs a worker or admin token).
         #[arg(long)]
         evaluate_here: bool,
     },

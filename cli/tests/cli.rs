@@ -249,12 +249,15 @@ fn a_run_survives_its_worker_being_killed() {
     std::fs::write(dir.path().join("crash.yaml"), spec).expect("spec");
     assert!(cobb(dir.path(), &url, &["submit", "crash.yaml"]).status.success());
 
+    // Each worker has its own data dir, as on two machines: the second one resumes from the
+    // checkpoint the first uploaded to the server's artifact store.
+    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
     let worker = |name: &str| {
         Command::new(COBB)
-            .args(["worker", "--name", name, "--exit-when-idle"])
+            .args(["worker", "--name", name, "--exit-when-idle", "--data-dir", &format!("machine-{name}")])
             .current_dir(dir.path())
             .env("COBB_SERVER", &url)
-            .env_remove("COBB_TOKEN")
+            .env("COBB_TOKEN", token.trim())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -288,6 +291,7 @@ fn a_run_survives_its_worker_being_killed() {
     let reasons: Vec<&str> = run["leases"].as_array().expect("leases").iter().filter_map(|l| l["end_reason"].as_str()).collect();
     assert_eq!(reasons, ["expired", "completed"], "{run}");
     assert!(log.contains("started (attempt 2)"), "{log}");
+    assert!(log.contains("checkpoint file downloaded to resume"), "the rescuer fetched the checkpoint: {log}");
     assert!(!log.contains("epoch 1/30"), "the second attempt resumed from the checkpoint instead of starting over:\n{log}");
     // One stored value per epoch, no duplicates from the two attempts.
     let out = Command::new(COBB)
@@ -298,7 +302,6 @@ fn a_run_survives_its_worker_being_killed() {
         .expect("show");
     let detail: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(detail["latest"]["train_loss"]["step"], 29);
-    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
     let series: serde_json::Value = tokio::runtime::Runtime::new().expect("rt").block_on(async {
         reqwest::Client::new()
             .get(format!("{url}/api/v1/runs/1/metrics?key=train_loss"))

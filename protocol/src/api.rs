@@ -376,6 +376,10 @@ pub struct Lease {
     pub dataset_version: String,
     /// The newest checkpoint of an earlier attempt, to resume from.
     pub resume_from: Option<ArtifactInfo>,
+    /// That checkpoint's files in the artifact store (`last_checkpoint`, `last_optimizer`,
+    /// `last_state`), for a worker on another machine to download.
+    #[serde(default)]
+    pub resume_files: Vec<ArtifactInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! cobb's server: owns the database, the run queue and leases, the REST API and the dashboards.
 
+pub mod artifacts;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -14,6 +14,7 @@ use crate::error;
 
 pub struct AppState {
     pub db: Db,
+    pub artifacts: crate::artifacts::ArtifactStore,
     pub config: ServerConfig,
     /// token hash -> principal, filled on first use.
     pub token_cache: RwLock<HashMap<String, Principal>>,
@@ -34,7 +35,8 @@ impl Application {
         let db = db::connect(&url).await.with_context(|| {
             format!("while connecting to the database ({})", if url.starts_with("postgres") { "postgres" } else { &url })
         })?;
-        let state = web::Data::new(AppState { db, config: config.clone(), token_cache: RwLock::new(HashMap::new()) });
+        let artifacts = crate::artifacts::ArtifactStore::open(&config)?;
+        let state = web::Data::new(AppState { db, artifacts, config: config.clone(), token_cache: RwLock::new(HashMap::new()) });
         let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("while binding {}", config.bind))?;

@@ -3,7 +3,7 @@
 //! a run; refusals (409 lease expired/lost) are returned as such.
 
 use protocol::api::{
-    Complete, EpochResults, EvaluationComplete, EvaluationLease, PromotionInfo, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
+    ArtifactInfo, Complete, EpochResults, EvaluationComplete, EvaluationLease, PromotionInfo, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
     RecordArtifact, Release, RunInfo,
 };
 use protocol::ErrorBody;
@@ -43,23 +43,36 @@ impl Client {
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Option<T>, ClientError> {
+        let answer = self.exchange(path, |http, url| http.post(url).json(body)).await?;
+        answer
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(|e| ClientError::Refused { status: 200, message: format!("undecodable answer: {e}") })
+    }
+
+    /// Sends the request `build` makes, retrying transient failures (connection refused,
+    /// 5xx) with backoff; the answer's body, or None for 204.
+    async fn exchange(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Option<bytes::Bytes>, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut delay = Duration::from_millis(250);
         let started = std::time::Instant::now();
         loop {
-            let attempt = self.http.post(&url).bearer_auth(&self.token).json(body).send().await;
+            let attempt = build(&self.http, &url).bearer_auth(&self.token).send().await;
             let transient = match attempt {
                 Ok(response) => {
                     let status = response.status();
                     if status == StatusCode::NO_CONTENT {
                         return Ok(None);
                     }
-                    let text = response.text().await.unwrap_or_default();
+                    let body = response.bytes().await.unwrap_or_default();
                     if status.is_success() {
-                        return serde_json::from_str(&text)
-                            .map(Some)
-                            .map_err(|e| ClientError::Refused { status: status.as_u16(), message: format!("undecodable answer: {e}") });
+                        return Ok(Some(body));
                     }
+                    let text = String::from_utf8_lossy(&body).into_owned();
                     let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.message).unwrap_or(text);
                     if status == StatusCode::CONFLICT {
                         return Err(ClientError::LeaseLost(message));
@@ -78,6 +91,25 @@ impl Client {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// Uploads a file of the lease's run to the artifact store; returns what was recorded.
+    pub async fn upload(&self, run: i64, lease: &str, kind: &str, bytes: Vec<u8>) -> Result<ArtifactInfo, ClientError> {
+        let body = bytes::Bytes::from(bytes);
+        let path = format!("/runs/{run}/blobs?lease_id={lease}&kind={kind}");
+        let answer = self.exchange(&path, |http, url| http.put(url).body(body.clone())).await?;
+        let bytes = Self::expect(answer, "upload")?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Refused { status: 201, message: format!("undecodable answer: {e}") })
+    }
+
+    /// A stored file by sha256 (checked here against its content).
+    pub async fn download(&self, sha256: &str) -> Result<Vec<u8>, ClientError> {
+        let bytes = Self::expect(self.exchange(&format!("/blobs/{sha256}"), |http, url| http.get(url)).await?, "download")?;
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if actual != sha256 {
+            return Err(ClientError::Refused { status: 200, message: format!("downloaded artifact has sha256 {actual}, not {sha256}") });
+        }
+        Ok(bytes.to_vec())
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -39,8 +39,27 @@ pub async fn run(client: &Client, config: &WorkerConfig, job: EvaluationLease, p
     }
 }
 
+/// The promoted checkpoint as a local file: downloaded from the artifact store (kept by
+/// sha256 under the work dir), or a `file://` path recorded by an older worker.
+async fn checkpoint_file(client: &Client, config: &WorkerConfig, job: &EvaluationLease) -> Result<PathBuf, String> {
+    if let Some(path) = job.checkpoint.uri.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    let sha = &job.checkpoint.sha256;
+    let file = config.work_dir.join("blobs").join(format!("{sha}.mpk"));
+    if !file.exists() {
+        let bytes = client.download(sha).await.map_err(|e| format!("could not download the best checkpoint {sha}: {e}"))?;
+        std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| e.to_string())?;
+        std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(file)
+}
+
 async fn evaluate(client: &Client, config: &WorkerConfig, job: &EvaluationLease) -> EvaluationComplete {
-    let file = PathBuf::from(job.checkpoint.uri.strip_prefix("file://").unwrap_or(&job.checkpoint.uri));
+    let file = match checkpoint_file(client, config, job).await {
+        Ok(file) => file,
+        Err(e) => return failed(e, true),
+    };
     match sha256_of(&file) {
         Ok((sha, _)) if sha == job.checkpoint.sha256 => {}
         Ok((sha, _)) => {

@@ -1,10 +1,10 @@
 //! The worker loop: lease a run, fetch its train/val items (never test), train on a
 //! blocking thread, stream every epoch's metrics and confusion matrix, record checkpoints
-//! as artifacts (sha256), complete. Heartbeats run beside training; a "stop" answer
+//! to the server's artifact store (sha256), complete. Heartbeats run beside training; a "stop" answer
 //! (cancelled run) or a lost lease stops the trainer within one step. A clean shutdown
 //! releases the lease so the run is requeued at once and resumes from its checkpoint.
 
-use protocol::api::{Complete, EpochResults, Lease, MetricPoint, MetricsBatch, Outcome, RecordArtifact};
+use protocol::api::{Complete, EpochResults, Lease, MetricPoint, MetricsBatch, Outcome};
 use protocol::api::HeartbeatAction;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -63,14 +63,45 @@ pub(crate) fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
-/// Records a checkpoint file as an artifact of the lease's run (sha256 and size).
-async fn record_artifact(client: &Client, lease: &Lease, kind: &str, path: &Path) -> Result<(), ClientError> {
-    let Ok((sha256, bytes)) = sha256_of(path) else {
+/// Uploads a checkpoint file to the server's artifact store as an artifact of the lease's
+/// run (content-addressed by sha256). A missing file is not an error (nothing to upload).
+async fn upload_file(client: &Client, lease: &Lease, kind: &str, path: &Path) -> Result<(), ClientError> {
+    let Ok(bytes) = std::fs::read(path) else {
         return Ok(());
     };
-    let uri = format!("file://{}", std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display());
-    let record = RecordArtifact { lease_id: lease.lease_id.clone(), kind: kind.to_owned(), uri, sha256, bytes };
-    client.artifact(lease.run_id, &record).await
+    client.upload(lease.run_id, &lease.lease_id, kind, bytes).await.map(|_| ())
+}
+
+/// The files of a last checkpoint and their artifact kinds.
+const LAST_FILES: [(&str, &str); 3] = [("last_checkpoint", "model.mpk"), ("last_optimizer", "optimizer.mpk"), ("last_state", "state.json")];
+
+/// Uploads the epoch's last checkpoint (model, optimiser, loop state), so that any worker
+/// on any machine can resume the run from it.
+async fn upload_last(client: &Client, lease: &Lease, dir: &Path) -> Result<(), ClientError> {
+    for (kind, file) in LAST_FILES {
+        upload_file(client, lease, kind, &dir.join(file)).await?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` hold the server's copy of the run's last checkpoint (downloading the files
+/// whose content differs): the server's record is what the stored metrics describe.
+async fn fetch_last(client: &Client, lease: &Lease, dir: &Path) -> Result<bool, ClientError> {
+    if lease.resume_files.len() < LAST_FILES.len() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::Refused { status: 0, message: format!("{}: {e}", dir.display()) })?;
+    for (kind, file) in LAST_FILES {
+        let Some(artifact) = lease.resume_files.iter().find(|a| a.kind == kind) else { return Ok(false) };
+        let target = dir.join(file);
+        if sha256_of(&target).is_ok_and(|(sha, _)| sha == artifact.sha256) {
+            continue;
+        }
+        let bytes = client.download(&artifact.sha256).await?;
+        std::fs::write(&target, bytes).map_err(|e| ClientError::Refused { status: 0, message: format!("{}: {e}", target.display()) })?;
+        tracing::info!(kind, sha256 = %artifact.sha256, "checkpoint file downloaded to resume");
+    }
+    Ok(true)
 }
 
 /// Runs until `shutdown` is set (or the queue is empty with `exit_when_idle`).
@@ -118,7 +149,16 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
         &items.version,
     );
     let ckpt_dir = config.work_dir.join("checkpoints").join(format!("run-{}", lease.run_id));
-    let resume = lease.resume_from.is_some() && ckpt_dir.join("last").exists();
+    let last_dir = checkpoint::Store::new(&ckpt_dir).last_dir();
+    let fetched = match fetch_last(client, &lease, &last_dir).await {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not fetch the run's last checkpoint; releasing the run");
+            let _ = client.release(&lease.lease_id, &format!("checkpoint download failed: {e}")).await;
+            return;
+        }
+    };
+    let resume = lease.resume_from.is_some() && (fetched || last_dir.exists());
 
     let stop = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
@@ -178,7 +218,7 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
         // The epoch's checkpoint is on disk before its report: record it, so that another
         // attempt of this run resumes from here if this worker dies.
         let sent = match sent {
-            Ok(()) => record_artifact(client, &lease, "last_checkpoint", &checkpoint::Store::new(&ckpt_dir).last_dir().join("model.mpk")).await,
+            Ok(()) => upload_last(client, &lease, &checkpoint::Store::new(&ckpt_dir).last_dir()).await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -195,8 +235,8 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
         progress.finished(&lease, "lost", "the lease was lost; nothing more is sent for it");
         return;
     }
-    // The best checkpoint as an artifact (content-addressed by sha256; a local file for now).
-    if let Err(e) = record_artifact(client, &lease, "best_checkpoint", &checkpoint::Store::new(&ckpt_dir).best_model()).await {
+    // The best checkpoint in the artifact store (content-addressed by sha256).
+    if let Err(e) = upload_file(client, &lease, "best_checkpoint", &checkpoint::Store::new(&ckpt_dir).best_model()).await {
         tracing::warn!(error = %e, "could not record the best checkpoint");
     }
     let complete = match outcome {

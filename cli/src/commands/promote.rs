@@ -9,7 +9,7 @@ use crate::failure::Failure;
 use crate::output;
 
 /// Runs the promotion's evaluation in this process (on the CPU, with the data dir's worker
-/// cache): for a server with no worker running, on the machine that holds the checkpoints.
+/// cache): for a server with no worker running.
 async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i64) -> Result<(), Failure> {
     let (server, token) = client.worker_login();
     let token = token.ok_or_else(|| Failure::input("evaluating here needs a token with the worker role (or admin)"))?;
@@ -66,7 +66,7 @@ pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, he
             } else {
                 println!(
                     "the test evaluation is {} after {wait_secs}s; it runs on the next free worker (start one with `cobb worker`, use `cobb up`, \
-                     or promote with --evaluate-here on the machine that holds the checkpoints). Follow it with `cobb promotions` or on the experiment's page.",
+                     or promote with --evaluate-here to evaluate in this process). Follow it with `cobb promotions` or on the experiment's page.",
                     current.status.as_str()
                 );
             }

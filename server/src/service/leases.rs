@@ -59,13 +59,14 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
     let config: ExperimentSpec = serde_json::from_str(&run.config_json).map_err(anyhow::Error::from)?;
-    let resume_from = store::artifacts::latest(conn, run_id, "last_checkpoint").await?.map(|a| ArtifactInfo {
-        kind: a.kind,
-        uri: a.uri,
-        sha256: a.sha256,
-        bytes: a.bytes as u64,
-        created_at: a.created_at,
-    });
+    let info = |a: store::artifacts::ArtifactRow| ArtifactInfo { kind: a.kind, uri: a.uri, sha256: a.sha256, bytes: a.bytes as u64, created_at: a.created_at };
+    let resume_from = store::artifacts::latest(conn, run_id, "last_checkpoint").await?.map(info);
+    let mut resume_files = Vec::new();
+    for kind in ["last_checkpoint", "last_optimizer", "last_state"] {
+        if let Some(a) = store::artifacts::latest(conn, run_id, kind).await? {
+            resume_files.push(info(a));
+        }
+    }
     Ok(Some(Lease {
         lease_id,
         run_id,
@@ -80,6 +81,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         dataset: version.dataset,
         dataset_version: version.version,
         resume_from,
+        resume_files,
     }))
 }
 
@@ -328,6 +330,50 @@ pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact)
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Stores a file of a run (a checkpoint part) in the artifact store under its sha256 and
+/// records it as an artifact of `kind`, fenced by the lease before and after the upload. A
+/// newer `last_*` artifact replaces the run's older one of that kind, and the older blob is
+/// deleted unless something else still names it.
+pub async fn upload_blob(state: &AppState, run_id: i64, lease_id: &str, kind: &str, bytes: bytes::Bytes) -> Result<ArtifactInfo, ApiError> {
+    if kind.is_empty() || kind.len() > 100 || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)) {
+        return Err(ApiError::InvalidRequest("an artifact kind is 1-100 letters, digits, '_', '-', '.' or '/'".to_owned()));
+    }
+    // Nothing is stored for a lease that is not live.
+    let (tx, _) = begin_fenced(state, lease_id, Some(run_id)).await?;
+    tx.commit().await?;
+    let size = bytes.len() as i64;
+    let sha256 = state
+        .artifacts
+        .put(bytes)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)))?;
+    let uri = crate::artifacts::uri(&sha256);
+    let now = now_ms();
+    let (tx, _) = begin_fenced(state, lease_id, Some(run_id)).await?;
+    store::artifacts::insert(&tx, run_id, lease_id, kind, &uri, &sha256, size, now).await?;
+    let replaced = if kind.starts_with("last_") { store::artifacts::delete_older(&tx, run_id, kind).await? } else { Vec::new() };
+    tx.commit().await?;
+    for old in replaced {
+        if old != sha256 && !store::artifacts::referenced(&state.db.write, &old).await? {
+            if let Err(e) = state.artifacts.delete(&old).await {
+                tracing::warn!(sha256 = %old, error = %e, "could not delete a replaced checkpoint blob");
+            }
+        }
+    }
+    Ok(ArtifactInfo { kind: kind.to_owned(), uri, sha256, bytes: size as u64, created_at: now })
+}
+
+/// A stored blob, by sha256 (only blobs that an artifact names).
+pub async fn blob(state: &AppState, sha256: &str) -> Result<bytes::Bytes, ApiError> {
+    if sha256.len() != 64 || !store::artifacts::referenced(&state.db.read, sha256).await? {
+        return Err(ApiError::not_found("artifact", sha256));
+    }
+    state.artifacts.get(sha256).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => ApiError::not_found("artifact blob", sha256),
+        e => ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)),
+    })
 }
 
 /// The train and validation items of the lease's dataset version. The test split never

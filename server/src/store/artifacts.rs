@@ -46,3 +46,32 @@ pub async fn latest(conn: &impl ConnectionTrait, run_id: i64, kind: &str) -> Res
     )
     .await
 }
+
+#[derive(Debug, FromQueryResult)]
+struct Sha {
+    sha256: String,
+}
+
+/// Removes the run's older artifacts of `kind` (a newer one was just recorded) and returns
+/// their sha256s.
+pub async fn delete_older(conn: &impl ConnectionTrait, run_id: i64, kind: &str) -> Result<Vec<String>, DbErr> {
+    let rows: Vec<Sha> = all(
+        conn,
+        "DELETE FROM artifacts WHERE run_id = $1 AND kind = $2 AND id < (SELECT MAX(id) FROM artifacts WHERE run_id = $1 AND kind = $2) \
+         RETURNING sha256",
+        values![run_id, kind],
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| r.sha256).collect())
+}
+
+/// Whether any artifact or promotion still names `sha256`.
+pub async fn referenced(conn: &impl ConnectionTrait, sha256: &str) -> Result<bool, DbErr> {
+    let n = one::<super::Count>(
+        conn,
+        "SELECT (SELECT COUNT(*) FROM artifacts WHERE sha256 = $1) + (SELECT COUNT(*) FROM promotions WHERE checkpoint_sha256 = $1) AS n",
+        values![sha256],
+    )
+    .await?;
+    Ok(n.is_some_and(|c| c.n > 0))
+}

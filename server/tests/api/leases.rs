@@ -18,6 +18,7 @@ crate::on_both_databases!(
     a_failed_run_is_retried_only_when_retryable,
     a_released_run_is_requeued_at_once,
     sweep_parallel_limits_concurrent_runs,
+    checkpoint_files_are_stored_by_content_behind_the_lease,
 );
 
 async fn lease(app: &TestApp, token: &str, worker: &str) -> Option<Value> {
@@ -308,4 +309,40 @@ mod expiry {
         let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics")).await;
         assert!(series.is_empty(), "writes on the lost lease stored nothing");
     }
+}
+
+async fn checkpoint_files_are_stored_by_content_behind_the_lease(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let worker = app.token("w", "worker").await;
+    let viewer = app.token("v", "viewer").await;
+    let lease = lease(&app, &worker, "w1").await.expect("a run");
+    let (lease_id, run) = (lease["lease_id"].as_str().expect("lease"), lease["run_id"].as_i64().expect("run"));
+    let put = |kind: &str, lease: &str, body: &'static [u8]| {
+        app.http.put(format!("{}/runs/{run}/blobs?lease_id={lease}&kind={kind}", app.base)).bearer_auth(&worker).body(body).send()
+    };
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+
+    let first: Value = ok(put("last_checkpoint", lease_id, b"epoch-0 weights").await.expect("put")).await;
+    assert_eq!(first["sha256"], sha(b"epoch-0 weights"));
+    assert_eq!(first["uri"], format!("cas:sha256:{}", sha(b"epoch-0 weights")));
+    let get = |sha: String, token: String| app.http.get(format!("{}/blobs/{sha}", app.base)).bearer_auth(token).send();
+    let body = get(sha(b"epoch-0 weights"), worker.clone()).await.expect("get");
+    assert_eq!(body.status(), StatusCode::OK);
+    assert_eq!(body.bytes().await.expect("bytes").as_ref(), b"epoch-0 weights");
+    assert_eq!(get(sha(b"epoch-0 weights"), viewer.clone()).await.expect("get").status(), StatusCode::FORBIDDEN);
+
+    // A newer last checkpoint replaces the older one, whose blob goes.
+    let _: Value = ok(put("last_checkpoint", lease_id, b"epoch-1 weights").await.expect("put")).await;
+    assert_eq!(get(sha(b"epoch-0 weights"), worker.clone()).await.expect("get").status(), StatusCode::NOT_FOUND);
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    let kinds: Vec<&str> = detail["artifacts"].as_array().expect("artifacts").iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert_eq!(kinds, ["last_checkpoint"]);
+    // Nothing is stored for a lease that is not live, and the run's next lease lists the files.
+    let refused = put("last_checkpoint", "not-a-lease", b"stray").await.expect("put");
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(get(sha(b"stray"), worker.clone()).await.expect("get").status(), StatusCode::NOT_FOUND);
+    let _: Value = app.write(&worker, &format!("/leases/{lease_id}/release"), &json!({"reason": "moving machines"})).await;
+    let again = self::lease(&app, &worker, "w2").await.expect("the run again");
+    assert_eq!(again["resume_files"][0]["sha256"], sha(b"epoch-1 weights"));
 }
