@@ -356,10 +356,11 @@ pub async fn upload_blob(state: &AppState, run_id: i64, lease_id: &str, kind: &s
     let replaced = if kind.starts_with("last_") { store::artifacts::delete_older(&tx, run_id, kind).await? } else { Vec::new() };
     tx.commit().await?;
     for old in replaced {
-        if old != sha256 && !store::artifacts::referenced(&state.db.write, &old).await? {
-            if let Err(e) = state.artifacts.delete(&old).await {
-                tracing::warn!(sha256 = %old, error = %e, "could not delete a replaced checkpoint blob");
-            }
+        if old != sha256
+            && !store::artifacts::referenced(&state.db.write, &old).await?
+            && let Err(e) = state.artifacts.delete(&old).await
+        {
+            tracing::warn!(sha256 = %old, error = %e, "could not delete a replaced checkpoint blob");
         }
     }
     Ok(ArtifactInfo { kind: kind.to_owned(), uri, sha256, bytes: size as u64, created_at: now })
