@@ -4,13 +4,14 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{sigmoid, silu};
 use protocol::spec::Arch;
 
 use super::Ctx;
+use super::norm::BatchNorm2d;
 
 /// (width multiplier, depth multiplier, head dropout) per variant.
 pub fn scaling(arch: Arch) -> (f64, f64, f64) {
@@ -55,7 +56,7 @@ fn round_repeats(layers: usize, depth: f64) -> usize {
 #[derive(Module, Debug)]
 pub struct ConvBn<B: Backend> {
     conv: Conv2d<B>,
-    bn: BatchNorm<B>,
+    bn: BatchNorm2d<B>,
 }
 
 impl<B: Backend> ConvBn<B> {

@@ -2,11 +2,11 @@
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
 pub mod efficientnet;
+pub mod norm;
 pub mod pretrained;
 pub mod resnet;
 pub mod simple_cnn;
 
-use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use protocol::spec::Arch;
 
@@ -26,9 +26,9 @@ impl<'a, B: Backend> Ctx<'a, B> {
         Self { device, bn_channels: 0, bn_eps: 1e-5, bn_momentum: 0.1 }
     }
 
-    pub fn bn(&mut self, channels: usize) -> BatchNorm<B> {
+    pub fn bn(&mut self, channels: usize) -> norm::BatchNorm2d<B> {
         self.bn_channels += channels;
-        BatchNormConfig::new(channels).with_epsilon(self.bn_eps).with_momentum(self.bn_momentum).init(self.device)
+        norm::BatchNorm2d::new(channels, self.bn_eps, self.bn_momentum, self.device)
     }
 }
 

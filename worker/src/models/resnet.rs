@@ -2,12 +2,13 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use protocol::spec::Arch;
 
 use super::Ctx;
+use super::norm::BatchNorm2d;
 
 fn conv<B: Backend>(ctx: &Ctx<B>, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2d<B> {
     let pad = kernel / 2;
@@ -21,14 +22,14 @@ fn conv<B: Backend>(ctx: &Ctx<B>, input: usize, output: usize, kernel: usize, st
 #[derive(Module, Debug)]
 pub struct Downsample<B: Backend> {
     conv: Conv2d<B>,
-    bn: BatchNorm<B>,
+    bn: BatchNorm2d<B>,
 }
 
 /// A basic block (two 3x3 convolutions) or a bottleneck (1x1, 3x3, 1x1 with 4x expansion).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     convs: Vec<Conv2d<B>>,
-    bns: Vec<BatchNorm<B>>,
+    bns: Vec<BatchNorm2d<B>>,
     downsample: Option<Downsample<B>>,
     /// torchvision's `layer{layer + 1}.{index}`.
     layer: usize,
@@ -71,7 +72,7 @@ impl<B: Backend> Block<B> {
 #[derive(Module, Debug)]
 pub struct ResNet<B: Backend> {
     stem: Conv2d<B>,
-    stem_bn: BatchNorm<B>,
+    stem_bn: BatchNorm2d<B>,
     maxpool: MaxPool2d,
     blocks: Vec<Block<B>>,
     pool: AdaptiveAvgPool2d,

@@ -1,0 +1,98 @@
+//! Batch normalisation for NCHW feature maps, written for Burn's flex backend: the per-channel
+//! statistics are reductions over the contiguous last axis of a `[N, C, H*W]` view (Burn's
+//! own `BatchNorm` swaps the batch and channel axes first, which makes flex copy every
+//! activation element by element through its strided iterator, twice per layer), and the
+//! normalisation is one per-channel scale and shift. Same parameters, running statistics,
+//! momentum and epsilon as `burn::nn::BatchNorm` (and torchvision), under the same names, so
+//! checkpoints and pretrained weights load unchanged.
+
+use burn::module::{Initializer, Param, RunningState};
+use burn::prelude::*;
+
+#[derive(Module, Debug)]
+pub struct BatchNorm2d<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    pub fn new(channels: usize, epsilon: f64, momentum: f64, device: &B::Device) -> Self {
+        Self {
+            gamma: Initializer::Ones.init([channels], device),
+            beta: Initializer::Zeros.init([channels], device),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum,
+            epsilon,
+        }
+    }
+
+    /// Batch statistics (and a running-statistics update) on an autodiff device, running
+    /// statistics otherwise, as `burn::nn::BatchNorm`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        if !B::ad_enabled(&x.device()) {
+            let mean = self.running_mean.value().reshape([1, c, 1, 1]);
+            let var = self.running_var.value().reshape([1, c, 1, 1]);
+            return self.normalise(x - mean, var, c);
+        }
+        let channel_mean = |t: Tensor<B, 4>| t.reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([1, c, 1, 1]);
+        let mean = channel_mean(x.clone());
+        let centred = x - mean.clone();
+        let var = channel_mean(centred.clone().square());
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m).reshape([c]));
+        let running_var = self.running_var.value_sync().mul_scalar(1.0 - m).add(var.clone().detach().mul_scalar(m).reshape([c]));
+        self.running_mean.update(running_mean.detach());
+        self.running_var.update(running_var.detach());
+        self.normalise(centred, var, c)
+    }
+
+    /// `centred / sqrt(var + eps) * gamma + beta` as one per-channel scale and shift.
+    fn normalise(&self, centred: Tensor<B, 4>, var: Tensor<B, 4>, c: usize) -> Tensor<B, 4> {
+        let scale = self.gamma.val().reshape([1, c, 1, 1]) / var.add_scalar(self.epsilon).sqrt();
+        centred * scale + self.beta.val().reshape([1, c, 1, 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::Distribution;
+
+    type B = Autodiff<Flex>;
+
+    fn max_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        let (a, b) = (a.into_data().to_vec::<f32>().unwrap_or_default(), b.into_data().to_vec::<f32>().unwrap_or_default());
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn matches_burns_batch_norm_in_training_and_inference() {
+        let device = Default::default();
+        let ours = BatchNorm2d::<B>::new(3, 1e-3, 0.01, &device);
+        let theirs = BatchNormConfig::new(3).with_epsilon(1e-3).with_momentum(0.01).init::<B>(&device);
+        let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(2.0, 3.0), &device).require_grad();
+        let w = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (ours.forward(x.clone()), theirs.forward(x.clone()));
+        assert!(max_diff(a.clone().inner(), b.clone().inner()) < 1e-5);
+        // Gradients agree too.
+        let (ga, gb) = ((a * w.clone()).sum().backward(), (b * w).sum().backward());
+        let dx = |g: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| x.grad(g).expect("grad");
+        assert!(max_diff(dx(&ga), dx(&gb)) < 1e-4);
+        // Running statistics were updated the same way.
+        assert!(max_diff(ours.running_mean.value().inner(), theirs.running_mean.value().inner()) < 1e-6);
+        assert!(max_diff(ours.running_var.value().inner(), theirs.running_var.value().inner()) < 1e-5);
+        let (ours, theirs) = (ours.valid(), theirs.valid());
+        let x = x.inner();
+        assert!(max_diff(ours.forward(x.clone()), theirs.forward(x)) < 1e-5);
+    }
+}
