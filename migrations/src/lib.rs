@@ -3,6 +3,31 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// A migration that runs the DDL constants `UP` and `DOWN` of its module.
+macro_rules! ddl_migration {
+    ($name:literal) => {
+        pub struct Migration;
+
+        impl MigrationName for Migration {
+            fn name(&self) -> &str {
+                $name
+            }
+        }
+
+        #[sea_orm_migration::async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                crate::run_ddl(manager, UP).await
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                crate::run_ddl(manager, DOWN).await
+            }
+        }
+    };
+}
+pub(crate) use ddl_migration;
+
 mod m001_initial;
 mod m002_promotions;
 mod m003_sessions;

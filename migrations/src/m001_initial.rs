@@ -1,12 +1,6 @@
 use sea_orm_migration::prelude::*;
 
-pub struct Migration;
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        "m001_initial"
-    }
-}
+crate::ddl_migration!("m001_initial");
 
 /// Times are BIGINT milliseconds since the Unix epoch (UTC); flags are BIGINT 0/1, so the
 /// same queries read the same types on both databases.
@@ -197,14 +191,3 @@ DROP TABLE leases; DROP TABLE runs; DROP TABLE sweeps; DROP TABLE experiments;
 DROP TABLE dataset_items; DROP TABLE dataset_versions; DROP TABLE datasets;
 DROP TABLE api_tokens; DROP TABLE settings
 "#;
-
-#[sea_orm_migration::async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, UP).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, DOWN).await
-    }
-}

@@ -4,13 +4,7 @@
 
 use sea_orm_migration::prelude::*;
 
-pub struct Migration;
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        "m002_promotions"
-    }
-}
+crate::ddl_migration!("m002_promotions");
 
 const UP: &str = r#"
 CREATE TABLE promotions (
@@ -42,14 +36,3 @@ CREATE INDEX promotions_queue ON promotions (status, id)
 "#;
 
 const DOWN: &str = "DROP TABLE promotions";
-
-#[sea_orm_migration::async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, UP).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, DOWN).await
-    }
-}

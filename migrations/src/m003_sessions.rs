@@ -3,13 +3,7 @@
 
 use sea_orm_migration::prelude::*;
 
-pub struct Migration;
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        "m003_sessions"
-    }
-}
+crate::ddl_migration!("m003_sessions");
 
 const UP: &str = r#"
 CREATE TABLE sessions (
@@ -22,14 +16,3 @@ CREATE TABLE sessions (
 "#;
 
 const DOWN: &str = "DROP TABLE sessions";
-
-#[sea_orm_migration::async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, UP).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::run_ddl(manager, DOWN).await
-    }
-}

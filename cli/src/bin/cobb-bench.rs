@@ -369,17 +369,20 @@ async fn train_like_workers_with(api: &Api, concurrency: usize, epochs: usize, k
     Ok(all)
 }
 
-async fn bench_backend(args: &Args, label: &str, database_url: Option<&str>) -> Result<Value> {
+/// A fresh `cobb server` with the bench dataset registered: the server, an admin client and
+/// a worker-role client.
+async fn seeded_server(database_url: Option<&str>) -> Result<(ServerProcess, Api, Api)> {
     let server = start_server(database_url)?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
     setup(&admin).await?;
-    let worker_token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
-    let worker = Api {
-        http,
-        base: server.url.clone(),
-        token: worker_token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default(),
-    };
+    let token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
+    let worker = Api { http, base: server.url.clone(), token: token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+    Ok((server, admin, worker))
+}
+
+async fn bench_backend(args: &Args, label: &str, database_url: Option<&str>) -> Result<Value> {
+    let (server, admin, worker) = seeded_server(database_url).await?;
     let keys = metric_keys(args.keys);
     let (idle_rss, _) = server.memory_kib();
     let mut phases = Vec::new();
@@ -527,12 +530,7 @@ async fn queue_bench(args: &QueueArgs) -> Result<()> {
         backends.push(("postgres", Some(fresh_postgres(url)?)));
     }
     for (label, url) in backends {
-        let server = start_server(url.as_deref())?;
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-        let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
-        setup(&admin).await?;
-        let worker_token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
-        let worker = Api { http: http.clone(), base: server.url.clone(), token: worker_token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+        let (_server, admin, worker) = seeded_server(url.as_deref()).await?;
         submit(&admin, "queue", args.runs).await?;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let started = Instant::now();
@@ -613,12 +611,8 @@ async fn pages_bench(args: &PagesArgs) -> Result<()> {
         backends.push(("postgres", Some(fresh_postgres(url)?)));
     }
     for (label, url) in backends {
-        let server = start_server(url.as_deref())?;
-        let http = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
-        let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
-        setup(&admin).await?;
-        let worker_token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
-        let worker = Api { http: http.clone(), base: server.url.clone(), token: worker_token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+        let (server, admin, worker) = seeded_server(url.as_deref()).await?;
+        let http = admin.http.clone();
         let keys = metric_keys(35);
         let seeding = Instant::now();
         submit(&admin, "pages", args.sweep_runs).await?;
