@@ -4,7 +4,7 @@
 
 use protocol::api::{
     ArtifactInfo, Complete, EpochResults, EvaluationComplete, EvaluationLease, PromotionInfo, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
-    RecordArtifact, Release, RunInfo,
+    Release, RunInfo,
 };
 use protocol::ErrorBody;
 use reqwest::StatusCode;
@@ -157,9 +157,6 @@ impl Client {
         self.send::<_, serde_json::Value>(&format!("/runs/{run}/results"), results).await.map(|_| ())
     }
 
-    pub async fn artifact(&self, run: i64, artifact: &RecordArtifact) -> Result<(), ClientError> {
-        self.send::<_, serde_json::Value>(&format!("/runs/{run}/artifacts"), artifact).await.map(|_| ())
-    }
 
     pub async fn complete(&self, lease: &str, complete: &Complete) -> Result<RunInfo, ClientError> {
         Self::expect(self.send(&format!("/leases/{lease}/complete"), complete).await?, "complete")

@@ -55,10 +55,16 @@ fn info(row: PromotionRow, reused: bool) -> PromotionInfo {
     }
 }
 
-/// Whether `row` reuses an earlier promotion's evaluation of the same run.
+/// Whether `row` reuses an earlier promotion's evaluation: it never leased one itself and
+/// an earlier promotion of the same run (among `others`) was evaluated.
+fn reuses(row: &PromotionRow, others: &[PromotionRow]) -> bool {
+    row.attempt == 0 && others.iter().any(|p| p.run_id == row.run_id && p.id < row.id && p.status == "succeeded")
+}
+
+/// One promotion with whether it reuses an earlier evaluation of its run.
 async fn with_reuse(conn: &impl sea_orm::ConnectionTrait, row: PromotionRow) -> Result<PromotionInfo, DbErr> {
     let earlier = store::promotions::of_run(conn, row.run_id).await?;
-    let reused = earlier.iter().any(|p| p.id < row.id && p.status == "succeeded") && row.attempt == 0;
+    let reused = reuses(&row, &earlier);
     Ok(info(row, reused))
 }
 
@@ -157,11 +163,10 @@ pub async fn list(state: &AppState, experiment: Option<&str>) -> Result<Vec<Prom
         Some(name) => Some(store::experiments::by_name(conn, name).await?.ok_or_else(|| ApiError::not_found("experiment", name))?.id),
         None => None,
     };
-    let mut out = Vec::new();
-    for row in store::promotions::list(conn, experiment_id).await? {
-        out.push(with_reuse(conn, row).await?);
-    }
-    Ok(out)
+    // A run belongs to one experiment, so its earlier promotions are in the same list.
+    let rows = store::promotions::list(conn, experiment_id).await?;
+    let reused: Vec<bool> = rows.iter().map(|r| reuses(r, &rows)).collect();
+    Ok(rows.into_iter().zip(reused).map(|(row, r)| info(row, r)).collect())
 }
 
 pub async fn get(state: &AppState, id: i64) -> Result<PromotionInfo, ApiError> {
