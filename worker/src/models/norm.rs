@@ -35,28 +35,41 @@ impl<B: Backend> BatchNorm2d<B> {
     /// statistics otherwise, as `burn::nn::BatchNorm`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
+        let x = x.reshape([n, c, h * w]);
         if !B::ad_enabled(&x.device()) {
-            let mean = self.running_mean.value().reshape([1, c, 1, 1]);
-            let var = self.running_var.value().reshape([1, c, 1, 1]);
-            return self.normalise(x - mean, var, c);
+            let mean = self.running_mean.value().reshape([1, c, 1]);
+            let var = self.running_var.value().reshape([1, c, 1]);
+            return self.normalise(x - per_row(mean, n), var).reshape([n, c, h, w]);
         }
-        let channel_mean = |t: Tensor<B, 4>| t.reshape([n, c, h * w]).mean_dim(2).mean_dim(0).reshape([1, c, 1, 1]);
-        let mean = channel_mean(x.clone());
-        let centred = x - mean.clone();
-        let var = channel_mean(centred.clone().square());
+        let per_channel_mean = |t: Tensor<B, 3>| t.mean_dim(2).mean_dim(0);
+        let mean = per_channel_mean(x.clone());
+        let centred = x - per_row(mean.clone(), n);
+        let var = per_channel_mean(centred.clone().square());
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().mul_scalar(1.0 - m).add(mean.detach().mul_scalar(m).reshape([c]));
         let running_var = self.running_var.value_sync().mul_scalar(1.0 - m).add(var.clone().detach().mul_scalar(m).reshape([c]));
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
-        self.normalise(centred, var, c)
+        self.normalise(centred, var).reshape([n, c, h, w])
     }
 
-    /// `centred / sqrt(var + eps) * gamma + beta` as one per-channel scale and shift.
-    fn normalise(&self, centred: Tensor<B, 4>, var: Tensor<B, 4>, c: usize) -> Tensor<B, 4> {
-        let scale = self.gamma.val().reshape([1, c, 1, 1]) / var.add_scalar(self.epsilon).sqrt();
-        centred * scale + self.beta.val().reshape([1, c, 1, 1])
+    /// `centred / sqrt(var + eps) * gamma + beta` as one per-channel scale and shift, on the
+    /// `[N, C, H*W]` view with `[1, C, 1]` statistics.
+    fn normalise(&self, centred: Tensor<B, 3>, var: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [n, c, _] = centred.dims();
+        let scale = self.gamma.val().reshape([1, c, 1]) / var.add_scalar(self.epsilon).sqrt();
+        centred * per_row(scale, n) + per_row(self.beta.val().reshape([1, c, 1]), n)
     }
+}
+
+/// A `[1, C, 1]` per-channel value repeated into a contiguous `[N, C, 1]` tensor. Applied to
+/// a `[N, C, H*W]` map it is a per-row scalar, which flex broadcasts with SIMD in both the
+/// forward and the backward pass (its gradient is a reduction over the contiguous last axis).
+/// Broadcasting the `[1, C, 1]` value directly over the batch axis instead makes flex walk
+/// every element through its generic strided iterator: the per-channel multiply-add was 13x
+/// slower that way (measured on `[16, 16, 128, 128]`, forward and backward).
+fn per_row<B: Backend>(value: Tensor<B, 3>, n: usize) -> Tensor<B, 3> {
+    value.repeat_dim(0, n)
 }
 
 #[cfg(test)]
