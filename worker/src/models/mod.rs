@@ -2,12 +2,14 @@
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
 pub mod efficientnet;
+pub mod backend;
 pub mod norm;
 pub mod pretrained;
 pub mod resnet;
 pub mod simple_cnn;
 
 use burn::prelude::*;
+use backend::CobbBackend;
 use protocol::spec::Arch;
 
 /// Builds layers and counts BatchNorm channels on the way, so that trainable parameters
@@ -36,13 +38,13 @@ impl<'a, B: Backend> Ctx<'a, B> {
 /// does not matter.)
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum Classifier<B: Backend> {
+pub enum Classifier<B: CobbBackend> {
     Simple(simple_cnn::SimpleCnn<B>),
     Resnet(resnet::ResNet<B>),
     Efficient(efficientnet::EfficientNet<B>),
 }
 
-impl<B: Backend> Classifier<B> {
+impl<B: CobbBackend> Classifier<B> {
     /// `[batch, channels, h, w]` -> logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
@@ -54,14 +56,14 @@ impl<B: Backend> Classifier<B> {
 }
 
 /// A built model and its count of trainable parameters.
-pub struct Built<B: Backend> {
+pub struct Built<B: CobbBackend> {
     pub model: Classifier<B>,
     pub trainable: usize,
 }
 
 /// Builds `arch` for `channels` input channels and `classes` outputs. `dropout` overrides
 /// the architecture's default head dropout.
-pub fn build<B: Backend>(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &B::Device) -> Built<B> {
+pub fn build<B: CobbBackend>(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &B::Device) -> Built<B> {
     let mut ctx = Ctx::new(device);
     let model = match arch {
         Arch::SimpleCnn => Classifier::Simple(simple_cnn::SimpleCnn::new(&mut ctx, channels, classes, dropout.unwrap_or(0.2))),

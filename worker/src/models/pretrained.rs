@@ -5,6 +5,7 @@
 //! keys, never a silently half-loaded model.
 
 use super::Classifier;
+use super::backend::CobbBackend;
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot};
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ pub enum PretrainedError {
 
 /// Loads the weights at `path` into `model` (built for 1 or 3 input channels and any number
 /// of classes).
-pub fn load<B: Backend>(model: &mut Classifier<B>, path: &Path) -> Result<LoadReport, PretrainedError> {
+pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<LoadReport, PretrainedError> {
     let names = match model {
         Classifier::Efficient(m) => m.foreign_names(),
         Classifier::Resnet(m) => m.foreign_names(),
@@ -131,7 +132,7 @@ pub fn load<B: Backend>(model: &mut Classifier<B>, path: &Path) -> Result<LoadRe
 
 /// The state-dict keys (torchvision's names) and PyTorch shapes that `model` loads, in the
 /// order of its parameters.
-pub fn torchvision_keys<B: Backend>(model: &Classifier<B>) -> Vec<(String, Vec<usize>)> {
+pub fn torchvision_keys<B: CobbBackend>(model: &Classifier<B>) -> Vec<(String, Vec<usize>)> {
     let names = match model {
         Classifier::Efficient(m) => m.foreign_names(),
         Classifier::Resnet(m) => m.foreign_names(),
@@ -157,7 +158,7 @@ pub fn torchvision_keys<B: Backend>(model: &Classifier<B>) -> Vec<(String, Vec<u
 /// (written by scripts/make_parity_fixture.py) into a reduced-width EfficientNet on
 /// `device`, runs `fixture/expected.safetensors`'s input through it and returns the largest
 /// absolute difference from torchvision's logits.
-pub fn parity<B: Backend>(fixture: &Path, weights: &str, device: &B::Device) -> Result<f32, PretrainedError> {
+pub fn parity<B: CobbBackend>(fixture: &Path, weights: &str, device: &B::Device) -> Result<f32, PretrainedError> {
     let expected = read_tensors(&fixture.join("expected.safetensors"))?;
     let (Some(input), Some(logits)) = (expected.get("input"), expected.get("logits")) else {
         return Err(PretrainedError::Read { path: fixture.display().to_string(), message: "expected.safetensors lacks input/logits".into() });

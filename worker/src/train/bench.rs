@@ -68,7 +68,7 @@ pub fn parity(choice: DeviceChoice, fixture: &std::path::Path) -> Result<f32, St
     diff.map_err(|e| e.to_string())
 }
 
-fn measure_on<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, work: Workload, name: &str) -> Throughput {
+fn measure_on<B: crate::models::backend::CobbAutodiff>(device: &B::Device, work: Workload, name: &str) -> Throughput {
     let Workload { arch, size, batch, warmup, train_steps, eval_steps, max_seconds } = work;
     let device = device.clone();
     B::seed(&device, 0);

@@ -6,13 +6,13 @@
 //! saving.
 
 use burn::module::Module;
-use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::{EpochReport, TrainError};
 use crate::models::Classifier;
+use crate::models::backend::CobbBackend;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
@@ -32,7 +32,7 @@ impl State {
 }
 
 /// A model saved by [`Store::save_best`] (the `.mpk` file), loaded into `model`.
-pub fn load_model<B: Backend>(model: Classifier<B>, file: &Path, device: &B::Device) -> Result<Classifier<B>, TrainError> {
+pub fn load_model<B: CobbBackend>(model: Classifier<B>, file: &Path, device: &B::Device) -> Result<Classifier<B>, TrainError> {
     model.load_file(file.with_extension(""), &recorder(), device).map_err(|e| err("loading the checkpoint", e))
 }
 
@@ -63,13 +63,13 @@ impl Store {
         self.dir.join("best").join("model.mpk")
     }
 
-    pub fn save_best<B: Backend>(&self, model: &Classifier<B>) -> Result<(), TrainError> {
+    pub fn save_best<B: CobbBackend>(&self, model: &Classifier<B>) -> Result<(), TrainError> {
         let dir = self.dir.join("best");
         std::fs::create_dir_all(&dir).map_err(|e| err("creating the best-model folder", e))?;
         model.clone().save_file(dir.join("model"), &recorder()).map_err(|e| err("saving the best model", e))
     }
 
-    pub fn save_last<B: Backend, R: Record<B>>(&self, model: &Classifier<B>, optim: R, state: &State) -> Result<(), TrainError> {
+    pub fn save_last<B: CobbBackend, R: Record<B>>(&self, model: &Classifier<B>, optim: R, state: &State) -> Result<(), TrainError> {
         let tmp = self.dir.join("last.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| err("creating the checkpoint folder", e))?;
@@ -89,7 +89,7 @@ impl Store {
     }
 
     /// The last checkpoint, if there is one.
-    pub fn load_last<B: Backend, R: Record<B>>(
+    pub fn load_last<B: CobbBackend, R: Record<B>>(
         &self,
         model: Classifier<B>,
         device: &B::Device,

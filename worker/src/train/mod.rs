@@ -15,7 +15,6 @@ use burn::optim::momentum::MomentumConfig;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
 use burn::record::Record;
-use burn::tensor::backend::AutodiffBackend;
 use protocol::metrics::{ClassificationReport, ConfusionMatrix};
 use protocol::spec::{ClassWeights, ExperimentSpec, Goal, OptimizerName};
 use std::path::PathBuf;
@@ -24,6 +23,7 @@ use std::time::Instant;
 
 use crate::data::cache::{ImageCache, LoadError};
 use crate::data::loader::{Batch, Batches, LoaderConfig, LoaderItem};
+use crate::models::backend::{CobbAutodiff, CobbBackend};
 use crate::models::{self, Classifier};
 
 /// Gradients are clipped to this global norm (a fixed choice; see docs/training.md).
@@ -201,7 +201,7 @@ struct Scored {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn score<B: Backend>(
+fn score<B: CobbBackend>(
     model: &Classifier<B>,
     classes: &[String],
     items: Arc<Vec<LoaderItem>>,
@@ -261,7 +261,7 @@ pub fn evaluate_on(
     }
 }
 
-fn evaluate<B: Backend>(
+fn evaluate<B: CobbBackend>(
     spec: &ExperimentSpec,
     classes: &[String],
     items: Vec<LoaderItem>,
@@ -308,7 +308,7 @@ pub fn train_on(
 
 /// Trains `spec` on `data`. With `resume`, continues from the checkpoint in
 /// `checkpoints` (if any) and reaches the same result as an uninterrupted run.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: CobbAutodiff>(
     spec: &ExperimentSpec,
     data: &TrainData,
     device: &B::Device,
@@ -337,7 +337,7 @@ pub fn train<B: AutodiffBackend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+fn run<B: CobbAutodiff, O: Optimizer<Classifier<B>, B>>(
     spec: &ExperimentSpec,
     data: &TrainData,
     device: &B::Device,
