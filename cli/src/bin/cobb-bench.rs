@@ -30,6 +30,12 @@ enum Bench {
     /// Training and evaluation images/s on synthetic batches (each model in its own
     /// process, so peak memory is per model).
     Train(TrainBenchArgs),
+    /// Forward + backward time of the layer operations cobb runs its own way on flex
+    /// (BatchNorm, SiLU, depthwise and 1x1 convolutions), against Burn's.
+    Ops {
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
     /// The queue: lease/heartbeat/complete throughput with many simulated workers, and the
     /// time from a run being queued to a worker holding it.
     Queue(QueueArgs),
@@ -453,6 +459,13 @@ async fn main() -> Result<()> {
         Bench::Server(args) => server_bench(args).await,
         Bench::Data(args) => data_bench(&args),
         Bench::Train(args) => train_bench(&args),
+        Bench::Ops { repeats } => {
+            println!("layer operations on flex, forward + backward, median of {repeats} (ms, less the identity's time)");
+            for t in worker::train::bench::ops(repeats) {
+                println!("{:<34} {:>18}  Burn {:>7.1}  cobb {:>7.1}  ({:.1}x)", t.op, format!("{:?}", t.shape), t.burn_ms, t.cobb_ms, t.burn_ms / t.cobb_ms.max(1e-3));
+            }
+            Ok(())
+        }
         Bench::Pages(args) => pages_bench(&args).await,
         Bench::Queue(args) => queue_bench(&args).await,
         Bench::Parity { fixture, device } => {

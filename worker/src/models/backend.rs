@@ -386,9 +386,10 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `e^x` to a few ulp for x in [-87, 88] (clamped outside), without a libm call: x = k ln2
-/// + r with |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial, 2^k through the
-/// exponent bits. Rounding to k uses the 1.5 * 2^23 trick, which needs no `round` instruction.
+/// `e^x` to a few ulp for x in [-87, 88] (clamped outside), without a libm call: write
+/// x = k ln2 + r with |r| <= ln2 / 2, take e^r from its degree-7 Taylor polynomial and 2^k
+/// from the exponent bits. Rounding to k uses the 1.5 * 2^23 trick, which needs no `round`
+/// instruction.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;

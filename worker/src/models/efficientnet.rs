@@ -90,9 +90,10 @@ impl<B: CobbBackend> ConvBn<B> {
 
 /// A 1x1 convolution without bias as one batched matrix product, `[1, C_out, C_in]` times
 /// `[N, C_in, H*W]`, for training: the same arithmetic as Burn's convolution, whose weight
-/// gradient on flex goes through swapped, copied views (forward and backward together 2.4x
-/// slower on a 96-channel map). Without gradients Burn's convolution is the faster one.
-fn pointwise<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+/// gradient on flex goes through swapped, copied views (forward and backward together 5-11x
+/// slower on a 96-channel map, `cobb-bench ops`). Without gradients Burn's convolution is the
+/// faster one.
+pub fn pointwise<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c_in, h, w] = x.dims();
     let c_out = weight.dims()[0];
     weight.reshape([1, c_out, c_in]).matmul(x.reshape([n, c_in, h * w])).reshape([n, c_out, h, w])

@@ -113,3 +113,72 @@ fn measure_on<B: crate::models::backend::CobbAutodiff>(device: &B::Device, work:
         device: name.to_owned(),
     }
 }
+
+/// Forward + backward time of one layer operation in Burn's form and in cobb's, on flex.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTiming {
+    pub op: String,
+    pub shape: [usize; 4],
+    pub burn_ms: f64,
+    pub cobb_ms: f64,
+}
+
+/// Times the operations cobb replaced (docs/benchmarks.md): each one's forward pass and the
+/// backward pass of `sum(y * w)` for a fixed random `w`, median of `repeats`, less the same
+/// for the identity (the loss and the gradient bookkeeping).
+pub fn ops(repeats: usize) -> Vec<OpTiming> {
+    use crate::models::backend::{Depthwise, depthwise_conv2d, silu};
+    use crate::models::norm::BatchNorm2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{BatchNormConfig, PaddingConfig2d};
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let device = Default::default();
+    B::seed(&device, 0);
+    let time = |shape: [usize; 4], f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = Tensor::<B, 4>::random(f(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+        let mut times: Vec<f64> = (0..repeats.max(1) + 1)
+            .map(|_| {
+                let started = Instant::now();
+                let grads = (f(x.clone()) * w.clone()).sum().backward();
+                let _ = x.grad(&grads).map(|g| g.into_data());
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .skip(1)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let mut out = Vec::new();
+    let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>, cobb: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+        let base = time(shape, &|x| x);
+        let (b, c) = (time(shape, burn), time(shape, cobb));
+        out.push(OpTiming { op: op.to_owned(), shape, burn_ms: (b - base).max(0.0), cobb_ms: (c - base).max(0.0) });
+    };
+    let map = [16, 16, 128, 128];
+    let theirs = BatchNormConfig::new(16).init::<B>(&device);
+    let ours = BatchNorm2d::<B>::new(16, 1e-5, 0.1, &device);
+    row("batch norm (training)", map, &|x| theirs.forward(x), &|x| ours.forward(x));
+    row("silu", map, &burn::tensor::activation::silu, &silu);
+    let expanded = [16, 96, 32, 32];
+    let conv = |kernel: usize, stride: usize, groups: usize, out: usize| {
+        let pad = (kernel - 1) / 2;
+        Conv2dConfig::new([96, out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_groups(groups)
+            .with_bias(false)
+            .init::<B>(&device)
+    };
+    for (kernel, stride) in [(3, 1), (5, 2)] {
+        let layer = conv(kernel, stride, 96, 96);
+        let weight = layer.weight.val();
+        let geometry = Depthwise { stride, padding: (kernel - 1) / 2 };
+        let name = format!("depthwise conv {kernel}x{kernel}, stride {stride}");
+        row(&name, expanded, &|x| layer.forward(x), &|x| depthwise_conv2d(x, weight.clone(), geometry));
+    }
+    let project = conv(1, 1, 1, 24);
+    let weight = project.weight.val();
+    row("1x1 conv 96 -> 24", expanded, &|x| project.forward(x), &|x| crate::models::efficientnet::pointwise(x, weight.clone()));
+    out
+}
