@@ -129,14 +129,14 @@ pub fn depthwise_conv2d<B: CobbBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, g
 
 impl CobbBackend for Flex {
     fn silu(x: FlexTensor) -> FlexTensor {
-        match contiguous_f32(&x) {
+        match stored_f32(&x) {
             Some(input) => f32_tensor(map_parallel(input, |v| v * sigmoid(v)), x.layout().shape().clone()),
             None => composed_silu::<Self>(x),
         }
     }
 
     fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        match (contiguous_f32(&x), contiguous_f32(&grad)) {
+        match (stored_f32(&x), stored_f32(&grad)) {
             (Some(input), Some(g)) => {
                 let mut out = vec![0.0f32; input.len()];
                 out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((out, x), g)| {
@@ -156,7 +156,7 @@ impl CobbBackend for Flex {
             let options = geometry.options(&weight);
             return Self::conv2d_x_backward(x, weight, grad, options);
         };
-        let (weight, grad) = (f32_contiguous(&weight), f32_contiguous(&grad));
+        let (weight, grad) = (f32_values(&weight), f32_values(&grad));
         let mut dx = vec![0.0f32; planes.n * planes.c * planes.h * planes.w];
         dx.par_chunks_mut(planes.h * planes.w).enumerate().for_each(|(plane, dx)| {
             planes.input_grad(planes.output(&grad, plane), planes.kernel(&weight, plane % planes.c), dx);
@@ -169,7 +169,7 @@ impl CobbBackend for Flex {
             let options = geometry.options(&weight);
             return Self::conv2d_weight_backward(x, weight, grad, options);
         };
-        let (x, grad) = (f32_contiguous(&x), f32_contiguous(&grad));
+        let (x, grad) = (f32_values(&x), f32_values(&grad));
         let taps = planes.k * planes.k;
         let mut dw = vec![0.0f32; planes.c * taps];
         dw.par_chunks_mut(taps).enumerate().for_each(|(channel, dw)| {
@@ -345,9 +345,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// The f32 elements of `x` in logical order (copied only when `x` is a non-contiguous view).
-fn f32_contiguous(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match contiguous_f32(x) {
+/// The elements of an f32 tensor `x` (`Planes::of` checked the type) in logical order, copied
+/// only when `x` is a non-contiguous view.
+fn f32_values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match stored_f32(x) {
         Some(values) => std::borrow::Cow::Borrowed(values),
         None => std::borrow::Cow::Owned(x.to_contiguous().storage::<f32>().to_vec()),
     }
@@ -358,7 +359,7 @@ fn f32_contiguous(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 const CHUNK: usize = 16 * 1024;
 
 /// The f32 elements of `x` in logical order when it is stored contiguously.
-fn contiguous_f32(x: &FlexTensor) -> Option<&[f32]> {
+fn stored_f32(x: &FlexTensor) -> Option<&[f32]> {
     if x.dtype() != DType::F32 {
         return None;
     }
