@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# The GPU check of issue 4, run by hand on a machine with an NVIDIA GPU, CUDA 13 and
-# PyTorch + torchvision (no Rust toolchain needed). From the repository root:
+# The GPU check (issue 11): Burn 0.22 CUDA (autotune + fusion) against PyTorch eager fp32 on
+# the same machine, steady state. Runs on a machine with an NVIDIA GPU, a CUDA 13 driver and
+# PyTorch + torchvision; no Rust toolchain needed there. Prepare on the build machine, from
+# the repository root:
 #
-#   CUDARC_CUDA_VERSION=13000 cargo build --release --offline -p cobb --features cuda --bins
-#   mkdir -p .gpu && strip -o .gpu/cobb target/release/cobb && strip -o .gpu/cobb-bench target/release/cobb-bench
-#   ./target/release/cobb phantoms --out .gpu/phantoms --count 300 --size 256
-#   (cd .gpu && tar cf - cobb cobb-bench phantoms | xz -T2 -3 > gpu.tar.xz && rm -rf cobb cobb-bench phantoms)
-#   # on the GPU machine, with .gpu carried along:
+#   scripts/gpu_pack.sh        # builds the release cuda binaries and packs .gpu/gpu.tar.xz
+#
+# then, on the GPU machine, with .gpu carried along (it is git-ignored; the device tool takes
+# it with carry: [".gpu"]):
+#
 #   scripts/gpu_check.sh [OUT_DIR]
 #
-# Prints: the card, the torchvision parity check on CUDA, Burn-CUDA training/eval images/s
-# and peak GPU memory for efficientnet_b0 at 224 px and efficientnet_b6 at 528 px, the same
-# for PyTorch/torchvision in the same script, and a short `cobb train` on phantoms.
+# Prints: the card; the torchvision parity check on CUDA; for efficientnet_b0 @224 batch 32,
+# efficientnet_b6 @528 batch 8 and resnet50 @224 batch 32: Burn's warm-up cost (first step,
+# all warm-up steps: autotuning and kernel compilation for each new shape), then warm-step
+# training and evaluation images/s and peak GPU memory, the same for PyTorch; a short
+# `cobb train` on phantoms. Under 8 minutes of device time. Numbers go to docs/benchmarks.md,
+# the whole log to docs/gpu/DATE-CARD-gpu-check.log.
 set -u
 out=${1:-/tmp/gpu-check}
 mkdir -p "$out"
 if [ -f .gpu/gpu.tar.xz ]; then (cd .gpu && xz -dc gpu.tar.xz | tar xf -); fi
 bin=.gpu
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-max_seconds=${MAX_SECONDS:-30}
+max_seconds=${MAX_SECONDS:-20}
+warmup=${WARMUP:-10}
+
+# Burn's CUDA backend compiles kernels through LLVM to PTX and links libdevice (NVIDIA's math
+# bitcode) from a CUDA toolkit; hosts without one get the copy packed from PyPI's
+# nvidia-cuda-nvcc wheel.
+if ! ls /usr/local/cuda/nvvm/libdevice/libdevice.10.bc /usr/lib/cuda/nvvm/libdevice/libdevice.10.bc >/dev/null 2>&1 \
+  && [ -z "${CUDA_PATH:-}" ] && [ -f "$bin/cuda/nvvm/libdevice/libdevice.10.bc" ]; then
+  export CUDA_PATH="$PWD/$bin/cuda"
+  echo "libdevice: the packed copy ($CUDA_PATH)"
+fi
 
 # Peak GPU memory of a command, sampled by nvidia-smi every 100 ms (MiB, whole card).
 with_memory() {
@@ -33,24 +48,32 @@ with_memory() {
 }
 
 echo "== parity: torchvision reduced-width EfficientNet, logits on CUDA"
-timeout 60 $bin/cobb-bench parity --fixture worker/tests/fixtures/parity --device cuda:0
+timeout 90 $bin/cobb-bench parity --fixture worker/tests/fixtures/parity --device cuda:0
 
-echo "== Burn 0.21 CUDA: synthetic 1-channel batches, 10 classes, AdamW (warmup 8 steps untimed)"
-for cfg in "efficientnet_b0 224 32 300" "efficientnet_b6 528 8 200"; do
-  set -- $cfg
-  echo "-- $1 @ $2 px, batch $3, up to $4 steps or ${max_seconds}s"
-  with_memory "$out/mem-burn-$1.txt" timeout 140 $bin/cobb-bench train-one "$1" "$2" "$3" 8 "$4" 20 --device cuda:0 --max-seconds "$max_seconds"
-done
+configs="efficientnet_b0 224 32 300
+efficientnet_b6 528 8 200
+resnet50 224 32 300"
 
-echo "== PyTorch $(python3 -c 'import torch, torchvision; print(torch.__version__, "torchvision", torchvision.__version__)' 2>/dev/null): same models and batches"
-PYTHONUNBUFFERED=1 timeout 120 python3 - "$max_seconds" <<'PY'
+echo "== Burn 0.22 CUDA (autotune, fusion): synthetic 1-channel batches, 10 classes, AdamW; $warmup warm-up steps untimed, then up to ${max_seconds}s"
+while read -r arch size batch steps; do
+  echo "-- $arch @ $size px, batch $batch"
+  with_memory "$out/mem-burn-$arch.txt" timeout 150 $bin/cobb-bench train-one "$arch" "$size" "$batch" "$warmup" "$steps" 20 --device cuda:0 --max-seconds "$max_seconds"
+done <<<"$configs"
+
+echo "== PyTorch $(python3 -c 'import torch, torchvision; print(torch.__version__, "torchvision", torchvision.__version__)' 2>/dev/null) eager fp32: same models and batches"
+PYTHONUNBUFFERED=1 timeout 150 python3 - "$max_seconds" "$warmup" "$configs" <<'PY'
 import sys, time, torch, torchvision
-max_seconds = float(sys.argv[1])
+max_seconds, warmup = float(sys.argv[1]), int(sys.argv[2])
 torch.backends.cudnn.benchmark = True
-for name, size, batch, steps in [("efficientnet_b0", 224, 32, 300), ("efficientnet_b6", 528, 8, 200)]:
+for line in sys.argv[3].splitlines():
+    name, size, batch, steps = line.split(); size, batch, steps = int(size), int(batch), int(steps)
     m = getattr(torchvision.models, name)(num_classes=10)
-    c = m.features[0][0]
-    m.features[0][0] = torch.nn.Conv2d(1, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+    if name.startswith("efficientnet"):
+        c = m.features[0][0]
+        m.features[0][0] = torch.nn.Conv2d(1, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+    else:
+        c = m.conv1
+        m.conv1 = torch.nn.Conv2d(1, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
     m = m.cuda()
     opt = torch.optim.AdamW(m.parameters(), 1e-3)
     x = torch.randn(batch, 1, size, size, device="cuda")
@@ -62,9 +85,11 @@ for name, size, batch, steps in [("efficientnet_b0", 224, 32, 300), ("efficientn
         loss.backward()
         opt.step()
         return loss.item()
-    for _ in range(8):
+    t = time.time()
+    for _ in range(warmup):
         step()
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize(); warm = time.time() - t
+    torch.cuda.reset_peak_memory_stats()
     t = time.time(); n = 0
     while n < steps and (n == 0 or time.time() - t < max_seconds):
         step(); n += 1
@@ -77,7 +102,7 @@ for name, size, batch, steps in [("efficientnet_b0", 224, 32, 300), ("efficientn
         for _ in range(20):
             m(x).argmax(1).cpu()
         ev = 20 * batch / (time.time() - t)
-    print(f"-- torch {name} @ {size} px, batch {batch}: train {train:.1f} img/s ({n} steps), eval {ev:.1f} img/s, peak allocated {peak:.0f} MiB")
+    print(f"-- torch {name} @ {size} px, batch {batch}: warm-up {warm:.1f}s, train {train:.1f} img/s ({n} steps), eval {ev:.1f} img/s, peak allocated {peak:.0f} MiB")
     del m, opt
     torch.cuda.empty_cache()
 PY
@@ -90,4 +115,4 @@ model: {arch: efficientnet_b0, image_size: 224}
 train: {epochs: 2, batch_size: 16, seed: 1, optimizer: {name: adamw, lr: 0.001}, schedule: {name: constant}}
 select: {metric: val_macro_f1, goal: maximize}
 YAML
-with_memory "$out/mem-cobb-train.txt" timeout 100 $bin/cobb train "$out/gpu.yaml" --data $bin/phantoms --device cuda:0 --out "$out/train"
+with_memory "$out/mem-cobb-train.txt" timeout 120 $bin/cobb train "$out/gpu.yaml" --data $bin/phantoms --device cuda:0 --out "$out/train"

@@ -40,6 +40,18 @@ pub fn probe(choice: DeviceChoice) -> Result<(), DeviceError> {
     }
 }
 
+/// Burn's device for `choice` (without autodiff), after [`probe`].
+pub fn burn_device(choice: DeviceChoice) -> Result<burn::prelude::Device, DeviceError> {
+    probe(choice)?;
+    match choice {
+        DeviceChoice::Cpu => Ok(burn::prelude::Device::flex()),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => Ok(burn::prelude::Device::cuda(index)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(DeviceError::NotBuilt),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn probe_cuda() -> Result<(), DeviceError> {
     // The CUDA backend loads libcuda with dlopen at the first tensor and panics when it is

@@ -46,7 +46,7 @@ async fn checkpoint_file(client: &Client, config: &WorkerConfig, job: &Evaluatio
         return Ok(PathBuf::from(path));
     }
     let sha = &job.checkpoint.sha256;
-    let file = config.work_dir.join("blobs").join(format!("{sha}.mpk"));
+    let file = config.work_dir.join("blobs").join(format!("{sha}.bpk"));
     if !file.exists() {
         let bytes = client.download(sha).await.map_err(|e| format!("could not download the best checkpoint {sha}: {e}"))?;
         std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| e.to_string())?;

@@ -73,7 +73,11 @@ async fn upload_file(client: &Client, lease: &Lease, kind: &str, path: &Path) ->
 }
 
 /// The files of a last checkpoint and their artifact kinds.
-const LAST_FILES: [(&str, &str); 3] = [("last_checkpoint", "model.mpk"), ("last_optimizer", "optimizer.mpk"), ("last_state", "state.json")];
+const LAST_FILES: [(&str, &str); 3] = [
+    ("last_checkpoint", crate::train::checkpoint::LAST_MODEL),
+    ("last_optimizer", crate::train::checkpoint::LAST_OPTIMIZER),
+    ("last_state", crate::train::checkpoint::LAST_STATE),
+];
 
 /// Uploads the epoch's last checkpoint (model, optimiser, loop state), so that any worker
 /// on any machine can resume the run from it.

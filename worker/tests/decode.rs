@@ -1,21 +1,19 @@
-//! Real DICOMs nobody here made (../shared/fixtures/dicom) and a corpus of broken files:
+//! Real DICOMs nobody here made (tests/fixtures/dicom, MIT, see its README) and a corpus of
+//! broken files:
 //! each either decodes to a sensible grayscale image or gives a clear error, never a panic.
 
 use std::path::{Path, PathBuf};
 use worker::data::decode::{DecodeError, Gray, decode_file};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/dicom")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")
 }
 
+/// A fixture of the repository: missing is a failure (the tests must run in any clone).
 fn fixture(name: &str) -> Option<PathBuf> {
     let path = fixtures().join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("notice: {} is missing; DICOM fixture test skipped", path.display());
-        None
-    }
+    assert!(path.exists(), "{} is missing from the repository's test fixtures", path.display());
+    Some(path)
 }
 
 fn mean(img: &Gray, x0: f32, x1: f32, y0: f32, y1: f32) -> f32 {

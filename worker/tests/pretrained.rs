@@ -2,7 +2,7 @@
 //! (fixture written by scripts/make_parity_fixture.py), the grayscale stem, head
 //! replacement, clear errors, and the key names of the full-size models.
 
-use burn::backend::Flex;
+
 use burn::prelude::*;
 use protocol::spec::Arch;
 use std::collections::BTreeMap;
@@ -10,27 +10,27 @@ use std::path::{Path, PathBuf};
 use worker::models::efficientnet::EfficientNet;
 use worker::models::{Classifier, Ctx, build, pretrained};
 
-type B = Flex;
+
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
 }
 
-fn tiny(channels: usize, classes: usize) -> Classifier<B> {
+fn tiny(channels: usize, classes: usize) -> Classifier {
     let device = Default::default();
     Classifier::Efficient(EfficientNet::scaled(&mut Ctx::new(&device), 0.25, 0.34, channels, classes, 0.2))
 }
 
 #[test]
 fn safetensors_weights_reproduce_torchvision_logits() {
-    let diff = pretrained::parity::<B>(&fixture(), "efficientnet_tiny.safetensors", &Default::default()).expect("loads");
+    let diff = pretrained::parity(&fixture(), "efficientnet_tiny.safetensors", &Device::flex()).expect("loads");
     eprintln!("max |cobb - torchvision| = {diff}");
     assert!(diff < 1e-4, "max |cobb - torchvision| = {diff}");
 }
 
 #[test]
 fn pth_weights_reproduce_torchvision_logits() {
-    let diff = pretrained::parity::<B>(&fixture(), "efficientnet_tiny.pth", &Default::default()).expect("loads");
+    let diff = pretrained::parity(&fixture(), "efficientnet_tiny.pth", &Device::flex()).expect("loads");
     assert!(diff < 1e-4, "max |cobb - torchvision| = {diff}");
 }
 
@@ -46,9 +46,9 @@ fn a_grayscale_model_sums_the_rgb_stem() {
     assert_eq!(report.naming, "torchvision");
     assert!(report.adapted.iter().any(|a| a.contains("features.0.0.weight") && a.contains("summed")), "{report:?}");
     // A gray image is an RGB image with three equal channels.
-    let g = Tensor::<B, 4>::random([2, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let a = rgb.forward(Tensor::cat(vec![g.clone(), g.clone(), g.clone()], 1)).into_data().to_vec::<f32>().expect("f32 logits");
-    let b = gray.forward(g).into_data().to_vec::<f32>().expect("f32 logits");
+    let g = Tensor::<4>::random([2, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let a = rgb.forward(Tensor::cat(vec![g.clone(), g.clone(), g.clone()], 1)).into_data().try_to_vec::<f32>().expect("f32 logits");
+    let b = gray.forward(g).into_data().try_to_vec::<f32>().expect("f32 logits");
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-4, "{diff}");
 }
@@ -64,13 +64,13 @@ fn another_class_count_replaces_the_head_only() {
 #[test]
 fn weights_of_another_model_are_refused_with_the_keys_named() {
     let device = Default::default();
-    let mut b0 = build::<B>(Arch::EfficientnetB0, 1, 10, None, &device).model;
+    let mut b0 = build(Arch::EfficientnetB0, 1, 10, None, &device).model;
     let err = pretrained::load(&mut b0, &fixture().join("efficientnet_tiny.safetensors")).expect_err("refused").to_string();
     assert!(err.contains("of the wrong shape") && err.contains("features.0.0.weight"), "{err}");
-    let mut resnet = build::<B>(Arch::Resnet18, 1, 10, None, &device).model;
+    let mut resnet = build(Arch::Resnet18, 1, 10, None, &device).model;
     let err = pretrained::load(&mut resnet, &fixture().join("efficientnet_tiny.safetensors")).expect_err("refused").to_string();
     assert!(err.contains("conv1.weight") && err.contains("features.0.0.weight"), "{err}");
-    let mut simple = build::<B>(Arch::SimpleCnn, 1, 10, None, &device).model;
+    let mut simple = build(Arch::SimpleCnn, 1, 10, None, &device).model;
     assert!(pretrained::load(&mut simple, &fixture().join("efficientnet_tiny.pth")).expect_err("refused").to_string().contains("simple_cnn"));
     let err = pretrained::load(&mut b0, Path::new("/nonexistent/weights.pth")).expect_err("refused").to_string();
     assert!(err.contains("no such file"), "{err}");
@@ -86,7 +86,7 @@ fn full_size_models_use_torchvision_key_names_and_shapes() {
         ("efficientnet_b0", Arch::EfficientnetB0),
         ("efficientnet_b6", Arch::EfficientnetB6),
     ] {
-        let model = build::<B>(arch, 3, 1000, None, &Default::default()).model;
+        let model = build(arch, 3, 1000, None, &Device::flex()).model;
         let ours: BTreeMap<String, Vec<usize>> = pretrained::torchvision_keys(&model).into_iter().collect();
         let theirs: BTreeMap<String, Vec<usize>> =
             all[name].iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).map(|(k, v)| (k.clone(), v.clone())).collect();

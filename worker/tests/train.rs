@@ -82,7 +82,7 @@ fn simple_cnn_learns_phantoms_and_resumes_exactly() {
     assert!(last.report.macro_f1 > 0.3, "macro-F1 {}", last.report.macro_f1);
     assert!(last.train_loss < full.epochs[0].train_loss);
     assert_eq!(last.report.per_class.len(), 10);
-    assert!(dir.path().join("full/best/model.mpk").exists());
+    assert!(dir.path().join("full/best/model.bpk").exists());
 
     // The same seed gives the same run.
     let mut again = Log::default();

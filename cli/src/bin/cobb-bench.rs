@@ -667,7 +667,7 @@ async fn pages_bench(args: &PagesArgs) -> Result<()> {
 
 fn train_bench(args: &TrainBenchArgs) -> Result<()> {
     let backend = if args.device == "cpu" { "flex on the CPU".to_owned() } else { format!("CUDA ({})", args.device) };
-    println!("training benchmark: batch {}, 1-channel random images, 10 classes, AdamW; Burn 0.21 {backend}", args.batch);
+    println!("training benchmark: batch {}, 1-channel random images, 10 classes, AdamW; Burn 0.22 {backend}", args.batch);
     for config in &args.configs {
         let (arch, size) = config.split_once('@').context("configs look like arch@size")?;
         let output = Command::new(std::env::current_exe()?)

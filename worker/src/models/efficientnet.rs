@@ -7,11 +7,10 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::sigmoid;
+use burn::tensor::activation::{sigmoid, silu};
 use protocol::spec::Arch;
 
 use super::Ctx;
-use super::backend::{CobbBackend, Depthwise, depthwise_conv2d, silu};
 use super::norm::BatchNorm2d;
 
 /// (width multiplier, depth multiplier, head dropout) per variant.
@@ -55,13 +54,13 @@ fn round_repeats(layers: usize, depth: f64) -> usize {
 }
 
 #[derive(Module, Debug)]
-pub struct ConvBn<B: CobbBackend> {
-    conv: Conv2d<B>,
-    bn: BatchNorm2d<B>,
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm2d,
 }
 
-impl<B: CobbBackend> ConvBn<B> {
-    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, kernel: usize, stride: usize, groups: usize) -> Self {
+impl ConvBn {
+    fn new(ctx: &mut Ctx, input: usize, output: usize, kernel: usize, stride: usize, groups: usize) -> Self {
         let pad = (kernel - 1) / 2;
         Self {
             conv: Conv2dConfig::new([input, output], [kernel, kernel])
@@ -74,12 +73,9 @@ impl<B: CobbBackend> ConvBn<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let conv = &self.conv;
-        let y = if conv.groups > 1 && conv.groups == x.dims()[1] {
-            let geometry = Depthwise { stride: conv.stride[0], padding: (conv.kernel_size[0] - 1) / 2 };
-            depthwise_conv2d(x, conv.weight.val(), geometry)
-        } else if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && B::ad_enabled(&x.device()) {
+        let y = if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && x.device().is_autodiff() {
             pointwise(x, conv.weight.val())
         } else {
             conv.forward(x)
@@ -93,21 +89,21 @@ impl<B: CobbBackend> ConvBn<B> {
 /// gradient on flex goes through swapped, copied views (forward and backward together 5-11x
 /// slower on a 96-channel map, `cobb-bench ops`). Without gradients Burn's convolution is the
 /// faster one.
-pub fn pointwise<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn pointwise(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
     let [n, c_in, h, w] = x.dims();
     let c_out = weight.dims()[0];
     weight.reshape([1, c_out, c_in]).matmul(x.reshape([n, c_in, h * w])).reshape([n, c_out, h, w])
 }
 
 #[derive(Module, Debug)]
-pub struct SqueezeExcite<B: CobbBackend> {
-    fc1: Conv2d<B>,
-    fc2: Conv2d<B>,
+pub struct SqueezeExcite {
+    fc1: Conv2d,
+    fc2: Conv2d,
     pool: AdaptiveAvgPool2d,
 }
 
-impl<B: CobbBackend> SqueezeExcite<B> {
-    fn new(ctx: &Ctx<B>, channels: usize, squeeze: usize) -> Self {
+impl SqueezeExcite {
+    fn new(ctx: &Ctx, channels: usize, squeeze: usize) -> Self {
         Self {
             fc1: Conv2dConfig::new([channels, squeeze], [1, 1]).init(ctx.device),
             fc2: Conv2dConfig::new([squeeze, channels], [1, 1]).init(ctx.device),
@@ -115,18 +111,18 @@ impl<B: CobbBackend> SqueezeExcite<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let scale = sigmoid(self.fc2.forward(silu(self.fc1.forward(self.pool.forward(x.clone())))));
         x * scale
     }
 }
 
 #[derive(Module, Debug)]
-pub struct MbConv<B: CobbBackend> {
-    expand: Option<ConvBn<B>>,
-    depthwise: ConvBn<B>,
-    se: SqueezeExcite<B>,
-    project: ConvBn<B>,
+pub struct MbConv {
+    expand: Option<ConvBn>,
+    depthwise: ConvBn,
+    se: SqueezeExcite,
+    project: ConvBn,
     residual: bool,
     /// Probability of dropping the residual branch during training.
     drop_path: f64,
@@ -135,9 +131,9 @@ pub struct MbConv<B: CobbBackend> {
     index: usize,
 }
 
-impl<B: CobbBackend> MbConv<B> {
+impl MbConv {
     #[allow(clippy::too_many_arguments)]
-    fn new(ctx: &mut Ctx<B>, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64, at: (usize, usize)) -> Self {
+    fn new(ctx: &mut Ctx, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64, at: (usize, usize)) -> Self {
         let hidden = round_filters_exact(input * expand);
         Self {
             expand: (expand != 1).then(|| ConvBn::new(ctx, input, hidden, 1, 1, 1)),
@@ -151,7 +147,7 @@ impl<B: CobbBackend> MbConv<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
             y = silu(expand.forward(y));
@@ -161,11 +157,11 @@ impl<B: CobbBackend> MbConv<B> {
         if !self.residual {
             return y;
         }
-        if B::ad_enabled(&y.device()) && self.drop_path > 0.0 {
+        if y.device().is_autodiff() && self.drop_path > 0.0 {
             // Stochastic depth: drop the whole branch per sample, rescale the survivors.
             let keep = 1.0 - self.drop_path;
             let [n, _, _, _] = y.dims();
-            let mask = Tensor::<B, 4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &y.device());
+            let mask = Tensor::<4>::random([n, 1, 1, 1], Distribution::Bernoulli(keep), &y.device());
             y = y * mask / keep;
         }
         y + x
@@ -179,17 +175,17 @@ fn round_filters_exact(channels: usize) -> usize {
 }
 
 #[derive(Module, Debug)]
-pub struct EfficientNet<B: CobbBackend> {
-    stem: ConvBn<B>,
-    blocks: Vec<MbConv<B>>,
-    head: ConvBn<B>,
+pub struct EfficientNet {
+    stem: ConvBn,
+    blocks: Vec<MbConv>,
+    head: ConvBn,
     pool: AdaptiveAvgPool2d,
     dropout: Dropout,
-    classifier: Linear<B>,
+    classifier: Linear,
 }
 
-impl<B: CobbBackend> EfficientNet<B> {
-    pub fn new(ctx: &mut Ctx<B>, arch: Arch, channels: usize, classes: usize, dropout: Option<f64>) -> Self {
+impl EfficientNet {
+    pub fn new(ctx: &mut Ctx, arch: Arch, channels: usize, classes: usize, dropout: Option<f64>) -> Self {
         let (width, depth, default_dropout) = scaling(arch);
         if matches!(arch, Arch::EfficientnetB5 | Arch::EfficientnetB6 | Arch::EfficientnetB7) {
             // torchvision ports these from TensorFlow with BatchNorm(eps=1e-3, momentum=0.01).
@@ -201,7 +197,7 @@ impl<B: CobbBackend> EfficientNet<B> {
 
     /// B0's layout scaled by any width and depth multipliers (the named variants are
     /// particular values; the parity fixture uses a reduced-width model).
-    pub fn scaled(ctx: &mut Ctx<B>, width: f64, depth: f64, channels: usize, classes: usize, dropout: f64) -> Self {
+    pub fn scaled(ctx: &mut Ctx, width: f64, depth: f64, channels: usize, classes: usize, dropout: f64) -> Self {
         let stem_out = round_filters(32, width);
         let stem = ConvBn::new(ctx, channels, stem_out, 3, 2, 1);
         let total: usize = STAGES.iter().map(|s| round_repeats(s.5, depth)).sum();
@@ -266,7 +262,7 @@ impl<B: CobbBackend> EfficientNet<B> {
         names
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = silu(self.stem.forward(x));
         for block in &self.blocks {
             x = block.forward(x);

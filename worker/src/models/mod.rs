@@ -2,33 +2,31 @@
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
 pub mod efficientnet;
-pub mod backend;
 pub mod norm;
 pub mod pretrained;
 pub mod resnet;
 pub mod simple_cnn;
 
 use burn::prelude::*;
-use backend::CobbBackend;
 use protocol::spec::Arch;
 
 /// Builds layers and counts BatchNorm channels on the way, so that trainable parameters
 /// (what torchvision reports) can be told from Burn's `num_params`, which also counts
 /// BatchNorm running statistics.
-pub struct Ctx<'a, B: Backend> {
-    pub device: &'a B::Device,
+pub struct Ctx<'a> {
+    pub device: &'a Device,
     pub bn_channels: usize,
     /// BatchNorm epsilon and momentum (torchvision uses 1e-3/0.01 for EfficientNet B5-B7).
     pub bn_eps: f64,
     pub bn_momentum: f64,
 }
 
-impl<'a, B: Backend> Ctx<'a, B> {
-    pub fn new(device: &'a B::Device) -> Self {
+impl<'a> Ctx<'a> {
+    pub fn new(device: &'a Device) -> Self {
         Self { device, bn_channels: 0, bn_eps: 1e-5, bn_momentum: 0.1 }
     }
 
-    pub fn bn(&mut self, channels: usize) -> norm::BatchNorm2d<B> {
+    pub fn bn(&mut self, channels: usize) -> norm::BatchNorm2d {
         self.bn_channels += channels;
         norm::BatchNorm2d::new(channels, self.bn_eps, self.bn_momentum, self.device)
     }
@@ -38,15 +36,15 @@ impl<'a, B: Backend> Ctx<'a, B> {
 /// does not matter.)
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum Classifier<B: CobbBackend> {
-    Simple(simple_cnn::SimpleCnn<B>),
-    Resnet(resnet::ResNet<B>),
-    Efficient(efficientnet::EfficientNet<B>),
+pub enum Classifier {
+    Simple(simple_cnn::SimpleCnn),
+    Resnet(resnet::ResNet),
+    Efficient(efficientnet::EfficientNet),
 }
 
-impl<B: CobbBackend> Classifier<B> {
+impl Classifier {
     /// `[batch, channels, h, w]` -> logits `[batch, classes]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         match self {
             Classifier::Simple(m) => m.forward(x),
             Classifier::Resnet(m) => m.forward(x),
@@ -56,14 +54,14 @@ impl<B: CobbBackend> Classifier<B> {
 }
 
 /// A built model and its count of trainable parameters.
-pub struct Built<B: CobbBackend> {
-    pub model: Classifier<B>,
+pub struct Built {
+    pub model: Classifier,
     pub trainable: usize,
 }
 
 /// Builds `arch` for `channels` input channels and `classes` outputs. `dropout` overrides
 /// the architecture's default head dropout.
-pub fn build<B: CobbBackend>(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &B::Device) -> Built<B> {
+pub fn build(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &Device) -> Built {
     let mut ctx = Ctx::new(device);
     let model = match arch {
         Arch::SimpleCnn => Classifier::Simple(simple_cnn::SimpleCnn::new(&mut ctx, channels, classes, dropout.unwrap_or(0.2))),
@@ -79,16 +77,15 @@ pub fn build<B: CobbBackend>(arch: Arch, channels: usize, classes: usize, dropou
 
 /// Trainable parameters of `arch` (what torchvision reports), built on the CPU.
 pub fn trainable_parameters(arch: Arch, channels: usize, classes: usize) -> usize {
-    build::<burn::backend::Flex>(arch, channels, classes, None, &Default::default()).trainable
+    build(arch, channels, classes, None, &Device::flex()).trainable
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    type B = burn::backend::Flex;
 
     fn trainable(arch: Arch) -> usize {
-        build::<B>(arch, 3, 1000, None, &Default::default()).trainable
+        build(arch, 3, 1000, None, &Device::flex()).trainable
     }
 
     #[test]
@@ -116,10 +113,10 @@ mod tests {
 
     #[test]
     fn every_model_maps_a_grayscale_batch_to_class_logits() {
-        let device = Default::default();
+        let device = Device::flex();
         for arch in [Arch::SimpleCnn, Arch::Resnet18, Arch::EfficientnetB0] {
-            let built = build::<B>(arch, 1, 10, None, &device);
-            let x = Tensor::<B, 4>::zeros([2, 1, 64, 64], &device);
+            let built = build(arch, 1, 10, None, &device);
+            let x = Tensor::<4>::zeros([2, 1, 64, 64], &device);
             assert_eq!(built.model.forward(x).dims(), [2, 10], "{arch}");
         }
     }

@@ -5,9 +5,9 @@
 //! keys, never a silently half-loaded model.
 
 use super::Classifier;
-use super::backend::CobbBackend;
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot};
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, bridge};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -38,7 +38,7 @@ pub enum PretrainedError {
 
 /// Loads the weights at `path` into `model` (built for 1 or 3 input channels and any number
 /// of classes).
-pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<LoadReport, PretrainedError> {
+pub fn load(model: &mut Classifier, path: &Path) -> Result<LoadReport, PretrainedError> {
     let names = match model {
         Classifier::Efficient(m) => m.foreign_names(),
         Classifier::Resnet(m) => m.foreign_names(),
@@ -68,11 +68,9 @@ pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<Lo
     let mut snapshots = Vec::new();
     let mut head_replaced = false;
     for target in model.collect(None, None, true) {
-        let path_stack = target.path_stack.clone().unwrap_or_default();
-        let Some((leaf, module)) = path_stack.split_last() else { continue };
-        let module = module.join(".");
-        let Some(theirs) = prefixes.get(module.as_str()) else {
-            missing.push(format!("{} (no counterpart known)", path_stack.join(".")));
+        let Some((module, leaf)) = target.name.rsplit_once('.') else { continue };
+        let Some(theirs) = prefixes.get(module) else {
+            missing.push(format!("{} (no counterpart known)", target.name));
             continue;
         };
         let key = format!("{theirs}.{}", foreign_leaf(leaf));
@@ -82,20 +80,15 @@ pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<Lo
         };
         used.insert(key.clone());
         let want: Vec<usize> = target.shape.to_vec();
-        let is_linear = target.module_type().is_some_and(|t| t.contains("Linear"));
-        let adapted = adapt(data, &want, is_linear && leaf == "weight", module == stem && leaf == "weight");
+        // The head is the only linear layer of cobb's models.
+        let adapted = adapt(data, &want, module == head && leaf == "weight", module == stem && leaf == "weight");
         match adapted {
             Some((values, summed)) => {
                 if summed {
                     report.adapted.push(format!("`{key}`: 3 input channels summed into 1"));
                 }
                 let tensor = TensorData::new(values, want.clone());
-                snapshots.push(TensorSnapshot::from_data(
-                    tensor,
-                    path_stack.clone(),
-                    target.container_stack.clone().unwrap_or_default(),
-                    target.tensor_id.unwrap_or_default(),
-                ));
+                snapshots.push(bridge::from_data(tensor, target.name.clone(), target.param_id));
             }
             None if module == head => head_replaced = true,
             None => mismatched.push(format!("`{key}` is {:?}, the model wants {want:?}", data.shape)),
@@ -104,7 +97,7 @@ pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<Lo
     if head_replaced {
         report.adapted.push(format!("classifier head `{}` replaced (different number of classes) and trained from scratch", prefixes[head.as_str()]));
         // A head is loaded whole or not at all.
-        snapshots.retain(|s| !s.path_stack.as_ref().is_some_and(|p| p.len() > 1 && p[..p.len() - 1].join(".") == head));
+        snapshots.retain(|s: &PackTensor| s.name.rsplit_once('.').is_none_or(|(module, _)| module != head));
     }
     let unused: Vec<&String> = source.keys().filter(|k| !used.contains(*k) && !k.ends_with("num_batches_tracked")).collect();
     if !missing.is_empty() || !mismatched.is_empty() || !unused.is_empty() {
@@ -132,7 +125,7 @@ pub fn load<B: CobbBackend>(model: &mut Classifier<B>, path: &Path) -> Result<Lo
 
 /// The state-dict keys (torchvision's names) and PyTorch shapes that `model` loads, in the
 /// order of its parameters.
-pub fn torchvision_keys<B: CobbBackend>(model: &Classifier<B>) -> Vec<(String, Vec<usize>)> {
+pub fn torchvision_keys(model: &Classifier) -> Vec<(String, Vec<usize>)> {
     let names = match model {
         Classifier::Efficient(m) => m.foreign_names(),
         Classifier::Resnet(m) => m.foreign_names(),
@@ -140,12 +133,12 @@ pub fn torchvision_keys<B: CobbBackend>(model: &Classifier<B>) -> Vec<(String, V
     };
     let prefixes: BTreeMap<&str, &str> = names.iter().map(|row| (row[0].as_str(), row[1].as_str())).collect();
     let mut keys = Vec::new();
+    let head = names.last().map(|row| row[0].clone()).unwrap_or_default();
     for target in model.collect(None, None, true) {
-        let path_stack = target.path_stack.clone().unwrap_or_default();
-        let Some((leaf, module)) = path_stack.split_last() else { continue };
-        if let Some(theirs) = prefixes.get(module.join(".").as_str()) {
+        let Some((module, leaf)) = target.name.rsplit_once('.') else { continue };
+        if let Some(theirs) = prefixes.get(module) {
             let mut shape = target.shape.to_vec();
-            if target.module_type().is_some_and(|t| t.contains("Linear")) && leaf == "weight" {
+            if module == head && leaf == "weight" {
                 shape.reverse();
             }
             keys.push((format!("{theirs}.{}", foreign_leaf(leaf)), shape));
@@ -158,7 +151,7 @@ pub fn torchvision_keys<B: CobbBackend>(model: &Classifier<B>) -> Vec<(String, V
 /// (written by scripts/make_parity_fixture.py) into a reduced-width EfficientNet on
 /// `device`, runs `fixture/expected.safetensors`'s input through it and returns the largest
 /// absolute difference from torchvision's logits.
-pub fn parity<B: CobbBackend>(fixture: &Path, weights: &str, device: &B::Device) -> Result<f32, PretrainedError> {
+pub fn parity(fixture: &Path, weights: &str, device: &Device) -> Result<f32, PretrainedError> {
     let expected = read_tensors(&fixture.join("expected.safetensors"))?;
     let (Some(input), Some(logits)) = (expected.get("input"), expected.get("logits")) else {
         return Err(PretrainedError::Read { path: fixture.display().to_string(), message: "expected.safetensors lacks input/logits".into() });
@@ -167,8 +160,8 @@ pub fn parity<B: CobbBackend>(fixture: &Path, weights: &str, device: &B::Device)
     let mut model = Classifier::Efficient(super::efficientnet::EfficientNet::scaled(&mut ctx, 0.25, 0.34, 3, 10, 0.2));
     load(&mut model, &fixture.join(weights))?;
     let shape: [usize; 4] = input.shape.clone().try_into().map_err(|_| PretrainedError::Read { path: "input".into(), message: "not 4-d".into() })?;
-    let x = Tensor::<B, 4>::from_data(TensorData::new(input.values.clone(), shape), device);
-    let got = model.forward(x).into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+    let x = Tensor::<4>::from_data(TensorData::new(input.values.clone(), shape), device);
+    let got = model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
     if got.len() != logits.values.len() {
         return Err(PretrainedError::Mismatch { path: weights.into(), details: format!("\n  {} logits, torchvision gave {}", got.len(), logits.values.len()) });
     }
@@ -187,17 +180,17 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, Source>, PretrainedError
         return Err(error("no such file (the path is read on the worker's machine, relative to its working directory)".into()));
     }
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    let snapshots: BTreeMap<String, TensorSnapshot> = if is_safetensors {
-        SafetensorsStore::from_file(path).map_indices_contiguous(false).get_all_snapshots().map_err(|e| error(e.to_string()))?.clone()
+    let snapshots: BTreeMap<String, PackTensor> = if is_safetensors {
+        SafetensorsStore::from_file(path).map_indices_contiguous(false).get_all_tensors().map_err(|e| error(e.to_string()))?.clone()
     } else {
-        PytorchStore::from_file(path).map_indices_contiguous(false).get_all_snapshots().map_err(|e| error(e.to_string()))?.clone()
+        PytorchStore::from_file(path).map_indices_contiguous(false).get_all_tensors().map_err(|e| error(e.to_string()))?.clone()
     };
     let mut tensors = BTreeMap::new();
     for (key, snapshot) in snapshots {
-        let data = snapshot.to_data().map_err(|e| error(format!("{key}: {e:?}")))?;
-        let shape = data.shape.to_vec();
-        let values = if data.dtype.is_float() {
-            data.convert::<f32>().into_vec::<f32>().map_err(|e| error(format!("{key}: {e:?}")))?
+        let data = bridge::to_data(&snapshot).map_err(|e| error(format!("{key}: {e:?}")))?;
+        let shape = data.shape().to_vec();
+        let values = if data.dtype().is_float() {
+            data.convert::<f32>().try_into_vec::<f32>().map_err(|e| error(format!("{key}: {e:?}")))?
         } else {
             Vec::new() // integer buffers (num_batches_tracked) are not weights
         };

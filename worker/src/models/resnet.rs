@@ -10,7 +10,7 @@ use protocol::spec::Arch;
 use super::Ctx;
 use super::norm::BatchNorm2d;
 
-fn conv<B: Backend>(ctx: &Ctx<B>, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2d<B> {
+fn conv(ctx: &Ctx, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2d {
     let pad = kernel / 2;
     Conv2dConfig::new([input, output], [kernel, kernel])
         .with_stride([stride, stride])
@@ -20,24 +20,24 @@ fn conv<B: Backend>(ctx: &Ctx<B>, input: usize, output: usize, kernel: usize, st
 }
 
 #[derive(Module, Debug)]
-pub struct Downsample<B: Backend> {
-    conv: Conv2d<B>,
-    bn: BatchNorm2d<B>,
+pub struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm2d,
 }
 
 /// A basic block (two 3x3 convolutions) or a bottleneck (1x1, 3x3, 1x1 with 4x expansion).
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
-    convs: Vec<Conv2d<B>>,
-    bns: Vec<BatchNorm2d<B>>,
-    downsample: Option<Downsample<B>>,
+pub struct Block {
+    convs: Vec<Conv2d>,
+    bns: Vec<BatchNorm2d>,
+    downsample: Option<Downsample>,
     /// torchvision's `layer{layer + 1}.{index}`.
     layer: usize,
     index: usize,
 }
 
-impl<B: Backend> Block<B> {
-    fn new(ctx: &mut Ctx<B>, input: usize, planes: usize, stride: usize, bottleneck: bool, at: (usize, usize)) -> Self {
+impl Block {
+    fn new(ctx: &mut Ctx, input: usize, planes: usize, stride: usize, bottleneck: bool, at: (usize, usize)) -> Self {
         let (convs, bns, output) = if bottleneck {
             let out = planes * 4;
             (
@@ -52,7 +52,7 @@ impl<B: Backend> Block<B> {
         Self { convs, bns, downsample, layer: at.0, index: at.1 }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
@@ -70,18 +70,18 @@ impl<B: Backend> Block<B> {
 }
 
 #[derive(Module, Debug)]
-pub struct ResNet<B: Backend> {
-    stem: Conv2d<B>,
-    stem_bn: BatchNorm2d<B>,
+pub struct ResNet {
+    stem: Conv2d,
+    stem_bn: BatchNorm2d,
     maxpool: MaxPool2d,
-    blocks: Vec<Block<B>>,
+    blocks: Vec<Block>,
     pool: AdaptiveAvgPool2d,
     dropout: Dropout,
-    fc: Linear<B>,
+    fc: Linear,
 }
 
-impl<B: Backend> ResNet<B> {
-    pub fn new(ctx: &mut Ctx<B>, arch: Arch, channels: usize, classes: usize, dropout: f64) -> Self {
+impl ResNet {
+    pub fn new(ctx: &mut Ctx, arch: Arch, channels: usize, classes: usize, dropout: f64) -> Self {
         let (layers, bottleneck) = match arch {
             Arch::Resnet18 => ([2, 2, 2, 2], false),
             Arch::Resnet34 => ([3, 4, 6, 3], false),
@@ -134,7 +134,7 @@ impl<B: Backend> ResNet<B> {
         names
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.maxpool.forward(relu(self.stem_bn.forward(self.stem.forward(x))));
         for block in &self.blocks {
             x = block.forward(x);

@@ -11,14 +11,14 @@ use super::Ctx;
 use super::norm::BatchNorm2d;
 
 #[derive(Module, Debug)]
-pub struct ConvBlock<B: Backend> {
-    conv: Conv2d<B>,
-    bn: BatchNorm2d<B>,
+pub struct ConvBlock {
+    conv: Conv2d,
+    bn: BatchNorm2d,
     pool: MaxPool2d,
 }
 
-impl<B: Backend> ConvBlock<B> {
-    fn new(ctx: &mut Ctx<B>, input: usize, output: usize) -> Self {
+impl ConvBlock {
+    fn new(ctx: &mut Ctx, input: usize, output: usize) -> Self {
         Self {
             conv: Conv2dConfig::new([input, output], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -29,21 +29,21 @@ impl<B: Backend> ConvBlock<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool.forward(relu(self.bn.forward(self.conv.forward(x))))
     }
 }
 
 #[derive(Module, Debug)]
-pub struct SimpleCnn<B: Backend> {
-    blocks: Vec<ConvBlock<B>>,
+pub struct SimpleCnn {
+    blocks: Vec<ConvBlock>,
     pool: AdaptiveAvgPool2d,
     dropout: Dropout,
-    head: Linear<B>,
+    head: Linear,
 }
 
-impl<B: Backend> SimpleCnn<B> {
-    pub fn new(ctx: &mut Ctx<B>, channels: usize, classes: usize, dropout: f64) -> Self {
+impl SimpleCnn {
+    pub fn new(ctx: &mut Ctx, channels: usize, classes: usize, dropout: f64) -> Self {
         let widths = [channels, 16, 32, 64, 128];
         let blocks = widths.windows(2).map(|w| ConvBlock::new(ctx, w[0], w[1])).collect();
         Self {
@@ -54,7 +54,7 @@ impl<B: Backend> SimpleCnn<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for block in &self.blocks {
             x = block.forward(x);

@@ -1,11 +1,10 @@
 //! Training and evaluation throughput on synthetic batches (the workload of
-//! ../shared/peers/torch_train_bench.py: batch of random 1-channel images, 10 classes,
+//! the PyTorch peer (docs/benchmarks.md): batch of random 1-channel images, 10 classes,
 //! AdamW lr 1e-3, cross-entropy), for `cobb-bench train`.
 
 use crate::device::{DeviceChoice, DeviceError};
-use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use protocol::spec::Arch;
@@ -21,6 +20,12 @@ pub struct Throughput {
     pub train_step_ms: f64,
     /// Timed training steps actually run (fewer than asked when `max_seconds` ran out).
     pub train_steps: usize,
+    /// Wall time of the untimed warm-up steps (on CUDA: autotuning and compiling kernels for
+    /// each new shape), and of the first of them alone.
+    pub warmup_seconds: f64,
+    pub first_step_seconds: f64,
+    /// Wall time of the first evaluation batch (the inference graph's own kernels).
+    pub eval_warmup_seconds: f64,
     pub device: String,
 }
 
@@ -39,53 +44,44 @@ pub struct Workload {
 
 /// Runs `work` on the chosen device (Burn's flex on the CPU, or CUDA with the `cuda` feature).
 pub fn measure(choice: DeviceChoice, work: Workload) -> Result<Throughput, DeviceError> {
-    crate::device::probe(choice)?;
-    match choice {
-        DeviceChoice::Cpu => Ok(measure_on::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), work, "cpu")),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(index) => {
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            Ok(measure_on::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, work, &format!("cuda:{index}")))
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(DeviceError::NotBuilt),
-    }
+    let device = crate::device::burn_device(choice)?;
+    let name = match choice {
+        DeviceChoice::Cpu => "cpu".to_owned(),
+        DeviceChoice::Cuda(index) => format!("cuda:{index}"),
+    };
+    Ok(measure_on(&device, work, &name))
 }
 
 /// The torchvision parity check ([`crate::models::pretrained::parity`]) on the chosen device.
 pub fn parity(choice: DeviceChoice, fixture: &std::path::Path) -> Result<f32, String> {
-    crate::device::probe(choice).map_err(|e| e.to_string())?;
-    let weights = "efficientnet_tiny.safetensors";
-    let diff = match choice {
-        DeviceChoice::Cpu => crate::models::pretrained::parity::<burn::backend::Flex>(fixture, weights, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(index) => {
-            crate::models::pretrained::parity::<burn::backend::Cuda>(fixture, weights, &burn::backend::cuda::CudaDevice::new(index))
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => return Err(DeviceError::NotBuilt.to_string()),
-    };
-    diff.map_err(|e| e.to_string())
+    let device = crate::device::burn_device(choice).map_err(|e| e.to_string())?;
+    crate::models::pretrained::parity(fixture, "efficientnet_tiny.safetensors", &device).map_err(|e| e.to_string())
 }
 
-fn measure_on<B: crate::models::backend::CobbAutodiff>(device: &B::Device, work: Workload, name: &str) -> Throughput {
+fn measure_on(device: &Device, work: Workload, name: &str) -> Throughput {
     let Workload { arch, size, batch, warmup, train_steps, eval_steps, max_seconds } = work;
-    let device = device.clone();
-    B::seed(&device, 0);
-    let mut model = crate::models::build::<B>(arch, 1, 10, None, &device).model;
+    let device = device.clone().autodiff();
+    device.seed(0);
+    let mut model = crate::models::build(arch, 1, 10, None, &device).model;
     let mut optim = AdamWConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let x = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let y = Tensor::<B, 1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 10).collect::<Vec<_>>(), [batch]), &device);
-    let mut step = |model: crate::models::Classifier<B>| {
+    let x = Tensor::<4>::random([batch, 1, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 10).collect::<Vec<_>>(), [batch]), &device);
+    let mut step = |model: crate::models::Classifier| {
         let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let _ = loss.clone().into_scalar();
+        let _ = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optim.step(1e-3, model, grads)
     };
-    for _ in 0..warmup {
+    let warm = Instant::now();
+    let mut first_step_seconds = 0.0;
+    for i in 0..warmup {
         model = step(model);
+        if i == 0 {
+            first_step_seconds = warm.elapsed().as_secs_f64();
+        }
     }
+    let warmup_seconds = warm.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut done = 0;
     while done < train_steps && (done == 0 || started.elapsed().as_secs_f64() < max_seconds) {
@@ -96,7 +92,9 @@ fn measure_on<B: crate::models::backend::CobbAutodiff>(device: &B::Device, work:
     let train_seconds = started.elapsed().as_secs_f64();
     let valid = model.valid();
     let xv = x.inner();
+    let warm = Instant::now();
     let _ = valid.forward(xv.clone()).argmax(1).into_data();
+    let eval_warmup_seconds = warm.elapsed().as_secs_f64();
     let started = Instant::now();
     for _ in 0..eval_steps {
         let _ = valid.forward(xv.clone()).argmax(1).into_data();
@@ -110,6 +108,9 @@ fn measure_on<B: crate::models::backend::CobbAutodiff>(device: &B::Device, work:
         eval_images_per_second: (eval_steps * batch) as f64 / eval_seconds.max(1e-9),
         train_step_ms: train_seconds * 1000.0 / train_steps.max(1) as f64,
         train_steps,
+        warmup_seconds,
+        first_step_seconds,
+        eval_warmup_seconds,
         device: name.to_owned(),
     }
 }
@@ -127,16 +128,14 @@ pub struct OpTiming {
 /// backward pass of `sum(y * w)` for a fixed random `w`, median of `repeats`, less the same
 /// for the identity (the loss and the gradient bookkeeping).
 pub fn ops(repeats: usize) -> Vec<OpTiming> {
-    use crate::models::backend::{Depthwise, depthwise_conv2d, silu};
     use crate::models::norm::BatchNorm2d;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::{BatchNormConfig, PaddingConfig2d};
-    type B = burn::backend::Autodiff<burn::backend::Flex>;
-    let device = Default::default();
-    B::seed(&device, 0);
-    let time = |shape: [usize; 4], f: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
-        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let w = Tensor::<B, 4>::random(f(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let time = |shape: [usize; 4], f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = Tensor::<4>::random(f(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
         let mut times: Vec<f64> = (0..repeats.max(1) + 1)
             .map(|_| {
                 let started = Instant::now();
@@ -150,34 +149,17 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
         times[times.len() / 2]
     };
     let mut out = Vec::new();
-    let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>, cobb: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+    let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<4>) -> Tensor<4>, cobb: &dyn Fn(Tensor<4>) -> Tensor<4>| {
         let base = time(shape, &|x| x);
         let (b, c) = (time(shape, burn), time(shape, cobb));
         out.push(OpTiming { op: op.to_owned(), shape, burn_ms: (b - base).max(0.0), cobb_ms: (c - base).max(0.0) });
     };
     let map = [16, 16, 128, 128];
-    let theirs = BatchNormConfig::new(16).init::<B>(&device);
-    let ours = BatchNorm2d::<B>::new(16, 1e-5, 0.1, &device);
+    let theirs = BatchNormConfig::new(16).init(&device);
+    let ours = BatchNorm2d::new(16, 1e-5, 0.1, &device);
     row("batch norm (training)", map, &|x| theirs.forward(x), &|x| ours.forward(x));
-    row("silu", map, &burn::tensor::activation::silu, &silu);
     let expanded = [16, 96, 32, 32];
-    let conv = |kernel: usize, stride: usize, groups: usize, out: usize| {
-        let pad = (kernel - 1) / 2;
-        Conv2dConfig::new([96, out], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_groups(groups)
-            .with_bias(false)
-            .init::<B>(&device)
-    };
-    for (kernel, stride) in [(3, 1), (5, 2)] {
-        let layer = conv(kernel, stride, 96, 96);
-        let weight = layer.weight.val();
-        let geometry = Depthwise { stride, padding: (kernel - 1) / 2 };
-        let name = format!("depthwise conv {kernel}x{kernel}, stride {stride}");
-        row(&name, expanded, &|x| layer.forward(x), &|x| depthwise_conv2d(x, weight.clone(), geometry));
-    }
-    let project = conv(1, 1, 1, 24);
+    let project = Conv2dConfig::new([96, 24], [1, 1]).with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0)).with_bias(false).init(&device);
     let weight = project.weight.val();
     row("1x1 conv 96 -> 24", expanded, &|x| project.forward(x), &|x| crate::models::efficientnet::pointwise(x, weight.clone()));
     out

@@ -7,14 +7,12 @@ pub mod bench;
 pub mod checkpoint;
 pub mod schedule;
 
-use burn::module::AutodiffModule;
+use burn::grad_clipping::GradientClippingConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
-use burn::record::Record;
 use protocol::metrics::{ClassificationReport, ConfusionMatrix};
 use protocol::spec::{ClassWeights, ExperimentSpec, Goal, OptimizerName};
 use std::path::PathBuf;
@@ -23,7 +21,6 @@ use std::time::Instant;
 
 use crate::data::cache::{ImageCache, LoadError};
 use crate::data::loader::{Batch, Batches, LoaderConfig, LoaderItem};
-use crate::models::backend::{CobbAutodiff, CobbBackend};
 use crate::models::{self, Classifier};
 
 /// Gradients are clipped to this global norm (a fixed choice; see docs/training.md).
@@ -85,7 +82,7 @@ pub struct EpochReport {
 }
 
 impl EpochReport {
-    /// CONTRACT.md's per-epoch metric keys with their values.
+    /// The per-epoch metric keys (docs/api.md) with their values.
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out = vec![
             ("train_loss".to_owned(), self.train_loss),
@@ -158,13 +155,13 @@ pub enum TrainError {
     TooManySkipped { epoch: usize, skipped: usize, total: usize, limit: f64, first: String },
 }
 
-fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
+fn images_tensor(batch: &Batch, size: usize, device: &Device) -> Tensor<4> {
     let n = batch.len();
     // Centre 0..1 intensities around zero with a fixed scale.
-    Tensor::<B, 1>::from_floats(batch.images.as_slice(), device).reshape([n, 1, size, size]).sub_scalar(0.5).mul_scalar(4.0)
+    Tensor::<1>::from_floats(batch.images.as_slice(), device).reshape([n, 1, size, size]).sub_scalar(0.5).mul_scalar(4.0)
 }
 
-fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
+fn labels_tensor(batch: &Batch, device: &Device) -> Tensor<1, Int> {
     let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
 }
@@ -201,15 +198,15 @@ struct Scored {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn score<B: CobbBackend>(
-    model: &Classifier<B>,
+fn score(
+    model: &Classifier,
     classes: &[String],
     items: Arc<Vec<LoaderItem>>,
     cache: Arc<ImageCache>,
     config: &LoaderConfig,
     size: usize,
-    device: &B::Device,
-    loss_fn: Option<&burn::nn::loss::CrossEntropyLoss<B>>,
+    device: &Device,
+    loss_fn: Option<&burn::nn::loss::CrossEntropyLoss>,
 ) -> Result<Scored, TrainError> {
     let mut out = Scored { confusion: ConfusionMatrix::new(classes.to_vec()), loss_sum: 0.0, seen: 0, skipped: Vec::new() };
     for batch in Batches::new(items, cache, config.clone(), 0) {
@@ -218,13 +215,13 @@ fn score<B: CobbBackend>(
         if batch.is_empty() {
             continue;
         }
-        let logits = model.forward(images_tensor::<B>(&batch, size, device));
+        let logits = model.forward(images_tensor(&batch, size, device));
         if let Some(loss_fn) = loss_fn {
-            let loss = loss_fn.forward(logits.clone(), labels_tensor::<B>(&batch, device));
-            out.loss_sum += f64::from(loss.into_scalar().elem::<f32>()) * batch.len() as f64;
+            let loss = loss_fn.forward(logits.clone(), labels_tensor(&batch, device));
+            out.loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.len() as f64;
         }
         out.seen += batch.len();
-        let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
         for (truth, p) in batch.labels.iter().zip(predicted) {
             let _ = out.confusion.record(*truth, p.max(0) as usize);
         }
@@ -238,7 +235,7 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Evaluates the model saved at `model_file` (a best checkpoint, `.mpk`) on `items`, without
+/// Evaluates the model saved at `model_file` (a best checkpoint, burnpack) on `items`, without
 /// augmentation, on the chosen device.
 pub fn evaluate_on(
     choice: crate::device::DeviceChoice,
@@ -248,30 +245,21 @@ pub fn evaluate_on(
     cache: ImageCache,
     model_file: &std::path::Path,
 ) -> Result<Evaluation, TrainError> {
-    use crate::device::DeviceChoice;
-    match choice {
-        DeviceChoice::Cpu => evaluate::<burn::backend::Flex>(spec, classes, items, cache, model_file, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(index) => {
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            evaluate::<burn::backend::Cuda>(spec, classes, items, cache, model_file, &device)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(TrainError::Device(crate::device::DeviceError::NotBuilt)),
-    }
+    let device = crate::device::burn_device(choice)?;
+    evaluate(spec, classes, items, cache, model_file, &device)
 }
 
-fn evaluate<B: CobbBackend>(
+fn evaluate(
     spec: &ExperimentSpec,
     classes: &[String],
     items: Vec<LoaderItem>,
     cache: ImageCache,
     model_file: &std::path::Path,
-    device: &B::Device,
+    device: &Device,
 ) -> Result<Evaluation, TrainError> {
     let size = spec.model.resolved_image_size() as usize;
-    let model = models::build::<B>(spec.model.arch, 1, classes.len(), spec.model.dropout, device).model;
-    let model = checkpoint::load_model(model, model_file, device)?;
+    let model = models::build(spec.model.arch, 1, classes.len(), spec.model.dropout, device).model;
+    let model = checkpoint::load_model(model, model_file)?.valid();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = LoaderConfig { batch_size: spec.train.batch_size as usize, seed: 0, shuffle: false, augment: None, threads, prefetch: 2 };
     let scored = score(&model, classes, Arc::new(items), Arc::new(cache), &config, size, device, None)?;
@@ -291,27 +279,16 @@ pub fn train_on(
     resume: bool,
     reporter: &mut dyn Reporter,
 ) -> Result<Outcome, TrainError> {
-    use crate::device::DeviceChoice;
-    match choice {
-        DeviceChoice::Cpu => {
-            train::<burn::backend::Autodiff<burn::backend::Flex>>(spec, data, &Default::default(), checkpoints, resume, reporter)
-        }
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(index) => {
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            train::<burn::backend::Autodiff<burn::backend::Cuda>>(spec, data, &device, checkpoints, resume, reporter)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(TrainError::Device(crate::device::DeviceError::NotBuilt)),
-    }
+    let device = crate::device::burn_device(choice)?;
+    train(spec, data, &device, checkpoints, resume, reporter)
 }
 
 /// Trains `spec` on `data`. With `resume`, continues from the checkpoint in
 /// `checkpoints` (if any) and reaches the same result as an uninterrupted run.
-pub fn train<B: CobbAutodiff>(
+pub fn train(
     spec: &ExperimentSpec,
     data: &TrainData,
-    device: &B::Device,
+    device: &Device,
     checkpoints: &checkpoint::Store,
     resume: bool,
     reporter: &mut dyn Reporter,
@@ -321,7 +298,7 @@ pub fn train<B: CobbAutodiff>(
     match o.name {
         OptimizerName::Adamw => {
             let optim = AdamWConfig::new().with_weight_decay(o.weight_decay as f32).with_grad_clipping(clip).init();
-            run::<B, _>(spec, data, device, checkpoints, resume, reporter, optim)
+            run(spec, data, device, checkpoints, resume, reporter, optim)
         }
         OptimizerName::Sgd => {
             let mut config = SgdConfig::new().with_gradient_clipping(clip);
@@ -331,36 +308,36 @@ pub fn train<B: CobbAutodiff>(
             if let Some(m) = o.momentum {
                 config = config.with_momentum(Some(MomentumConfig::new().with_momentum(m).with_dampening(0.0)));
             }
-            run::<B, _>(spec, data, device, checkpoints, resume, reporter, config.init())
+            run(spec, data, device, checkpoints, resume, reporter, config.init())
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<B: CobbAutodiff, O: Optimizer<Classifier<B>, B>>(
+fn run(
     spec: &ExperimentSpec,
     data: &TrainData,
-    device: &B::Device,
+    device: &Device,
     checkpoints: &checkpoint::Store,
     resume: bool,
     reporter: &mut dyn Reporter,
-    mut optim: O,
-) -> Result<Outcome, TrainError>
-where
-    O::Record: Record<B>,
-{
+    mut optim: ModuleOptimizer,
+) -> Result<Outcome, TrainError> {
+    // Training runs on the autodiff form of the device; validation on the plain one.
+    let eval_device = device.clone().inner();
+    let device = &device.clone().autodiff();
     let t = &spec.train;
     let size = spec.model.resolved_image_size() as usize;
     let classes = data.classes.len();
     if data.val.is_empty() {
         return Err(TrainError::NoValidation);
     }
-    B::seed(device, t.seed);
-    let mut model: Classifier<B> = models::build::<B>(spec.model.arch, 1, classes, spec.model.dropout, device).model;
+    device.seed(t.seed);
+    let mut model: Classifier = models::build(spec.model.arch, 1, classes, spec.model.dropout, device).model;
     let mut state = checkpoint::State::default();
     let mut resumed = false;
     if resume
-        && let Some((m, opt_record, s)) = checkpoints.load_last::<B, O::Record>(model.clone(), device)? {
+        && let Some((m, opt_record, s)) = checkpoints.load_last(model.clone())? {
             model = m;
             optim = optim.load_record(opt_record);
             state = s;
@@ -376,7 +353,7 @@ where
     };
     let smoothing = (t.loss.label_smoothing > 0.0).then_some(t.loss.label_smoothing as f32);
     let loss_fn = CrossEntropyLossConfig::new().with_weights(weights.clone()).with_smoothing(smoothing).init(device);
-    let val_loss_fn = CrossEntropyLossConfig::new().with_weights(weights).init::<B::InnerBackend>(device);
+    let val_loss_fn = CrossEntropyLossConfig::new().with_weights(weights).init(&eval_device);
 
     let cache = Arc::new(ImageCache::new(&data.cache_root, &data.version, size));
     let train_items = Arc::new(data.train.clone());
@@ -396,7 +373,7 @@ where
     for epoch in state.next_epoch..t.epochs as usize {
         // Backend randomness (dropout, stochastic depth) is re-seeded per epoch, so a
         // resumed run draws exactly what an uninterrupted one would.
-        B::seed(device, t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9));
+        device.seed(t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9));
         let started = Instant::now();
         let mut seen = 0usize;
         let mut loss_sum = 0.0;
@@ -413,9 +390,9 @@ where
                 continue;
             }
             lr = schedule::lr_at(t.optimizer.lr, &t.schedule, t.epochs, epoch * steps_per_epoch + step, steps_per_epoch);
-            let logits = model.forward(images_tensor::<B>(&batch, size, device));
-            let loss = loss_fn.forward(logits, labels_tensor::<B>(&batch, device));
-            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
+            let logits = model.forward(images_tensor(&batch, size, device));
+            let loss = loss_fn.forward(logits, labels_tensor(&batch, device));
+            let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(TrainError::NonFinite { epoch, step, value });
             }
@@ -431,7 +408,7 @@ where
         let images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
         // Validation on the inner (non-autodiff) backend: BatchNorm uses running statistics.
-        let scored = score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, device, Some(&val_loss_fn))?;
+        let scored = score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, &eval_device, Some(&val_loss_fn))?;
         skipped.extend(scored.skipped);
         let total = data.train.len() + data.val.len();
         if skipped.len() as f64 > MAX_SKIPPED_FRACTION * total as f64 {
@@ -459,7 +436,7 @@ where
             state.best_value = Some(value);
             state.best_epoch = Some(epoch);
             epoch_report.best = true;
-            checkpoints.save_best::<B>(&model)?;
+            checkpoints.save_best(&model)?;
         }
         if let Some(es) = &t.early_stopping {
             let v = epoch_report.metric(&es.metric).unwrap_or(f64::NAN);
@@ -473,7 +450,7 @@ where
         }
         state.history.push(epoch_report.clone());
         state.next_epoch = epoch + 1;
-        checkpoints.save_last::<B, O::Record>(&model, optim.to_record(), &state)?;
+        checkpoints.save_last(&model, &optim, &state)?;
         reporter.epoch(&epoch_report);
         if let Some(es) = &t.early_stopping
             && state.since_improvement >= es.patience as usize {
