@@ -311,7 +311,7 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
-/// CONTRACT.md's metric batch; `lease_id` fences it (also accepted as the
+/// The contract's metric batch (docs/contract.md); `lease_id` fences it (also accepted as the
 /// `Cobb-Lease` header).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsBatch {

@@ -1,6 +1,6 @@
 //! The 10 scoliosis radiograph categories and their roll-ups (view, phase).
 
-/// The categories of CONTRACT.md, in their canonical order (confusion-matrix order).
+/// The categories of docs/contract.md, in their canonical order (confusion-matrix order).
 pub const SCOLIOSIS_CLASSES: [&str; 10] = [
     "ap_preop",
     "ap_preop_brace",

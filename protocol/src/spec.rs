@@ -211,7 +211,7 @@ pub struct AugmentSpec {
     pub contrast: f64,
     pub noise: f64,
     /// Gamma jitter: gamma is drawn from [1 - g, 1 + g] (0 = off). An addition to
-    /// CONTRACT.md's keys: exposure differences between radiographs are non-linear.
+    /// The contract's keys (docs/contract.md): exposure differences between radiographs are non-linear.
     pub gamma: f64,
     /// Mirrors left and right; off by default because it mirrors the side markers.
     pub hflip: bool,
@@ -266,7 +266,7 @@ impl Default for SelectSpec {
     }
 }
 
-/// Per-epoch metric keys of CONTRACT.md that do not name a class.
+/// Per-epoch metric keys of docs/contract.md that do not name a class.
 pub const EPOCH_METRICS: [&str; 7] = [
     "train_loss",
     "val_loss",

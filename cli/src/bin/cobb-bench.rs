@@ -1,4 +1,4 @@
-//! cobb-bench: the MLflow peer's workload (../shared/peers/mlflow_ingest.py) replayed
+//! cobb-bench: the MLflow peer's workload (bench/peers/mlflow_ingest.py) replayed
 //! against cobb's own endpoints, on SQLite and PostgreSQL, with the server as a separate
 //! `cobb server` process so its memory is measured alone.
 //!

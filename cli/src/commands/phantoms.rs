@@ -25,7 +25,7 @@ pub struct PhantomArgs {
     #[arg(long, default_value = "uniform", value_parser = ["paper", "uniform"])]
     pub balance: String,
     /// Also write a PNG contact sheet with one image of every class (classes numbered in
-    /// CONTRACT.md order, AP on top, lateral below).
+    /// docs/contract.md order, AP on top, lateral below).
     #[arg(long)]
     pub contact_sheet: Option<PathBuf>,
 }
