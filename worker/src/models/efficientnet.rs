@@ -7,10 +7,11 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::sigmoid;
 use protocol::spec::Arch;
 
 use super::Ctx;
+use super::backend::{Depthwise, depthwise_conv2d, silu};
 use super::norm::BatchNorm2d;
 
 /// (width multiplier, depth multiplier, head dropout) per variant.
@@ -75,7 +76,10 @@ impl ConvBn {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let conv = &self.conv;
-        let y = if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && x.device().is_autodiff() {
+        let y = if conv.groups > 1 && conv.groups == x.dims()[1] {
+            let geometry = Depthwise { stride: conv.stride[0], padding: (conv.kernel_size[0] - 1) / 2 };
+            depthwise_conv2d(x, conv.weight.val(), geometry)
+        } else if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && x.device().is_autodiff() {
             pointwise(x, conv.weight.val())
         } else {
             conv.forward(x)

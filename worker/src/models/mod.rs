@@ -1,6 +1,7 @@
 //! Classifiers in Burn: EfficientNet B0-B7 (torchvision's layout and compound scaling),
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
+pub mod backend;
 pub mod efficientnet;
 pub mod norm;
 pub mod pretrained;

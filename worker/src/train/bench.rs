@@ -158,7 +158,21 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     let theirs = BatchNormConfig::new(16).init(&device);
     let ours = BatchNorm2d::new(16, 1e-5, 0.1, &device);
     row("batch norm (training)", map, &|x| theirs.forward(x), &|x| ours.forward(x));
+    row("silu", map, &burn::tensor::activation::silu, &crate::models::backend::silu);
     let expanded = [16, 96, 32, 32];
+    for (kernel, stride) in [(3, 1), (5, 2)] {
+        let pad = (kernel - 1) / 2;
+        let layer = Conv2dConfig::new([96, 96], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_groups(96)
+            .with_bias(false)
+            .init(&device);
+        let weight = layer.weight.val();
+        let geometry = crate::models::backend::Depthwise { stride, padding: pad };
+        let name = format!("depthwise conv {kernel}x{kernel}, stride {stride}");
+        row(&name, expanded, &|x| layer.forward(x), &|x| crate::models::backend::depthwise_conv2d(x, weight.clone(), geometry));
+    }
     let project = Conv2dConfig::new([96, 24], [1, 1]).with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0)).with_bias(false).init(&device);
     let weight = project.weight.val();
     row("1x1 conv 96 -> 24", expanded, &|x| project.forward(x), &|x| crate::models::efficientnet::pointwise(x, weight.clone()));

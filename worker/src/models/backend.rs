@@ -1,0 +1,490 @@
+//! Operations cobb runs on Burn's CPU backend (flex) as one kernel with its own backward
+//! pass instead of Burn's generic composition, where they are measurably faster
+//! (`cobb-bench ops`, docs/benchmarks.md):
+//!
+//! - `silu(x) = x * sigmoid(x)` is, in Burn, a sigmoid and a multiply: on flex a
+//!   single-threaded scalar `expf` loop and, in the backward pass, a recomputed sigmoid and
+//!   three more element-wise passes (about a fifth of an EfficientNet step). Here it is one
+//!   parallel, vectorised pass forward and one backward.
+//! - Depthwise convolution (groups = channels): Burn's backward computes the input gradient as
+//!   a grouped transposed convolution and the weight gradient through copied views. Here both
+//!   are direct loops over each channel's plane, in parallel over planes, with a fixed
+//!   summation order (bit-reproducible). The forward pass stays Burn's.
+//!
+//! Burn 0.22 tensors carry no backend type: [`silu`] and [`depthwise_conv2d`] look at the
+//! tensor's device and take the flex kernel (with or without autodiff), or Burn's own ops on
+//! any other device (CUDA, where Burn's fusion and autotune do this work). Tests compare the
+//! kernels with Burn's ops, forward and backward.
+
+use burn::backend::ops::ModuleOps;
+use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
+use burn::backend::TensorMetadata;
+use burn::tensor::DType;
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
+use burn_autodiff::NodeId;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+/// Flex with autodiff (no gradient checkpointing: what `Device::flex().autodiff()` is).
+type AdFlex = Autodiff<Flex>;
+type AdTensor = <AdFlex as burn::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// Whether a tensor on `device` lives on flex (with or without autodiff: a tensor reports
+/// the device of its data, so which of the two is told by converting it).
+fn on_flex(device: &Device) -> bool {
+    device.clone().inner() == Device::flex()
+}
+
+/// `x * sigmoid(x)`: cobb's kernel on flex, Burn's composition elsewhere.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() != DType::F32 {
+        return burn::tensor::activation::silu(x);
+    }
+    if !on_flex(&x.device()) {
+        return burn::tensor::activation::silu(x);
+    }
+    if let Ok(p) = x.clone().try_into_primitive::<AdFlex>() {
+        return Tensor::from_primitive::<AdFlex>(autodiff_silu(p));
+    }
+    match x.clone().try_into_primitive::<Flex>() {
+        Ok(p) => Tensor::from_primitive::<Flex>(flex_silu(p)),
+        Err(_) => burn::tensor::activation::silu(x),
+    }
+}
+
+/// Depthwise convolution: `x` `[N, C, H, W]`, `weight` `[C, 1, K, K]` (a `Conv2d` with
+/// `groups = C`), no bias. With autodiff on flex, cobb's gradient kernels; otherwise Burn's
+/// grouped convolution.
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Depthwise) -> Tensor<4> {
+    let channels = weight.dims()[0];
+    let composed = |x: Tensor<4>, weight: Tensor<4>| {
+        let options = ConvOptions::new([geometry.stride; 2], [geometry.padding; 2], [1, 1], channels);
+        burn::tensor::module::conv2d(x, weight, None, options)
+    };
+    if !on_flex(&x.device()) || !on_flex(&weight.device()) {
+        return composed(x, weight);
+    }
+    match (x.clone().try_into_primitive::<AdFlex>(), weight.clone().try_into_primitive::<AdFlex>()) {
+        (Ok(xp), Ok(wp)) => Tensor::from_primitive::<AdFlex>(autodiff_depthwise(xp, wp, geometry)),
+        _ => composed(x, weight),
+    }
+}
+
+fn autodiff_silu(x: AdTensor) -> AdTensor {
+    #[derive(Debug)]
+    struct Silu;
+
+    impl Backward<Flex, 1> for Silu {
+        /// The input's node: the backward pass recomputes the sigmoid from it.
+        type State = NodeId;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let input: FlexTensor = checkpointer.retrieve_node_output(ops.state);
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| flex_silu_backward(input, grad));
+        }
+    }
+
+    match Silu.prepare::<burn_autodiff::checkpoint::strategy::NoCheckpointing>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let state = prep.checkpoint(&x);
+            let (primitive, _guard) = x.into_parts();
+            prep.finish(state, flex_silu(primitive))
+        }
+        OpsKind::UnTracked(prep) => {
+            let (primitive, _guard) = x.into_parts();
+            prep.finish(flex_silu(primitive))
+        }
+    }
+}
+
+fn autodiff_depthwise(x: AdTensor, weight: AdTensor, geometry: Depthwise) -> AdTensor {
+    #[derive(Debug)]
+    struct DepthwiseConv;
+
+    impl Backward<Flex, 2> for DepthwiseConv {
+        /// The input's and the weight's nodes, and the geometry.
+        type State = (NodeId, NodeId, Depthwise);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let (x, weight, geometry) = ops.state;
+            let x: FlexTensor = checkpointer.retrieve_node_output(x);
+            let weight: FlexTensor = checkpointer.retrieve_node_output(weight);
+            let (x_for_weight, weight_for_x) = (x.clone(), weight.clone());
+            binary::<Flex, _, _>(
+                ops.parents,
+                ops.node,
+                grads,
+                move |grad| depthwise_x_backward(x, weight_for_x, grad, geometry),
+                move |grad| depthwise_weight_backward(x_for_weight, weight, grad, geometry),
+            );
+        }
+    }
+
+    let forward = |x: FlexTensor, weight: FlexTensor| {
+        let options = geometry.options(&weight);
+        Flex::conv2d(x, weight, None, options)
+    };
+    match DepthwiseConv.prepare::<burn_autodiff::checkpoint::strategy::NoCheckpointing>([x.node(), weight.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&x), prep.checkpoint(&weight), geometry);
+            let ((xp, _gx), (wp, _gw)) = (x.into_parts(), weight.into_parts());
+            prep.finish(state, forward(xp, wp))
+        }
+        OpsKind::UnTracked(prep) => {
+            let ((xp, _gx), (wp, _gw)) = (x.into_parts(), weight.into_parts());
+            prep.finish(forward(xp, wp))
+        }
+    }
+}
+
+fn flex_silu(x: FlexTensor) -> FlexTensor {
+    let values = f32_values(&x);
+    f32_tensor(map_parallel(&values, |v| v * sigmoid(v)), x.layout().shape().clone())
+}
+
+/// `grad * s * (1 + x * (1 - s))` with `s = sigmoid(x)`.
+fn flex_silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let (input, g) = (f32_values(&x), f32_values(&grad));
+    let mut out = vec![0.0f32; input.len()];
+    out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((out, x), g)| {
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+            let s = sigmoid(x);
+            *o = g * s * (1.0 + x * (1.0 - s));
+        }
+    });
+    f32_tensor(out, x.layout().shape().clone())
+}
+
+fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Depthwise) -> FlexTensor {
+    let Some(planes) = Planes::of(&x, &weight, geometry) else {
+        let options = geometry.options(&weight);
+        return Flex::conv2d_x_backward(x, weight, grad, options);
+    };
+    let (weight, grad) = (f32_values(&weight), f32_values(&grad));
+    let mut dx = vec![0.0f32; planes.n * planes.c * planes.h * planes.w];
+    dx.par_chunks_mut(planes.h * planes.w).enumerate().for_each(|(plane, dx)| {
+        planes.input_grad(planes.output(&grad, plane), planes.kernel(&weight, plane % planes.c), dx);
+    });
+    f32_tensor(dx, Shape::new([planes.n, planes.c, planes.h, planes.w]))
+}
+
+fn depthwise_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Depthwise) -> FlexTensor {
+    let Some(planes) = Planes::of(&x, &weight, geometry) else {
+        let options = geometry.options(&weight);
+        return Flex::conv2d_weight_backward(x, weight, grad, options);
+    };
+    let (x, grad) = (f32_values(&x), f32_values(&grad));
+    let taps = planes.k * planes.k;
+    let mut dw = vec![0.0f32; planes.c * taps];
+    dw.par_chunks_mut(taps).enumerate().for_each(|(channel, dw)| {
+        for sample in 0..planes.n {
+            let plane = sample * planes.c + channel;
+            planes.weight_grad(planes.input(&x, plane), planes.output(&grad, plane), dw);
+        }
+    });
+    f32_tensor(dw, Shape::new([planes.c, 1, planes.k, planes.k]))
+}
+
+/// Stride and (symmetric) padding of a depthwise convolution; dilation 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depthwise {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Depthwise {
+    /// Burn's options for the same convolution of `weight` (one group per channel).
+    fn options<T: TensorMetadata>(self, weight: &T) -> ConvOptions<2> {
+        ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], weight.shape()[0])
+    }
+
+    /// Output length along an axis of `input` elements for kernel size `k`.
+    fn out_len(self, input: usize, k: usize) -> usize {
+        (input + 2 * self.padding - k) / self.stride + 1
+    }
+
+    /// The outputs `o` whose tap `t` reads an input inside `0..input`: `o * stride + t -
+    /// padding` in range.
+    fn span(self, t: usize, input: usize, outputs: usize) -> std::ops::Range<usize> {
+        let (s, p) = (self.stride, self.padding);
+        let lo = if t >= p { 0 } else { (p - t).div_ceil(s) };
+        let hi = if input + p > t { ((input + p - t - 1) / s + 1).min(outputs) } else { 0 };
+        lo..hi.max(lo)
+    }
+}
+
+/// The geometry of one depthwise convolution on flex, for the per-plane loops.
+#[derive(Debug, Clone, Copy)]
+struct Planes {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    out_h: usize,
+    out_w: usize,
+    geometry: Depthwise,
+}
+
+impl Planes {
+    /// `None` (Burn's generic path) unless f32 with a `[C, 1, K, K]` weight matching `x`.
+    fn of(x: &FlexTensor, weight: &FlexTensor, geometry: Depthwise) -> Option<Self> {
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || xs.num_dims() != 4 || ws.num_dims() != 4 {
+            return None;
+        }
+        let (n, c, h, w, k) = (xs[0], xs[1], xs[2], xs[3], ws[2]);
+        if ws[0] != c || ws[1] != 1 || ws[3] != k || k == 0 || geometry.stride == 0 || h + 2 * geometry.padding < k || w + 2 * geometry.padding < k {
+            return None;
+        }
+        Some(Self { n, c, h, w, k, out_h: geometry.out_len(h, k), out_w: geometry.out_len(w, k), geometry })
+    }
+
+    fn input<'a>(&self, x: &'a [f32], plane: usize) -> &'a [f32] {
+        &x[plane * self.h * self.w..][..self.h * self.w]
+    }
+
+    fn output<'a>(&self, y: &'a [f32], plane: usize) -> &'a [f32] {
+        &y[plane * self.out_h * self.out_w..][..self.out_h * self.out_w]
+    }
+
+    fn kernel<'a>(&self, weight: &'a [f32], channel: usize) -> &'a [f32] {
+        &weight[channel * self.k * self.k..][..self.k * self.k]
+    }
+
+    /// Calls `f(tap_row, tap_col, output_row, input_row, columns)` for every kernel tap and
+    /// output row whose input row is inside the image; `columns` are the output columns whose
+    /// input column is inside too. Input coordinates are `output * stride + tap - padding`.
+    fn each_tap(&self, mut f: impl FnMut(usize, usize, usize, usize, std::ops::Range<usize>)) {
+        let Depthwise { stride, padding } = self.geometry;
+        for i in 0..self.k {
+            for out_row in self.geometry.span(i, self.h, self.out_h) {
+                let in_row = out_row * stride + i - padding;
+                for j in 0..self.k {
+                    let cols = self.geometry.span(j, self.w, self.out_w);
+                    if !cols.is_empty() {
+                        f(i, j, out_row, in_row, cols);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx += conv_transpose(grad, kernel)` for one plane.
+    fn input_grad(&self, grad: &[f32], kernel: &[f32], dx: &mut [f32]) {
+        let Depthwise { stride, padding } = self.geometry;
+        self.each_tap(|i, j, out_row, in_row, cols| {
+            let weight = kernel[i * self.k + j];
+            let grad = &grad[out_row * self.out_w..][cols.clone()];
+            let dx = &mut dx[in_row * self.w..][..self.w];
+            let first = cols.start * stride + j - padding;
+            if stride == 1 {
+                for (d, &g) in dx[first..first + cols.len()].iter_mut().zip(grad) {
+                    *d += weight * g;
+                }
+            } else {
+                for (d, &g) in dx[first..].iter_mut().step_by(stride).zip(grad) {
+                    *d += weight * g;
+                }
+            }
+        });
+    }
+
+    /// `dw[tap] += sum over outputs of grad * x` for one plane. Eight partial sums per tap,
+    /// in a fixed order, so the loop vectorises and the result is the same on every run.
+    fn weight_grad(&self, x: &[f32], grad: &[f32], dw: &mut [f32]) {
+        let Depthwise { stride, padding } = self.geometry;
+        self.each_tap(|i, j, out_row, in_row, cols| {
+            let grad = &grad[out_row * self.out_w..][cols.clone()];
+            let x = &x[in_row * self.w..][..self.w];
+            let first = cols.start * stride + j - padding;
+            let sum = if stride == 1 {
+                dot(grad, &x[first..first + cols.len()])
+            } else {
+                grad.iter().zip(x[first..].iter().step_by(stride)).map(|(g, v)| g * v).sum()
+            };
+            dw[i * self.k + j] += sum;
+        });
+    }
+}
+
+/// `a . b` with eight lanes of partial sums.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The elements of an f32 tensor `x` (`Planes::of` checked the type) in logical order, copied
+/// only when `x` is a non-contiguous view.
+fn f32_values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match stored_f32(x) {
+        Some(values) => std::borrow::Cow::Borrowed(values),
+        None => std::borrow::Cow::Owned(x.to_contiguous().storage::<f32>().to_vec()),
+    }
+}
+
+/// Elements per parallel task: large enough that rayon's overhead vanishes, small enough
+/// that both cores share a feature map.
+const CHUNK: usize = 16 * 1024;
+
+/// The f32 elements of `x` in logical order when it is stored contiguously.
+fn stored_f32(x: &FlexTensor) -> Option<&[f32]> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let (start, end) = x.layout().contiguous_offsets()?;
+    Some(&x.storage::<f32>()[start..end])
+}
+
+fn map_parallel(input: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; input.len()];
+    out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(out, input)| {
+        for (o, &v) in out.iter_mut().zip(input) {
+            *o = f(v);
+        }
+    });
+    out
+}
+
+fn f32_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `1 / (1 + e^-x)` with a branch-free exponential, so that the loops above vectorise.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `e^x` to a few ulp for x in [-87, 88] (clamped outside), without a libm call: write
+/// x = k ln2 + r with |r| <= ln2 / 2, take e^r from its degree-7 Taylor polynomial and 2^k
+/// from the exponent bits. Rounding to k uses the 1.5 * 2^23 trick, which needs no `round`
+/// instruction.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    // ln 2 split in two so that k * ln 2 is exact enough.
+    let r = (x - k * 0.693_145_75) - k * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn the_exponential_matches_the_standard_library() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            worst = worst.max(((exp(x) - x.exp()) / x.exp()).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 1e-6, "relative error {worst}");
+        // Clamped, not NaN or infinite, far outside.
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert_eq!(exp(1000.0), exp(88.0));
+        assert!(exp(88.0).is_finite());
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// The kernels are taken for tensors on flex, with and without autodiff (otherwise the
+    /// comparisons below would compare Burn with itself).
+    #[test]
+    fn tensors_on_flex_take_cobbs_kernels() {
+        let plain = Tensor::<2>::zeros([2, 2], &Device::flex());
+        let tracked = Tensor::<2>::zeros([2, 2], &Device::flex().autodiff());
+        assert!(on_flex(&plain.device()) && on_flex(&tracked.device()));
+        assert!(plain.clone().try_into_primitive::<AdFlex>().is_err());
+        assert!(plain.clone().try_into_primitive::<Flex>().is_ok());
+        assert!(plain.autodiff().require_grad().try_into_primitive::<AdFlex>().is_ok());
+        assert!(tracked.try_into_primitive::<AdFlex>().is_ok());
+    }
+
+    /// Outputs and input gradients of the fused SiLU equal Burn's composition, on a
+    /// contiguous map and on a transposed (non-contiguous) view; without autodiff too.
+    #[test]
+    fn fused_silu_matches_burns_silu_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let base = Tensor::<4>::random([3, 5, 37, 41], Distribution::Normal(0.0, 4.0), &Device::flex());
+        for x in [base.clone(), base.swap_dims(2, 3)] {
+            let w = Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let run = |fused: bool| {
+                let x = x.clone().autodiff().require_grad();
+                let y = if fused { silu(x.clone()) } else { burn::tensor::activation::silu(x.clone()) };
+                let grads = (y.clone() * w.clone()).sum().backward();
+                (values(y.inner()), values(x.grad(&grads).expect("input gradient")))
+            };
+            let ((y1, g1), (y2, g2)) = (run(true), run(false));
+            assert!(max_diff(&y1, &y2) < 1e-5, "forward {}", max_diff(&y1, &y2));
+            assert!(max_diff(&g1, &g2) < 1e-5, "backward {}", max_diff(&g1, &g2));
+        }
+        let x = Tensor::<2>::random([7, 300], Distribution::Normal(0.0, 4.0), &Device::flex());
+        let fused = values(silu(x.clone()));
+        assert!(max_diff(&fused, &values(burn::tensor::activation::silu(x))) < 1e-5);
+    }
+
+    /// Outputs, input gradients and weight gradients of the depthwise kernels equal Burn's
+    /// grouped convolution, for the kernel sizes, strides and paddings of EfficientNet, odd
+    /// image sizes, and a non-contiguous input.
+    #[test]
+    fn depthwise_convolution_matches_burns_grouped_convolution() {
+        let device = Device::flex().autodiff();
+        for (k, stride, padding, h, w, transposed) in
+            [(3, 1, 1, 9, 11, false), (5, 2, 2, 13, 10, false), (3, 2, 1, 8, 7, true), (5, 1, 2, 6, 6, false), (3, 2, 0, 9, 9, false), (5, 2, 2, 1, 2, false), (3, 1, 1, 1, 1, false)]
+        {
+            let geometry = Depthwise { stride, padding };
+            let mut x = Tensor::<4>::random([3, 4, h, w], Distribution::Normal(0.0, 1.0), &Device::flex());
+            if transposed {
+                x = x.swap_dims(2, 3);
+            }
+            let weight = Tensor::<4>::random([4, 1, k, k], Distribution::Normal(0.0, 1.0), &Device::flex());
+            let run = |ours: bool| {
+                let x = x.clone().autodiff().require_grad();
+                let weight = weight.clone().autodiff().require_grad();
+                let y = if ours {
+                    depthwise_conv2d(x.clone(), weight.clone(), geometry)
+                } else {
+                    let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 4);
+                    burn::tensor::module::conv2d(x.clone(), weight.clone(), None, options)
+                };
+                (y, x, weight)
+            };
+            let (y1, x1, w1) = run(true);
+            let (y2, x2, w2) = run(false);
+            assert_eq!(y1.dims(), y2.dims(), "k{k} s{stride} p{padding}");
+            let target = Tensor::<4>::random(y1.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let g1 = (y1.clone() * target.clone()).sum().backward();
+            let g2 = (y2.clone() * target).sum().backward();
+            let case = format!("k{k} s{stride} p{padding} {h}x{w}");
+            assert!(max_diff(&values(y1.inner()), &values(y2.inner())) < 1e-5, "forward {case}");
+            let (dx1, dx2) = (x1.grad(&g1).expect("dx"), x2.grad(&g2).expect("dx"));
+            assert!(max_diff(&values(dx1), &values(dx2)) < 1e-5, "input gradient {case}");
+            let (dw1, dw2) = (w1.grad(&g1).expect("dw"), w2.grad(&g2).expect("dw"));
+            assert!(max_diff(&values(dw1), &values(dw2)) < 1e-4, "weight gradient {case}");
+        }
+    }
+}
