@@ -113,6 +113,7 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -120,6 +121,11 @@ pub fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    let level = match cli.command {
+        Command::Server(_) | Command::Worker(_) | Command::Up(_) => server::telemetry::SERVICE_LEVEL,
+        _ => server::telemetry::COMMAND_LEVEL,
+    };
+    server::telemetry::init(level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -130,6 +136,25 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`cobb runs | head -1`) is an error
+/// that `println!` turns into a panic. A command-line tool should end quietly instead, as
+/// `ls | head -1` does: restore the default action.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
     }
 }
 

@@ -96,6 +96,18 @@ fn phantoms_register_with_no_patient_in_two_splits() {
     assert!(per_patient.values().any(|n| *n > 1), "patients have several images, so grouping matters");
 }
 
+/// `cobb models | head -1`: the reader goes away before cobb is done writing; cobb must end
+/// quietly (the default SIGPIPE action, as `ls | head -1`), not panic on the failed write.
+#[test]
+fn a_closed_pipe_ends_cobb_quietly() {
+    let mut child = Command::new(COBB).args(["models"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cobb runs");
+    // Close the reading end at once: cobb's first write finds no reader.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("cobb ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
+
 #[test]
 fn dry_run_prints_the_expanded_runs_without_a_server() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -29,7 +29,6 @@ struct Overrides<'a> {
 }
 
 pub async fn run(args: &ServerArgs, data_dir: &Path) -> Result<(), Failure> {
-    server::telemetry::init();
     let config = server::ServerConfig::load(Overrides { data_dir, args })
         .map_err(|e| Failure::Input(anyhow::anyhow!("invalid configuration: {e}")))?;
     let data_dir: PathBuf = config.data_dir.clone();

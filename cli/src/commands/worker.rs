@@ -178,7 +178,6 @@ fn on_signal(shutdown: Arc<AtomicBool>) {
 }
 
 pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data_dir: &Path) -> Result<(), Failure> {
-    server::telemetry::init();
     let choice: DeviceChoice = args.device.parse().map_err(Failure::input)?;
     device::probe(choice).map_err(|e| Failure::Runtime(e.into()))?;
     let token = token
@@ -238,7 +237,6 @@ async fn worker_token(client: &Client, data_dir: &Path) -> Result<String, Failur
 }
 
 pub async fn up(args: &UpArgs, data_dir: &Path) -> Result<(), Failure> {
-    server::telemetry::init();
     let choice: DeviceChoice = args.device.parse().map_err(Failure::input)?;
     device::probe(choice).map_err(|e| Failure::Runtime(e.into()))?;
     let (url, admin) = local_server(data_dir, &args.bind).await?;
