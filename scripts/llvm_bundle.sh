@@ -51,9 +51,13 @@ if ! "$sdk/bin/llvm-config" --targets-built | grep -q NVPTX; then
   exit 1
 fi
 
+# Burn's build script reruns (and everything CUDA rebuilds) when the sentinel's time
+# changes: touch it only when it is new, and relink only what points elsewhere.
 mkdir -p "$target"
 for part in bin include lib share; do
-  ln -sfn "$sdk/$part" "$target/$part"
+  if [ "$(readlink "$target/$part" 2>/dev/null)" != "$sdk/$part" ]; then
+    ln -sfn "$sdk/$part" "$target/$part"
+  fi
 done
-touch "$sentinel"
+[ -e "$sentinel" ] || touch "$sentinel"
 echo "LLVM $("$sdk/bin/llvm-config" --version) with NVPTX ready for tracel-llvm-bundler $bundler in $target"
