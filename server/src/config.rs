@@ -5,7 +5,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// Unknown keys (in `cobb.toml` above all) are errors that name the key, not silently ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port.
     pub bind: String,
@@ -48,6 +50,11 @@ impl ServerConfig {
     /// variables, and finally `overrides` (the command-line flags that were given).
     pub fn load(overrides: impl Serialize) -> Result<Self, Box<figment::Error>> {
         let file = std::env::var("COBB_CONFIG").unwrap_or_else(|_| "cobb.toml".to_owned());
+        Self::load_from(std::path::Path::new(&file), overrides)
+    }
+
+    /// [`ServerConfig::load`] with the TOML file named (a missing file is no error).
+    pub fn load_from(file: &std::path::Path, overrides: impl Serialize) -> Result<Self, Box<figment::Error>> {
         Figment::from(Serialized::defaults(ServerConfig::default()))
             .merge(Toml::file(file))
             .merge(Env::prefixed("COBB_").only(&[
@@ -71,5 +78,25 @@ impl ServerConfig {
             Some(url) => url.clone(),
             None => format!("sqlite://{}?mode=rwc", self.data_dir.join("cobb.db").display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("cobb.toml");
+        std::fs::write(&file, "lease_ttl_secs = 30\nlease_tll_secs = 90\n").expect("write");
+        let message = ServerConfig::load_from(&file, NoFlags {}).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("lease_tll_secs"), "{message}");
+        std::fs::write(&file, "lease_ttl_secs = 30\n").expect("write");
+        let config = ServerConfig::load_from(&file, NoFlags {}).expect("a known key loads");
+        assert_eq!(config.lease_ttl_secs, 30);
     }
 }
