@@ -33,8 +33,7 @@ use rayon::prelude::*;
 type AdFlex = Autodiff<Flex>;
 type AdTensor = <AdFlex as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
-/// Whether a tensor on `device` lives on flex (with or without autodiff: a tensor reports
-/// the device of its data, so which of the two is told by converting it).
+/// Whether a tensor on `device` lives on flex, with or without autodiff.
 fn on_flex(device: &Device) -> bool {
     device.clone().inner() == Device::flex()
 }
@@ -47,13 +46,12 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if !on_flex(&x.device()) {
         return burn::tensor::activation::silu(x);
     }
-    if let Ok(p) = x.clone().try_into_primitive::<AdFlex>() {
-        return Tensor::from_primitive::<AdFlex>(autodiff_silu(p));
-    }
-    match x.clone().try_into_primitive::<Flex>() {
-        Ok(p) => Tensor::from_primitive::<Flex>(flex_silu(p)),
-        Err(_) => burn::tensor::activation::silu(x),
-    }
+    let converted = if x.is_autodiff() {
+        x.clone().try_into_primitive::<AdFlex>().map(|p| Tensor::from_primitive::<AdFlex>(autodiff_silu(p)))
+    } else {
+        x.clone().try_into_primitive::<Flex>().map(|p| Tensor::from_primitive::<Flex>(flex_silu(p)))
+    };
+    converted.unwrap_or_else(|_| burn::tensor::activation::silu(x))
 }
 
 /// Depthwise convolution: `x` `[N, C, H, W]`, `weight` `[C, 1, K, K]` (a `Conv2d` with
