@@ -31,13 +31,19 @@ pub(crate) use ddl_migration;
 mod m001_initial;
 mod m002_promotions;
 mod m003_sessions;
+mod m004_jobs;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m001_initial::Migration), Box::new(m002_promotions::Migration), Box::new(m003_sessions::Migration)]
+        vec![
+            Box::new(m001_initial::Migration),
+            Box::new(m002_promotions::Migration),
+            Box::new(m003_sessions::Migration),
+            Box::new(m004_jobs::Migration),
+        ]
     }
 }
 

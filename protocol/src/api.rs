@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::metrics::{ClassMetrics, ConfusionMatrix};
 use crate::spec::{ExperimentSpec, Params};
-use crate::status::{Role, RunStatus, Split};
+use crate::status::{JobKind, JobStatus, Role, RunStatus, Split};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
@@ -265,6 +265,9 @@ pub struct MetricValue {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseInfo {
     pub id: String,
+    /// The job the lease was handed for, and its kind.
+    pub job_id: Option<i64>,
+    pub kind: Option<JobKind>,
     pub worker: String,
     pub attempt: u32,
     pub created_at: Millis,
@@ -357,29 +360,67 @@ pub struct LeaseRequest {
     pub worker: String,
     #[serde(default)]
     pub device: Option<String>,
+    /// The kinds of job this worker takes; empty means every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<JobKind>,
 }
 
+/// A job handed to a worker under a lease. The fields every kind shares are here; what the
+/// kind needs is in `work` (flattened: the JSON has `kind` and that kind's fields beside the
+/// shared ones).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Lease {
+pub struct JobLease {
     pub lease_id: String,
+    pub job_id: i64,
     pub run_id: i64,
     pub run_name: String,
     pub experiment: String,
+    /// Leases taken by this job so far, this one included.
     pub attempt: u32,
     pub expires_at: Millis,
     pub ttl_seconds: u64,
     /// How often the worker should heartbeat.
     pub heartbeat_seconds: u64,
     pub config: ExperimentSpec,
-    pub params: Params,
     pub dataset: String,
     pub dataset_version: String,
+    #[serde(flatten)]
+    pub work: Work,
+}
+
+impl JobLease {
+    pub fn kind(&self) -> JobKind {
+        match self.work {
+            Work::Train(_) => JobKind::Train,
+            Work::Evaluate(_) => JobKind::Evaluate,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    Train(TrainWork),
+    Evaluate(EvaluateWork),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainWork {
+    pub params: Params,
     /// The newest checkpoint of an earlier attempt, to resume from.
     pub resume_from: Option<ArtifactInfo>,
     /// That checkpoint's files in the artifact store (`last_checkpoint`, `last_optimizer`,
     /// `last_state`), for a worker on another machine to download.
     #[serde(default)]
     pub resume_files: Vec<ArtifactInfo>,
+}
+
+/// A promoted run's one evaluation on the sealed test split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluateWork {
+    pub promotion_id: i64,
+    /// The run's best checkpoint: the worker verifies this sha256 before evaluating.
+    pub checkpoint: ArtifactInfo,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -419,8 +460,43 @@ pub struct Complete {
     /// (bad data, NaN loss) may not.
     #[serde(default)]
     pub retryable: bool,
+    /// Training: the epoch whose checkpoint is the run's best.
     #[serde(default)]
     pub best_epoch: Option<i64>,
+    /// Evaluation: the test confusion matrix (the server computes the metrics from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<crate::metrics::ConfusionMatrix>,
+    /// Evaluation: test images that could not be read, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<IngestionIssue>,
+}
+
+/// A job as the server holds it: the answer to complete and release, and an entry of
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: i64,
+    pub kind: JobKind,
+    pub run_id: i64,
+    pub run_name: String,
+    pub experiment: String,
+    pub promotion_id: Option<i64>,
+    pub status: JobStatus,
+    pub cancel_requested: bool,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// One job with its attempt history (every lease it was handed, oldest first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobInfo,
+    pub leases: Vec<LeaseInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -490,37 +566,6 @@ pub struct PromoteRequest {
     pub reason: String,
 }
 
-/// The evaluation of a promoted model on the test split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EvaluationStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-impl EvaluationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvaluationStatus::Queued => "queued",
-            EvaluationStatus::Running => "running",
-            EvaluationStatus::Succeeded => "succeeded",
-            EvaluationStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => EvaluationStatus::Queued,
-            "running" => EvaluationStatus::Running,
-            "succeeded" => EvaluationStatus::Succeeded,
-            "failed" => EvaluationStatus::Failed,
-            _ => return None,
-        })
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromotionInfo {
     pub id: i64,
@@ -535,7 +580,11 @@ pub struct PromotionInfo {
     pub dataset_version: String,
     pub config_hash: String,
     pub code_version: String,
-    pub status: EvaluationStatus,
+    /// The evaluation job's status (a promotion that reuses an earlier evaluation of its run
+    /// has no job of its own and shows `succeeded`).
+    pub status: JobStatus,
+    /// The promotion's evaluation job; None when it reuses an earlier evaluation.
+    pub job_id: Option<i64>,
     pub attempt: i64,
     pub error: Option<String>,
     pub finished_at: Option<Millis>,
@@ -556,34 +605,4 @@ pub struct TestReport {
     /// Roll-ups by view (AP/lateral) and by phase (pre-op/post-op).
     pub by_view: crate::metrics::ClassificationReport,
     pub by_phase: crate::metrics::ClassificationReport,
-}
-
-/// A test-evaluation job handed to a worker (never a training lease).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvaluationLease {
-    pub lease_id: String,
-    pub promotion_id: i64,
-    pub run_id: i64,
-    pub run_name: String,
-    pub experiment: String,
-    pub attempt: u32,
-    pub heartbeat_seconds: u64,
-    pub config: ExperimentSpec,
-    /// The run's best checkpoint: the worker verifies this sha256 before evaluating.
-    pub checkpoint: ArtifactInfo,
-    pub dataset_version: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvaluationComplete {
-    pub outcome: Outcome,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub retryable: bool,
-    #[serde(default)]
-    pub confusion: Option<crate::metrics::ConfusionMatrix>,
-    /// Test images that could not be read, and why.
-    #[serde(default)]
-    pub skipped: Vec<IngestionIssue>,
 }

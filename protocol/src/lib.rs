@@ -16,4 +16,4 @@ pub mod time;
 
 pub use error::ErrorBody;
 pub use spec::{ExperimentSpec, SpecError};
-pub use status::{Role, RunStatus, Split};
+pub use status::{JobKind, JobStatus, Role, RunStatus, Split};

@@ -58,6 +58,19 @@ impl RunStatus {
     }
 }
 
+/// A job's status: the same lifecycle as a run's (a run's status is its training job's).
+pub type JobStatus = RunStatus;
+
+string_enum!(
+    /// What a job asks a worker to do. `train`: train a run (train and validation items);
+    /// `evaluate`: evaluate a promoted run's best checkpoint on the sealed test split (the
+    /// only kind that ever receives test items).
+    JobKind {
+        Train => "train",
+        Evaluate => "evaluate",
+    }
+);
+
 string_enum!(
     /// viewer < submitter < reviewer < admin; `worker` is separate and only speaks the
     /// worker protocol. Admin may do everything.

@@ -57,7 +57,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
-        crate::service::leases::spawn_reaper(state.clone());
+        crate::service::jobs::spawn_reaper(state.clone());
         tracing::info!(port, database = ?state.db.backend, data_dir = %config.data_dir.display(), "cobb server listening");
         Ok(Self { port, server, admin_token })
     }

@@ -3,10 +3,10 @@
 //! a run; refusals (409 lease expired/lost) are returned as such.
 
 use protocol::api::{
-    ArtifactInfo, Complete, EpochResults, EvaluationComplete, EvaluationLease, PromotionInfo, Heartbeat, HeartbeatReply, ItemList, Lease, LeaseRequest, MetricsAccepted, MetricsBatch,
-    Release, RunInfo,
+    ArtifactInfo, Complete, EpochResults, Heartbeat, HeartbeatReply, ItemList, JobInfo, JobLease, LeaseRequest, MetricsAccepted,
+    MetricsBatch, Release,
 };
-use protocol::ErrorBody;
+use protocol::{ErrorBody, JobKind};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -136,10 +136,14 @@ impl Client {
         value.ok_or_else(|| ClientError::Refused { status: 204, message: format!("empty answer to {what}") })
     }
 
-    pub async fn lease(&self, worker: &str, device: &str) -> Result<Option<Lease>, ClientError> {
-        self.send("/leases", &LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()) }).await
+    /// The next job of `kinds` (every kind when empty) under a new lease, or None.
+    pub async fn lease(&self, worker: &str, device: &str, kinds: &[JobKind]) -> Result<Option<JobLease>, ClientError> {
+        let request = LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()), kinds: kinds.to_vec() };
+        self.send("/leases", &request).await
     }
 
+    /// The items the lease's job works on (train and validation for training, test for an
+    /// evaluation).
     pub async fn items(&self, lease: &str) -> Result<ItemList, ClientError> {
         self.get(&format!("/leases/{lease}/items")).await
     }
@@ -157,30 +161,11 @@ impl Client {
         self.send::<_, serde_json::Value>(&format!("/runs/{run}/results"), results).await.map(|_| ())
     }
 
-
-    pub async fn complete(&self, lease: &str, complete: &Complete) -> Result<RunInfo, ClientError> {
+    pub async fn complete(&self, lease: &str, complete: &Complete) -> Result<JobInfo, ClientError> {
         Self::expect(self.send(&format!("/leases/{lease}/complete"), complete).await?, "complete")
     }
 
-    pub async fn release(&self, lease: &str, reason: &str) -> Result<RunInfo, ClientError> {
+    pub async fn release(&self, lease: &str, reason: &str) -> Result<JobInfo, ClientError> {
         Self::expect(self.send(&format!("/leases/{lease}/release"), &Release { reason: reason.to_owned() }).await?, "release")
-    }
-
-    /// A promoted run's test evaluation, if one is waiting (asked before training leases).
-    pub async fn lease_evaluation(&self, worker: &str, device: &str) -> Result<Option<EvaluationLease>, ClientError> {
-        self.send("/evaluations/lease", &LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()) }).await
-    }
-
-    /// The test items, through the evaluation's lease only.
-    pub async fn evaluation_items(&self, lease: &str) -> Result<ItemList, ClientError> {
-        self.get(&format!("/evaluations/{lease}/items")).await
-    }
-
-    pub async fn evaluation_heartbeat(&self, lease: &str) -> Result<(), ClientError> {
-        self.send::<_, serde_json::Value>(&format!("/evaluations/{lease}/heartbeat"), &serde_json::json!({})).await.map(|_| ())
-    }
-
-    pub async fn complete_evaluation(&self, lease: &str, complete: &EvaluationComplete) -> Result<PromotionInfo, ClientError> {
-        Self::expect(self.send(&format!("/evaluations/{lease}/complete"), complete).await?, "complete evaluation")
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use worker::device::DeviceChoice;
-use worker::lease::{self, Quiet, WorkerConfig};
+use worker::jobs::{self, Quiet, WorkerConfig};
 
 struct Server {
     url: String,
@@ -118,7 +118,7 @@ async fn a_worker_trains_queued_runs_and_streams_every_epoch() {
     server.post("/experiments", &json!({"yaml": spec("e2e", 2, sweep)})).await;
 
     let shutdown = Arc::new(AtomicBool::new(false));
-    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), shutdown).await.expect("worker");
+    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), shutdown).await.expect("worker");
 
     let list: RunList = server.get("/runs?experiment=e2e&sort=val_macro_f1").await;
     assert_eq!(list.total, 2);
@@ -146,7 +146,7 @@ async fn cancelling_a_running_run_stops_its_worker() {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let config = server.worker(&dir.path().join("w"), true);
-    let worker = tokio::spawn(lease::run(config, Arc::new(Quiet), shutdown));
+    let worker = tokio::spawn(jobs::run(config, Arc::new(Quiet), shutdown));
     // Wait until the run is training.
     let mut id = 0;
     for _ in 0..100 {
@@ -190,7 +190,7 @@ async fn three_workers_share_twelve_runs(server: Server) {
         .map(|i| {
             let mut config = server.worker(&dir.path().join(format!("w{i}")), true);
             config.name = format!("fleet-{i}");
-            tokio::spawn(lease::run(config, Arc::new(Quiet), Arc::new(AtomicBool::new(false))))
+            tokio::spawn(jobs::run(config, Arc::new(Quiet), Arc::new(AtomicBool::new(false))))
         })
         .collect();
     for w in workers {
@@ -221,7 +221,7 @@ async fn a_file_corrupted_after_registration_fails_the_run_naming_it() {
     std::fs::write(root.join(&victim), b"\x89PNG truncated garbage").expect("corrupt");
     server.post("/experiments", &json!({"yaml": spec("damaged", 2, "")})).await;
 
-    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
+    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
         .await
         .expect("worker");
     let list: RunList = server.get("/runs?experiment=damaged").await;
@@ -242,7 +242,7 @@ async fn unreadable_images_are_skipped_and_reported_up_to_a_threshold() {
         let yaml = spec(name, 1, "").replace("dataset: {name: ph}", &format!("dataset: {{name: {dataset}}}"));
         server.post("/experiments", &json!({"yaml": yaml})).await;
     }
-    lease::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
+    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
         .await
         .expect("worker");
 

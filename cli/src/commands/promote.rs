@@ -1,7 +1,8 @@
 //! `cobb promote RUN --reason TEXT`: promote a run to the sealed test split and wait for
 //! its one evaluation; `cobb promotions [--experiment E]`: the promotion history.
 
-use protocol::api::{EvaluationStatus, PromoteRequest, PromotionInfo, TestReport};
+use protocol::JobStatus;
+use protocol::api::{PromoteRequest, PromotionInfo, TestReport};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
@@ -13,7 +14,7 @@ use crate::output;
 async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i64) -> Result<(), Failure> {
     let (server, token) = client.worker_login();
     let token = token.ok_or_else(|| Failure::input("evaluating here needs a token with the worker role (or admin)"))?;
-    let config = worker::lease::WorkerConfig {
+    let config = worker::jobs::WorkerConfig {
         server: server.clone(),
         token: token.clone(),
         name: format!("promote-{}", std::process::id()),
@@ -23,11 +24,14 @@ async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i
         exit_when_idle: true,
     };
     let worker_client = worker::client::Client::new(&server, &token);
-    // Evaluations are handed out oldest first; run them until this promotion's is done.
-    while let Some(job) = worker_client.lease_evaluation(&config.name, "cpu").await.map_err(|e| Failure::Runtime(e.into()))? {
-        let mine = job.promotion_id == promotion;
-        eprintln!("evaluating promotion {} (run {}) on the test split here", job.promotion_id, job.run_id);
-        worker::evaluate::run(&worker_client, &config, job, std::sync::Arc::new(worker::lease::Quiet)).await;
+    // Evaluation jobs are handed out oldest first; run them until this promotion's is done.
+    let kinds = [protocol::JobKind::Evaluate];
+    while let Some(job) = worker_client.lease(&config.name, "cpu", &kinds).await.map_err(|e| Failure::Runtime(e.into()))? {
+        let protocol::api::Work::Evaluate(work) = &job.work else { break };
+        let mine = work.promotion_id == promotion;
+        eprintln!("evaluating promotion {} (run {}) on the test split here", work.promotion_id, job.run_id);
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        worker::jobs::run_job(&worker_client, &config, job, std::sync::Arc::new(worker::jobs::Quiet), shutdown).await;
         if mine {
             break;
         }
@@ -53,13 +57,13 @@ pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, he
         }
     }
     if let Some(data_dir) = here
-        && promotion.status == EvaluationStatus::Queued
+        && promotion.status == JobStatus::Queued
     {
         evaluate_here(client, data_dir, promotion.id).await?;
     }
     let started = Instant::now();
     let mut current = promotion;
-    while matches!(current.status, EvaluationStatus::Queued | EvaluationStatus::Running) {
+    while matches!(current.status, JobStatus::Queued | JobStatus::Running) {
         if started.elapsed() > Duration::from_secs(wait_secs) {
             if json {
                 output::json(&current);
@@ -75,7 +79,7 @@ pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, he
         tokio::time::sleep(Duration::from_millis(500)).await;
         current = client.get(&format!("/promotions/{}", current.id)).await?;
     }
-    if current.status == EvaluationStatus::Failed {
+    if current.status == JobStatus::Failed {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "the test evaluation of promotion {} failed: {}",
             current.id,

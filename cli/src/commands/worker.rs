@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use worker::device::{self, DeviceChoice};
-use worker::lease::{self, Progress, WorkerConfig};
+use protocol::api::{JobLease, Work};
+use worker::jobs::{self, Progress, WorkerConfig};
 
 use crate::client::Client;
 use crate::failure::Failure;
@@ -32,36 +33,43 @@ pub struct WorkerArgs {
     pub exit_when_idle: bool,
 }
 
-/// Prints one line per run event.
+/// What a job is, for one line of progress.
+fn describe(job: &JobLease) -> String {
+    match &job.work {
+        Work::Train(_) => format!(
+            "started (attempt {}): {} at {} px, {} epochs",
+            job.attempt,
+            job.config.model.arch,
+            job.config.model.resolved_image_size(),
+            job.config.train.epochs
+        ),
+        Work::Evaluate(e) => format!("evaluating promotion {} on the sealed test split (attempt {})", e.promotion_id, job.attempt),
+    }
+}
+
+/// Prints one line per job event.
 struct Lines;
 
 impl Progress for Lines {
-    fn started(&self, lease: &protocol::api::Lease) {
-        eprintln!(
-            "[run {:>3} {}] started (attempt {}): {} at {} px, {} epochs",
-            lease.run_id,
-            lease.run_name,
-            lease.attempt,
-            lease.config.model.arch,
-            lease.config.model.resolved_image_size(),
-            lease.config.train.epochs
-        );
+    fn started(&self, job: &JobLease) {
+        eprintln!("[run {:>3} {}] {}", job.run_id, job.run_name, describe(job));
     }
-    fn epoch(&self, lease: &protocol::api::Lease, r: &worker::train::EpochReport) {
+    fn epoch(&self, job: &JobLease, r: &worker::train::EpochReport) {
         eprintln!(
             "[run {:>3} {}] epoch {}/{}  loss {:.3}  val macro-F1 {:.3}  {:.0} img/s{}",
-            lease.run_id,
-            lease.run_name,
+            job.run_id,
+            job.run_name,
             r.epoch + 1,
-            lease.config.train.epochs,
+            job.config.train.epochs,
             r.train_loss,
             r.report.macro_f1,
             r.images_per_second,
             if r.best { "  best" } else { "" }
         );
     }
-    fn finished(&self, lease: &protocol::api::Lease, status: &str, detail: &str) {
-        eprintln!("[run {:>3} {}] {status} {detail}", lease.run_id, lease.run_name);
+    fn finished(&self, job: &JobLease, status: &str, detail: &str) {
+        let what = if matches!(job.work, Work::Evaluate(_)) { "test evaluation " } else { "" };
+        eprintln!("[run {:>3} {}] {what}{status} {detail}", job.run_id, job.run_name);
     }
 }
 
@@ -82,26 +90,34 @@ impl Bars {
 }
 
 impl Progress for Bars {
-    fn started(&self, lease: &protocol::api::Lease) {
+    fn started(&self, lease: &JobLease) {
+        let Work::Train(work) = &lease.work else {
+            let _ = self.multi.println(format!("[run {:>3} {}] {}", lease.run_id, lease.run_name, describe(lease)));
+            return;
+        };
         let bar = self.multi.add(indicatif::ProgressBar::new(u64::from(lease.config.train.epochs)));
         let style = indicatif::ProgressStyle::with_template("{prefix:<34} [{bar:24}] {pos}/{len} epochs {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> ");
         bar.set_style(style);
-        let params = protocol::sweep::describe(&lease.params).replace("model.arch=", "").replace("train.optimizer.", "");
+        let params = protocol::sweep::describe(&work.params).replace("model.arch=", "").replace("train.optimizer.", "");
         bar.set_prefix(format!("run {} {}", lease.run_id, if params.is_empty() { lease.run_name.clone() } else { params }));
         bar.set_message(format!("attempt {}", lease.attempt));
         if let Ok(mut bars) = self.bars.lock() {
             bars.insert(lease.run_id, bar);
         }
     }
-    fn epoch(&self, lease: &protocol::api::Lease, r: &worker::train::EpochReport) {
+    fn epoch(&self, lease: &JobLease, r: &worker::train::EpochReport) {
         if let Some(bar) = self.bar(lease.run_id) {
             bar.set_position(r.epoch as u64 + 1);
             bar.set_message(format!("loss {:.3}  val macro-F1 {:.3}  {:.0} img/s", r.train_loss, r.report.macro_f1, r.images_per_second));
         }
     }
-    fn finished(&self, lease: &protocol::api::Lease, status: &str, detail: &str) {
+    fn finished(&self, lease: &JobLease, status: &str, detail: &str) {
+        if matches!(lease.work, Work::Evaluate(_)) {
+            let _ = self.multi.println(format!("[run {:>3} {}] test evaluation {status} {detail}", lease.run_id, lease.run_name));
+            return;
+        }
         if let Some(bar) = self.bar(lease.run_id) {
             let message = bar.message();
             bar.finish_with_message(format!("{message}  {status} {detail}"));
@@ -147,7 +163,7 @@ fn spawn_workers(
             let shutdown = shutdown.clone();
             let progress = progress.clone();
             tokio::spawn(async move {
-                if let Err(e) = lease::run(config, progress, shutdown).await {
+                if let Err(e) = jobs::run(config, progress, shutdown).await {
                     eprintln!("worker stopped: {e}");
                 }
             })

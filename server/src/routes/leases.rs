@@ -1,6 +1,9 @@
+//! The worker protocol, one for every kind of job: lease, heartbeat, items, complete,
+//! release; checkpoint files; and the job queue as viewers see it (`/jobs`).
+
 use actix_web::{HttpResponse, get, post, web};
-use protocol::Role;
 use protocol::api::{Complete, Heartbeat, LeaseRequest, Release};
+use protocol::{JobKind, JobStatus, Role};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -8,7 +11,15 @@ use crate::service;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(lease).service(heartbeat).service(complete).service(release).service(items).service(blob).service(
+    cfg.service(lease)
+        .service(heartbeat)
+        .service(complete)
+        .service(release)
+        .service(items)
+        .service(blob)
+        .service(jobs)
+        .service(job)
+        .service(
         web::resource("/runs/{run}/blobs").app_data(web::PayloadConfig::new(MAX_BLOB_BYTES)).route(web::put().to(upload)),
     );
 }
@@ -32,20 +43,20 @@ async fn upload(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Created().json(service::leases::upload_blob(&state, *run, &q.lease_id, &q.kind, body).await?))
+    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, *run, &q.lease_id, &q.kind, body).await?))
 }
 
 #[get("/blobs/{sha256}")]
 async fn blob(state: web::Data<AppState>, who: Principal, sha256: web::Path<String>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(service::leases::blob(&state, &sha256).await?))
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(service::worker_writes::blob(&state, &sha256).await?))
 }
 
-/// 200 with a lease, or 204 when no run is waiting.
+/// 200 with a job under a new lease, or 204 when no job (of the kinds asked for) is waiting.
 #[post("/leases")]
 async fn lease(state: web::Data<AppState>, who: Principal, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(match service::leases::lease(&state, &who, body.into_inner()).await? {
+    Ok(match service::jobs::lease(&state, &who, body.into_inner()).await? {
         Some(lease) => HttpResponse::Ok().json(lease),
         None => HttpResponse::NoContent().finish(),
     })
@@ -60,7 +71,7 @@ async fn heartbeat(
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
     let beat = body.map(|b| b.into_inner()).unwrap_or_default();
-    Ok(HttpResponse::Ok().json(service::leases::heartbeat(&state, &id, beat).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::heartbeat(&state, &id, beat).await?))
 }
 
 #[post("/leases/{id}/complete")]
@@ -71,7 +82,7 @@ async fn complete(
     body: web::Json<Complete>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::leases::complete(&state, &id, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::complete(&state, &id, body.into_inner()).await?))
 }
 
 #[post("/leases/{id}/release")]
@@ -82,11 +93,38 @@ async fn release(
     body: web::Json<Release>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::leases::release(&state, &id, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::release(&state, &id, body.into_inner()).await?))
 }
 
 #[get("/leases/{id}/items")]
 async fn items(state: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::leases::items(&state, &id).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::items(&state, &id).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct JobQuery {
+    run: Option<i64>,
+    kind: Option<String>,
+    status: Option<String>,
+    limit: Option<u64>,
+}
+
+/// The job queue, newest first (viewer).
+#[get("/jobs")]
+async fn jobs(state: web::Data<AppState>, who: Principal, q: web::Query<JobQuery>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let filter = crate::store::jobs::Filter {
+        run: q.run,
+        kind: q.kind.as_deref().map(str::parse::<JobKind>).transpose().map_err(ApiError::InvalidRequest)?,
+        status: q.status.as_deref().map(str::parse::<JobStatus>).transpose().map_err(ApiError::InvalidRequest)?,
+    };
+    Ok(HttpResponse::Ok().json(service::jobs::list(&state, filter, q.limit.unwrap_or(100)).await?))
+}
+
+/// One job with its attempt history (viewer).
+#[get("/jobs/{id}")]
+async fn job(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::jobs::show(&state, *id).await?))
 }

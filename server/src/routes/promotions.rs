@@ -1,9 +1,9 @@
-//! Promotion (reviewer), its test report (viewer; JSON or CSV), and the evaluation jobs
-//! that workers lease: the only route by which test items leave the server.
+//! Promotion (reviewer) and its test report (viewer; JSON or CSV). The evaluation itself is
+//! a job that workers lease through the worker protocol (routes::leases).
 
 use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
-use protocol::api::{EvaluationComplete, LeaseRequest, PromoteRequest};
+use protocol::api::PromoteRequest;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -15,11 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(list)
         .service(report_csv)
         .service(test_report)
-        .service(one)
-        .service(lease_evaluation)
-        .service(items)
-        .service(heartbeat)
-        .service(complete);
+        .service(one);
 }
 
 #[post("/runs/{id}/promote")]
@@ -59,41 +55,4 @@ async fn report_csv(state: web::Data<AppState>, who: Principal, id: web::Path<i6
         .content_type("text/csv; charset=utf-8")
         .insert_header(("Content-Disposition", format!("attachment; filename=\"promotion-{}-test-report.csv\"", *id)))
         .body(promotions::report_csv(&report)))
-}
-
-/// 200 with an evaluation job, or 204 when none is waiting.
-#[post("/evaluations/lease")]
-async fn lease_evaluation(state: web::Data<AppState>, who: Principal, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
-    if body.worker.is_empty() || body.worker.len() > 100 {
-        return Err(ApiError::InvalidRequest("worker name must be 1-100 characters".to_owned()));
-    }
-    Ok(match promotions::lease(&state, &who, &body.worker).await? {
-        Some(lease) => HttpResponse::Ok().json(lease),
-        None => HttpResponse::NoContent().finish(),
-    })
-}
-
-#[get("/evaluations/{lease_id}/items")]
-async fn items(state: web::Data<AppState>, who: Principal, lease_id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(promotions::items(&state, &lease_id).await?))
-}
-
-#[post("/evaluations/{lease_id}/heartbeat")]
-async fn heartbeat(state: web::Data<AppState>, who: Principal, lease_id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
-    promotions::heartbeat(&state, &lease_id).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-#[post("/evaluations/{lease_id}/complete")]
-async fn complete(
-    state: web::Data<AppState>,
-    who: Principal,
-    lease_id: web::Path<String>,
-    body: web::Json<EvaluationComplete>,
-) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(promotions::complete(&state, &lease_id, body.into_inner()).await?))
 }

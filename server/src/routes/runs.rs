@@ -79,7 +79,7 @@ async fn ingest_metrics(
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
     let header = req.headers().get("Cobb-Lease").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let accepted = service::leases::ingest_metrics(&state, *id, header, body.into_inner()).await?;
+    let accepted = service::worker_writes::ingest_metrics(&state, *id, header, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(accepted))
 }
 
@@ -91,7 +91,7 @@ async fn results(
     body: web::Json<EpochResults>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    service::leases::record_results(&state, *id, body.into_inner()).await?;
+    service::worker_writes::record_results(&state, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -103,6 +103,6 @@ async fn artifacts(
     body: web::Json<RecordArtifact>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    service::leases::record_artifact(&state, *id, body.into_inner()).await?;
+    service::worker_writes::record_artifact(&state, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

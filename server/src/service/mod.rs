@@ -1,13 +1,14 @@
-//! The rules: validation, transactions, the lease state machine. Routes call one
+//! The rules: validation, transactions, the job/lease state machine (jobs). Routes call one
 //! function here; functions here call `store`.
 
 pub mod audit;
 pub mod datasets;
 pub mod experiments;
-pub mod leases;
+pub mod jobs;
 pub mod promotions;
 pub mod runs;
 pub mod tokens;
+pub mod worker_writes;
 
 use protocol::api::StatusCounts;
 use protocol::RunStatus;

@@ -2,19 +2,17 @@
 //!
 //! A reviewer promotes one succeeded run of an experiment; that supersedes the previous
 //! promotion (kept, with a record) and queues one evaluation of the run's best checkpoint
-//! on the test split of the experiment's frozen dataset version. A worker leases the
-//! evaluation (`/api/v1/evaluations/lease`), fetches the test items through that lease --
-//! the only way test items leave the server -- and reports a confusion matrix; the server
-//! computes the test metrics. A run evaluated once is never evaluated again: promoting it
-//! a second time reuses its result. Every step is an audit event.
+//! on the test split of the experiment's frozen dataset version: a job of kind `evaluate`.
+//! A worker leases it like any job (service::jobs), fetches the test items through that
+//! lease -- the only way test items leave the server -- and completes it with a confusion
+//! matrix; the server computes the test metrics here. A run evaluated once is never
+//! evaluated again: promoting it a second time reuses its result (no new job). Every step
+//! is an audit event.
 
-use protocol::api::{
-    ArtifactInfo, EvaluationComplete, EvaluationLease, EvaluationStatus, ItemList, MetricPoint, Outcome, PromotionInfo,
-    TestReport,
-};
+use protocol::api::{ArtifactInfo, Complete, EvaluateWork, MetricPoint, PromotionInfo, TestReport};
 use protocol::metrics::ConfusionMatrix;
-use protocol::{ExperimentSpec, RunStatus, Split};
-use sea_orm::{DbErr, TransactionTrait};
+use protocol::{JobKind, JobStatus, RunStatus, Split};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -24,6 +22,7 @@ use crate::error::ApiError;
 use crate::service::audit::{self, Event};
 use crate::startup::AppState;
 use crate::store;
+use crate::store::jobs::{Job, NewJob};
 use crate::store::promotions::{NewPromotion, PromotionRow};
 
 /// The git commit this server was built from (`unknown` outside a git checkout).
@@ -31,8 +30,12 @@ pub const CODE_VERSION: &str = env!("COBB_GIT_COMMIT");
 
 pub const MAX_REASON: usize = 2000;
 
-fn info(row: PromotionRow, reused: bool) -> PromotionInfo {
-    PromotionInfo {
+fn info(row: PromotionRow, reused: bool) -> Result<PromotionInfo, DbErr> {
+    let status = row
+        .status
+        .parse::<JobStatus>()
+        .map_err(|e| DbErr::Custom(format!("job of promotion {}: column `status`: {e}", row.id)))?;
+    Ok(PromotionInfo {
         id: row.id,
         experiment: row.experiment,
         run_id: row.run_id,
@@ -45,27 +48,28 @@ fn info(row: PromotionRow, reused: bool) -> PromotionInfo {
         dataset_version: row.dataset_version,
         config_hash: row.config_hash,
         code_version: row.code_version,
-        status: EvaluationStatus::parse(&row.status).unwrap_or(EvaluationStatus::Failed),
+        status,
+        job_id: row.job_id,
         attempt: row.attempt,
         error: row.error,
         finished_at: row.finished_at,
         superseded_by: row.superseded_by,
         superseded_at: row.superseded_at,
         reused_evaluation: reused,
-    }
+    })
 }
 
-/// Whether `row` reuses an earlier promotion's evaluation: it never leased one itself and
-/// an earlier promotion of the same run (among `others`) was evaluated.
+/// Whether `row` reuses an earlier promotion's evaluation: it has no evaluation job of its
+/// own and an earlier promotion of the same run (among `others`) was evaluated.
 fn reuses(row: &PromotionRow, others: &[PromotionRow]) -> bool {
-    row.attempt == 0 && others.iter().any(|p| p.run_id == row.run_id && p.id < row.id && p.status == "succeeded")
+    row.job_id.is_none() && others.iter().any(|p| p.run_id == row.run_id && p.id < row.id && p.status == JobStatus::Succeeded.as_str())
 }
 
 /// One promotion with whether it reuses an earlier evaluation of its run.
 async fn with_reuse(conn: &impl sea_orm::ConnectionTrait, row: PromotionRow) -> Result<PromotionInfo, DbErr> {
     let earlier = store::promotions::of_run(conn, row.run_id).await?;
     let reused = reuses(&row, &earlier);
-    Ok(info(row, reused))
+    info(row, reused)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -104,8 +108,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
     // A model is evaluated on the test split once: a run promoted before keeps its result.
-    let evaluated = store::promotions::of_run(&tx, run_id).await?.into_iter().any(|p| p.status == "succeeded");
-    let status = if evaluated { EvaluationStatus::Succeeded } else { EvaluationStatus::Queued };
+    let evaluated = store::promotions::of_run(&tx, run_id).await?.into_iter().any(|p| p.status == JobStatus::Succeeded.as_str());
     let now = now_ms();
     let config_hash = sha256_hex(&run.config_json);
     let id = store::promotions::insert(
@@ -121,11 +124,14 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
             dataset_version: &version.version,
             config_hash: &config_hash,
             code_version: CODE_VERSION,
-            status: status.as_str(),
             now,
         },
     )
     .await?;
+    if !evaluated {
+        let job = NewJob { kind: JobKind::Evaluate, run_id, promotion_id: Some(id), max_attempts: i64::from(state.config.max_attempts), now };
+        store::jobs::insert(&tx, job).await?;
+    }
     if let Some(old) = &current {
         store::promotions::supersede(&tx, old.id, id, now).await?;
     }
@@ -166,7 +172,7 @@ pub async fn list(state: &AppState, experiment: Option<&str>) -> Result<Vec<Prom
     // A run belongs to one experiment, so its earlier promotions are in the same list.
     let rows = store::promotions::list(conn, experiment_id).await?;
     let reused: Vec<bool> = rows.iter().map(|r| reuses(r, &rows)).collect();
-    Ok(rows.into_iter().zip(reused).map(|(row, r)| info(row, r)).collect())
+    Ok(rows.into_iter().zip(reused).map(|(row, r)| info(row, r)).collect::<Result<_, _>>()?)
 }
 
 pub async fn get(state: &AppState, id: i64) -> Result<PromotionInfo, ApiError> {
@@ -177,7 +183,7 @@ pub async fn get(state: &AppState, id: i64) -> Result<PromotionInfo, ApiError> {
 /// The test result of promotion `id`: 404 until its evaluation has succeeded.
 pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     let promotion = get(state, id).await?;
-    if promotion.status != EvaluationStatus::Succeeded {
+    if promotion.status != JobStatus::Succeeded {
         return Err(ApiError::NotFound {
             what: "test report of promotion",
             id: format!("{id}` (its evaluation is {}; try again when it has succeeded", promotion.status.as_str()),
@@ -219,179 +225,145 @@ pub fn report_csv(t: &TestReport) -> String {
     out
 }
 
-fn ttl_ms(state: &AppState) -> i64 {
-    state.config.lease_ttl_secs as i64 * 1000
-}
-
-/// Hands the oldest queued evaluation to a worker, or None.
-pub async fn lease(state: &AppState, who: &Principal, worker: &str) -> Result<Option<EvaluationLease>, ApiError> {
-    reap_expired(state).await?;
-    let now = now_ms();
-    let lease_id = uuid::Uuid::new_v4().to_string();
-    let tx = state.db.write.begin().await?;
-    let Some(id) = store::promotions::next_queued(&tx).await? else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    if !store::promotions::claim(&tx, id, &lease_id, worker, now, now + ttl_ms(state)).await? {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    let row = store::promotions::get(&tx, id).await?.ok_or_else(|| ApiError::not_found("promotion", id))?;
-    let run = super::runs::get(&tx, row.run_id).await?;
+/// The evaluation job's audit event when a worker leases it (inside the lease's transaction).
+pub(crate) async fn evaluation_started(conn: &impl ConnectionTrait, who: &Principal, job: &Job, worker: &str) -> Result<(), ApiError> {
+    let promotion = promotion_of(conn, job).await?;
     audit::append(
-        &tx,
+        conn,
         Event {
             actor: &who.name,
             action: "test_evaluation_started",
-            experiment: Some(&row.experiment),
-            run_id: Some(row.run_id),
-            details: json!({"promotion": id, "worker": worker, "attempt": row.attempt, "dataset_version": row.dataset_version}),
+            experiment: Some(&promotion.experiment),
+            run_id: Some(job.run_id),
+            details: json!({"promotion": promotion.id, "job": job.id, "worker": worker, "attempt": job.attempt,
+                "dataset_version": promotion.dataset_version}),
         },
     )
     .await?;
-    tx.commit().await?;
-    let config: ExperimentSpec = serde_json::from_str(&run.config_json).map_err(anyhow::Error::from)?;
-    Ok(Some(EvaluationLease {
-        lease_id,
-        promotion_id: id,
-        run_id: row.run_id,
-        run_name: row.run_name,
-        experiment: row.experiment,
-        attempt: row.attempt as u32,
-        heartbeat_seconds: state.config.heartbeat_secs,
-        config,
-        checkpoint: ArtifactInfo { kind: "best_checkpoint".into(), uri: row.checkpoint_uri, sha256: row.checkpoint_sha256, bytes: 0, created_at: row.created_at },
-        dataset_version: row.dataset_version,
-    }))
-}
-
-/// The running evaluation holding `lease_id` inside a write transaction, or why not.
-async fn fenced(state: &AppState, lease_id: &str) -> Result<(sea_orm::DatabaseTransaction, PromotionRow), ApiError> {
-    let tx = state.db.write.begin().await?;
-    let row = store::promotions::by_lease_for_write(&tx, lease_id).await?;
-    let refusal = match &row {
-        None => Some(format!("evaluation lease `{lease_id}` does not exist or has ended")),
-        Some(p) if p.status != "running" => Some(format!("evaluation lease `{lease_id}` has ended ({})", p.status)),
-        Some(p) if p.lease_expires_at.unwrap_or(0) < now_ms() => {
-            Some(format!("evaluation lease `{lease_id}` expired; the evaluation was requeued"))
-        }
-        Some(_) => None,
-    };
-    match (refusal, row) {
-        (None, Some(row)) => Ok((tx, row)),
-        (reason, _) => {
-            tx.rollback().await?;
-            reap_expired(state).await?;
-            Err(ApiError::LeaseLost(reason.unwrap_or_default()))
-        }
-    }
-}
-
-pub async fn heartbeat(state: &AppState, lease_id: &str) -> Result<(), ApiError> {
-    let (tx, _) = fenced(state, lease_id).await?;
-    let now = now_ms();
-    store::promotions::extend(&tx, lease_id, now, now + ttl_ms(state)).await?;
-    tx.commit().await?;
     Ok(())
 }
 
-/// The test items of the evaluation's dataset version: only through a live evaluation lease.
-pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiError> {
-    let (tx, row) = fenced(state, lease_id).await?;
-    tx.commit().await?;
-    let conn = &state.db.read;
-    let version = store::datasets::version_by_hash(conn, &row.dataset_version)
-        .await?
-        .ok_or_else(|| ApiError::not_found("dataset version", &row.dataset_version))?;
-    super::datasets::item_list(conn, version, &[Split::Test]).await
+async fn promotion_of(conn: &impl ConnectionTrait, job: &Job) -> Result<PromotionRow, ApiError> {
+    let id = job.promotion_id.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("jobs row {}: an evaluate job without a promotion", job.id)))?;
+    store::promotions::get(conn, id).await?.ok_or_else(|| ApiError::not_found("promotion", id))
 }
 
-/// Stores the evaluation's result: test metrics (step = the best epoch), per-class rows and
-/// the confusion matrix with split `test`, and the audit event.
-pub async fn complete(state: &AppState, lease_id: &str, req: EvaluationComplete) -> Result<PromotionInfo, ApiError> {
-    let (tx, row) = fenced(state, lease_id).await?;
-    let now = now_ms();
-    let actor = format!("worker:{}", row.worker.clone().unwrap_or_default());
-    match (req.outcome, req.confusion) {
-        (Outcome::Succeeded, Some(confusion)) => {
-            let matrix = ConfusionMatrix::from_parts(confusion.classes, confusion.counts)
-                .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-            if matrix.total() == 0 {
-                return Err(ApiError::InvalidRequest("the test confusion matrix is empty".into()));
-            }
-            let report = matrix.report();
-            let mut points = vec![
-                ("test_accuracy".to_owned(), report.accuracy),
-                ("test_macro_f1".to_owned(), report.macro_f1),
-                ("test_weighted_f1".to_owned(), report.weighted_f1),
-            ];
-            for c in &report.per_class {
-                points.push((format!("test_precision/{}", c.class), c.precision));
-                points.push((format!("test_recall/{}", c.class), c.recall));
-                points.push((format!("test_f1/{}", c.class), c.f1));
-            }
-            let points: Vec<MetricPoint> =
-                points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
-            store::metrics::upsert(&tx, row.run_id, &points, now).await?;
-            store::results::upsert_epoch(&tx, row.run_id, row.best_epoch, Split::Test.as_str(), &matrix, &report).await?;
-            store::promotions::finish(&tx, row.id, "succeeded", None, now).await?;
-            audit::append(
-                &tx,
-                Event {
-                    actor: &actor,
-                    action: "test_evaluated",
-                    experiment: Some(&row.experiment),
-                    run_id: Some(row.run_id),
-                    details: json!({
-                        "promotion": row.id,
-                        "checkpoint_sha256": row.checkpoint_sha256,
-                        "dataset_version": row.dataset_version,
-                        "images": matrix.total(),
-                        "skipped": req.skipped,
-                        "test_accuracy": report.accuracy,
-                        "test_macro_f1": report.macro_f1,
-                    }),
-                },
-            )
-            .await?;
-        }
-        (outcome, _) => {
-            let retry = outcome == Outcome::Failed && req.retryable && row.attempt < state.config.max_attempts as i64;
-            let error = req.error.unwrap_or_else(|| "the worker reported no result".to_owned());
-            let status = if retry { "queued" } else { "failed" };
-            store::promotions::finish(&tx, row.id, status, Some(&error), now).await?;
-            audit::append(
-                &tx,
-                Event {
-                    actor: &actor,
-                    action: if retry { "test_evaluation_retry" } else { "test_evaluation_failed" },
-                    experiment: Some(&row.experiment),
-                    run_id: Some(row.run_id),
-                    details: json!({"promotion": row.id, "attempt": row.attempt, "error": error}),
-                },
-            )
-            .await?;
-        }
-    }
-    tx.commit().await?;
-    get(state, row.id).await
+/// What an evaluation lease carries: the promoted checkpoint, whose sha256 the worker checks.
+pub(crate) async fn evaluate_work(conn: &impl ConnectionTrait, job: &Job) -> Result<EvaluateWork, ApiError> {
+    let row = promotion_of(conn, job).await?;
+    Ok(EvaluateWork {
+        promotion_id: row.id,
+        checkpoint: ArtifactInfo {
+            kind: "best_checkpoint".into(),
+            uri: row.checkpoint_uri,
+            sha256: row.checkpoint_sha256,
+            bytes: 0,
+            created_at: row.created_at,
+        },
+    })
 }
 
-/// Requeues (or fails, after `max_attempts`) evaluations whose worker stopped heartbeating.
-pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
-    let now = now_ms();
-    let expired = store::promotions::expired(&state.db.write, now).await?;
-    for row in &expired {
-        let tx = state.db.write.begin().await?;
-        let (status, error) = if row.attempt >= state.config.max_attempts as i64 {
-            ("failed", Some(format!("evaluation lease expired on attempt {} (worker stopped heartbeating); no attempts left", row.attempt)))
-        } else {
-            ("queued", None)
+/// Stores an evaluation's result inside its completion's transaction: on success the test
+/// metrics (step = the best epoch), per-class rows and the confusion matrix with split
+/// `test`; either way the audit event. `status` is the job's new status.
+pub(crate) async fn evaluation_ended(
+    conn: &impl ConnectionTrait,
+    job: &Job,
+    status: JobStatus,
+    req: &Complete,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let row = promotion_of(conn, job).await?;
+    let actor = format!("worker:{}", job.worker.clone().unwrap_or_default());
+    if status == JobStatus::Succeeded {
+        let Some(confusion) = req.confusion.clone() else {
+            return Err(ApiError::InvalidRequest(
+                "an evaluation completes with the test confusion matrix (`confusion`); without one it cannot succeed".into(),
+            ));
         };
-        store::promotions::finish(&tx, row.id, status, error.as_deref(), now).await?;
-        tx.commit().await?;
-        tracing::warn!(promotion = row.id, status, "evaluation lease expired");
+        let matrix = ConfusionMatrix::from_parts(confusion.classes, confusion.counts)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        if matrix.total() == 0 {
+            return Err(ApiError::InvalidRequest("the test confusion matrix is empty".into()));
+        }
+        let report = matrix.report();
+        let mut points = vec![
+            ("test_accuracy".to_owned(), report.accuracy),
+            ("test_macro_f1".to_owned(), report.macro_f1),
+            ("test_weighted_f1".to_owned(), report.weighted_f1),
+        ];
+        for c in &report.per_class {
+            points.push((format!("test_precision/{}", c.class), c.precision));
+            points.push((format!("test_recall/{}", c.class), c.recall));
+            points.push((format!("test_f1/{}", c.class), c.f1));
+        }
+        let points: Vec<MetricPoint> =
+            points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
+        store::metrics::upsert(conn, row.run_id, &points, now).await?;
+        store::results::upsert_epoch(conn, row.run_id, row.best_epoch, Split::Test.as_str(), &matrix, &report).await?;
+        audit::append(
+            conn,
+            Event {
+                actor: &actor,
+                action: "test_evaluated",
+                experiment: Some(&row.experiment),
+                run_id: Some(row.run_id),
+                details: json!({
+                    "promotion": row.id,
+                    "job": job.id,
+                    "checkpoint_sha256": row.checkpoint_sha256,
+                    "dataset_version": row.dataset_version,
+                    "images": matrix.total(),
+                    "skipped": req.skipped,
+                    "test_accuracy": report.accuracy,
+                    "test_macro_f1": report.macro_f1,
+                }),
+            },
+        )
+        .await?;
+        return Ok(());
     }
-    Ok(expired.len())
+    let action = match status {
+        JobStatus::Queued => "test_evaluation_retry",
+        JobStatus::Cancelled => "test_evaluation_cancelled",
+        _ => "test_evaluation_failed",
+    };
+    audit::append(
+        conn,
+        Event {
+            actor: &actor,
+            action,
+            experiment: Some(&row.experiment),
+            run_id: Some(row.run_id),
+            details: json!({"promotion": row.id, "job": job.id, "attempt": job.attempt,
+                "error": error.unwrap_or("the worker reported no result")}),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The audit event of an evaluation whose worker stopped heartbeating (inside the reaper's
+/// transaction): requeued, or failed with no attempts left.
+pub(crate) async fn evaluation_expired(
+    conn: &impl ConnectionTrait,
+    job: &Job,
+    worker: &str,
+    status: JobStatus,
+    error: Option<&str>,
+) -> Result<(), DbErr> {
+    let Some(id) = job.promotion_id else { return Ok(()) };
+    audit::append(
+        conn,
+        Event {
+            actor: "server",
+            action: if status == JobStatus::Queued { "test_evaluation_retry" } else { "test_evaluation_failed" },
+            experiment: Some(&job.experiment),
+            run_id: Some(job.run_id),
+            details: json!({"promotion": id, "job": job.id, "attempt": job.attempt, "worker": worker,
+                "error": error.unwrap_or("the evaluation lease expired; the evaluation was requeued")}),
+        },
+    )
+    .await
 }

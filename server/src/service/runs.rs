@@ -1,7 +1,7 @@
 //! Reading and cancelling runs.
 
 use protocol::api::{
-    ArtifactInfo, CancelResult, EpochClassResults, LeaseInfo, MetricSeries, MetricValue, RunDetail, RunInfo, RunList,
+    ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList,
 };
 use protocol::metrics::{ClassMetrics, ConfusionMatrix};
 use protocol::{ExperimentSpec, RunStatus, Split};
@@ -119,19 +119,7 @@ pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
         .into_iter()
         .map(|a| ArtifactInfo { kind: a.kind, uri: a.uri, sha256: a.sha256, bytes: a.bytes as u64, created_at: a.created_at })
         .collect();
-    let leases = store::leases::of_run(conn, id)
-        .await?
-        .into_iter()
-        .map(|l| LeaseInfo {
-            id: l.id,
-            worker: l.worker,
-            attempt: l.attempt as u32,
-            created_at: l.created_at,
-            expires_at: l.expires_at,
-            ended_at: l.ended_at,
-            end_reason: l.end_reason,
-        })
-        .collect();
+    let leases = store::leases::of_run(conn, id).await?.into_iter().map(super::jobs::lease_info).collect::<Result<_, _>>()?;
     Ok(RunDetail {
         run: run_info(row),
         config,
@@ -171,8 +159,8 @@ pub async fn cancel(state: &AppState, actor: &str, scope: RunScope, id: i64) -> 
         RunScope::Sweep => store::experiments::sweep(&tx, id).await?.ok_or_else(|| ApiError::not_found("sweep", id))?.experiment,
     };
     let now = now_ms();
-    let cancelled = store::runs::cancel_queued(&tx, scope, id, now).await?;
-    let stopping = store::runs::request_cancel(&tx, scope, id, now).await?;
+    let cancelled = store::jobs::cancel_queued(&tx, scope, id, now).await?;
+    let stopping = store::jobs::request_cancel(&tx, scope, id, now).await?;
     let action = match scope {
         RunScope::Run => "run.cancel",
         RunScope::Sweep => "sweep.cancel",

@@ -106,7 +106,8 @@ pub async fn sweeps_of(conn: &impl ConnectionTrait, experiment_id: i64) -> Resul
 
 /// Run counts by status, grouped by experiment.
 pub async fn run_counts_by_experiment(conn: &impl ConnectionTrait) -> Result<Vec<StatusCountRow>, DbErr> {
-    all(conn, "SELECT experiment_id AS owner, status, COUNT(*) AS n FROM runs GROUP BY experiment_id, status", vec![])
+    all(conn, "SELECT r.experiment_id AS owner, j.status, COUNT(*) AS n FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+         GROUP BY r.experiment_id, j.status", vec![])
         .await
 }
 
@@ -114,7 +115,8 @@ pub async fn run_counts_by_experiment(conn: &impl ConnectionTrait) -> Result<Vec
 pub async fn run_counts_by_sweep(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Vec<StatusCountRow>, DbErr> {
     all(
         conn,
-        "SELECT sweep_id AS owner, status, COUNT(*) AS n FROM runs WHERE experiment_id = $1 GROUP BY sweep_id, status",
+        "SELECT r.sweep_id AS owner, j.status, COUNT(*) AS n FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+         WHERE r.experiment_id = $1 GROUP BY r.sweep_id, j.status",
         values![experiment_id],
     )
     .await

@@ -19,10 +19,11 @@ pub struct LeaderRun {
 
 /// The sweep's runs (of one status, if given), without their configs.
 pub async fn runs(conn: &impl ConnectionTrait, sweep_id: i64, status: Option<&str>) -> Result<Vec<LeaderRun>, DbErr> {
-    let columns = "SELECT id, name, status, params_json, error, best_epoch, started_at, finished_at FROM runs WHERE sweep_id = $1";
+    let columns = "SELECT r.id, r.name, j.status, r.params_json, j.error, r.best_epoch, j.started_at, j.finished_at \
+        FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' WHERE r.sweep_id = $1";
     match status {
-        Some(s) => all(conn, &format!("{columns} AND status = $2 ORDER BY id"), values![sweep_id, s]).await,
-        None => all(conn, &format!("{columns} ORDER BY id"), values![sweep_id]).await,
+        Some(s) => all(conn, &format!("{columns} AND j.status = $2 ORDER BY r.id"), values![sweep_id, s]).await,
+        None => all(conn, &format!("{columns} ORDER BY r.id"), values![sweep_id]).await,
     }
 }
 

@@ -1,11 +1,13 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult};
 
-use super::{Id, all, exec, one, values};
+use super::{all, exec, one, values};
 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct LeaseRow {
     pub id: String,
     pub run_id: i64,
+    /// None only for leases that ended before jobs existed (migration m004).
+    pub job_id: Option<i64>,
     pub worker: String,
     pub attempt: i64,
     pub created_at: i64,
@@ -15,51 +17,11 @@ pub struct LeaseRow {
     pub end_reason: Option<String>,
 }
 
-/// The oldest queued run whose sweep has room under its `parallel` limit. On
-/// PostgreSQL the row is locked and other leasers skip it (`FOR UPDATE SKIP LOCKED`);
-/// on SQLite the caller's transaction already holds the single write connection.
-pub async fn next_queued(conn: &impl ConnectionTrait) -> Result<Option<i64>, DbErr> {
-    let lock = match conn.get_database_backend() {
-        DbBackend::Postgres => "FOR UPDATE OF r SKIP LOCKED",
-        _ => "",
-    };
-    let sql = format!(
-        "SELECT r.id FROM runs r JOIN sweeps s ON s.id = r.sweep_id \
-         WHERE r.status = 'queued' AND (s.parallel IS NULL OR \
-           (SELECT COUNT(*) FROM runs x WHERE x.sweep_id = r.sweep_id AND x.status = 'running') < s.parallel) \
-         ORDER BY r.id LIMIT 1 {lock}"
-    );
-    Ok(one::<Id>(conn, &sql, vec![]).await?.map(|r| r.id))
-}
-
-#[derive(Debug, FromQueryResult)]
-pub struct Claimed {
-    pub attempt: i64,
-}
-
-/// Moves a queued run to running under `lease_id`; None if someone else got it first.
-pub async fn claim(
-    conn: &impl ConnectionTrait,
-    run_id: i64,
-    lease_id: &str,
-    worker: &str,
-    now: i64,
-) -> Result<Option<i64>, DbErr> {
-    let claimed = one::<Claimed>(
-        conn,
-        "UPDATE runs SET status = 'running', attempt = attempt + 1, current_lease_id = $1, worker = $2, \
-         started_at = COALESCE(started_at, $3), updated_at = $3 \
-         WHERE id = $4 AND status = 'queued' RETURNING attempt",
-        values![lease_id, worker, now, run_id],
-    )
-    .await?;
-    Ok(claimed.map(|c| c.attempt))
-}
-
 #[allow(clippy::too_many_arguments)]
 pub async fn insert(
     conn: &impl ConnectionTrait,
     id: &str,
+    job_id: i64,
     run_id: i64,
     worker: &str,
     attempt: i64,
@@ -68,9 +30,9 @@ pub async fn insert(
 ) -> Result<(), DbErr> {
     exec(
         conn,
-        "INSERT INTO leases (id, run_id, worker, attempt, created_at, heartbeat_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6)",
-        values![id, run_id, worker, attempt, now, expires_at],
+        "INSERT INTO leases (id, job_id, run_id, worker, attempt, created_at, heartbeat_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        values![id, job_id, run_id, worker, attempt, now, expires_at],
     )
     .await?;
     Ok(())
@@ -91,8 +53,40 @@ pub async fn get_for_write(conn: &impl ConnectionTrait, id: &str) -> Result<Opti
     one(conn, &format!("SELECT * FROM leases WHERE id = $1{lock}"), values![id]).await
 }
 
-pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<LeaseRow>, DbErr> {
-    all(conn, "SELECT * FROM leases WHERE run_id = $1 ORDER BY created_at", values![run_id]).await
+/// Every lease of the run's jobs (training and evaluation), oldest first.
+pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<LeaseWithKind>, DbErr> {
+    all(
+        conn,
+        "SELECT l.id, l.job_id, j.kind, l.worker, l.attempt, l.created_at, l.expires_at, l.ended_at, l.end_reason \
+         FROM leases l LEFT JOIN jobs j ON j.id = l.job_id WHERE l.run_id = $1 ORDER BY l.created_at, l.id",
+        values![run_id],
+    )
+    .await
+}
+
+/// Every lease of one job, oldest first.
+pub async fn of_job(conn: &impl ConnectionTrait, job_id: i64) -> Result<Vec<LeaseWithKind>, DbErr> {
+    all(
+        conn,
+        "SELECT l.id, l.job_id, j.kind, l.worker, l.attempt, l.created_at, l.expires_at, l.ended_at, l.end_reason \
+         FROM leases l JOIN jobs j ON j.id = l.job_id WHERE l.job_id = $1 ORDER BY l.created_at, l.id",
+        values![job_id],
+    )
+    .await
+}
+
+/// A lease for the attempt history, with its job's kind.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct LeaseWithKind {
+    pub id: String,
+    pub job_id: Option<i64>,
+    pub kind: Option<String>,
+    pub worker: String,
+    pub attempt: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
 }
 
 /// Extends an open, unexpired lease; returns false if it is no longer live.

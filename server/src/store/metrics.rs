@@ -41,13 +41,14 @@ pub async fn upsert_fenced(
 ) -> Result<u64, DbErr> {
     const WIDTH: usize = 5;
     let lock = match conn.get_database_backend() {
-        sea_orm::DbBackend::Postgres => " FOR SHARE",
+        sea_orm::DbBackend::Postgres => " FOR SHARE OF l",
         _ => "",
     };
     let n = points.len() * WIDTH;
     let sql = format!(
         "INSERT INTO metrics (run_id, key, step, value, recorded_at) SELECT * FROM (VALUES {}) AS v \
-         WHERE EXISTS (SELECT 1 FROM leases WHERE id = ${} AND run_id = ${} AND ended_at IS NULL AND expires_at >= ${}{lock}) \
+         WHERE EXISTS (SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id AND j.kind = 'train' \
+           WHERE l.id = ${} AND l.run_id = ${} AND l.ended_at IS NULL AND l.expires_at >= ${}{lock}) \
          ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
         placeholders(points.len(), WIDTH),
         n + 1,

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod datasets;
 pub mod experiments;
+pub mod jobs;
 pub mod leases;
 pub mod metrics;
 pub mod promotions;

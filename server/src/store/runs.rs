@@ -27,9 +27,13 @@ pub struct RunRow {
     pub sort_value: Option<f64>,
 }
 
-const RUN_COLUMNS: &str = "r.id, r.name, r.experiment_id, e.name AS experiment, r.sweep_id, r.idx, r.status, \
-    r.cancel_requested, r.attempt, r.max_attempts, r.params_json, r.config_json, r.current_lease_id, r.worker, \
-    r.error, r.best_epoch, r.created_at, r.started_at, r.finished_at, e.dataset_version_id";
+/// A run's status, attempts, worker and times are its training job's.
+const RUN_COLUMNS: &str = "r.id, r.name, r.experiment_id, e.name AS experiment, r.sweep_id, r.idx, j.status, \
+    j.cancel_requested, j.attempt, j.max_attempts, r.params_json, r.config_json, j.lease_id AS current_lease_id, j.worker, \
+    j.error, r.best_epoch, r.created_at, j.started_at, j.finished_at, e.dataset_version_id";
+const RUN_FROM: &str = "FROM runs r JOIN experiments e ON e.id = r.experiment_id JOIN jobs j ON j.run_id = r.id AND j.kind = 'train'";
+
+pub use super::jobs::RunScope;
 
 pub struct NewRun<'a> {
     pub experiment_id: i64,
@@ -42,22 +46,26 @@ pub struct NewRun<'a> {
     pub now: i64,
 }
 
+/// A run with its queued training job (call inside a transaction).
 pub async fn insert(conn: &impl ConnectionTrait, r: NewRun<'_>) -> Result<i64, DbErr> {
-    one::<Id>(
+    let id = one::<Id>(
         conn,
-        "INSERT INTO runs (experiment_id, sweep_id, idx, name, status, max_attempts, params_json, config_json, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $8) RETURNING id",
-        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.max_attempts, r.params_json, r.config_json, r.now],
+        "INSERT INTO runs (experiment_id, sweep_id, idx, name, params_json, config_json, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.params_json, r.config_json, r.now],
     )
     .await?
     .map(|r| r.id)
-    .ok_or(DbErr::RecordNotInserted)
+    .ok_or(DbErr::RecordNotInserted)?;
+    let job = super::jobs::NewJob { kind: protocol::JobKind::Train, run_id: id, promotion_id: None, max_attempts: r.max_attempts, now: r.now };
+    super::jobs::insert(conn, job).await?;
+    Ok(id)
 }
 
 pub async fn get(conn: &impl ConnectionTrait, id: i64) -> Result<Option<RunRow>, DbErr> {
     one(
         conn,
-        &format!("SELECT {RUN_COLUMNS}, NULL AS sort_value FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1"),
+        &format!("SELECT {RUN_COLUMNS}, NULL AS sort_value {RUN_FROM} WHERE r.id = $1"),
         values![id],
     )
     .await
@@ -91,7 +99,7 @@ fn where_clause(filter: &Filter, vals: &mut Vec<Value>) -> String {
     }
     if let Some(status) = &filter.status {
         vals.push(status.clone().into());
-        conditions.push(format!("r.status = ${}", vals.len()));
+        conditions.push(format!("j.status = ${}", vals.len()));
     }
     if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
 }
@@ -127,7 +135,7 @@ pub async fn list(
     vals.push((offset as i64).into());
     let offset_mark = vals.len();
     let sql = format!(
-        "SELECT {RUN_COLUMNS}, {select} FROM runs r JOIN experiments e ON e.id = r.experiment_id {join} {condition} \
+        "SELECT {RUN_COLUMNS}, {select} {RUN_FROM} {join} {condition} \
          ORDER BY {order} LIMIT ${limit_mark} OFFSET ${offset_mark}"
     );
     all(conn, &sql, vals).await
@@ -136,79 +144,12 @@ pub async fn list(
 pub async fn count(conn: &impl ConnectionTrait, filter: &Filter) -> Result<i64, DbErr> {
     let mut vals = Vec::new();
     let condition = where_clause(filter, &mut vals);
-    let sql = format!("SELECT COUNT(*) AS n FROM runs r JOIN experiments e ON e.id = r.experiment_id {condition}");
+    let sql = format!("SELECT COUNT(*) AS n {RUN_FROM} {condition}");
     Ok(one::<Count>(conn, &sql, vals).await?.map_or(0, |c| c.n))
 }
 
-/// Cancels queued runs at once (by run id or by sweep id); returns how many changed.
-pub async fn cancel_queued(conn: &impl ConnectionTrait, column: RunScope, id: i64, now: i64) -> Result<u64, DbErr> {
-    exec(
-        conn,
-        &format!(
-            "UPDATE runs SET status = 'cancelled', finished_at = $1, updated_at = $1 \
-             WHERE {} = $2 AND status = 'queued'",
-            column.column()
-        ),
-        values![now, id],
-    )
-    .await
-}
-
-/// Asks the workers of running runs to stop; they end as cancelled when the worker
-/// acknowledges or its lease expires.
-pub async fn request_cancel(conn: &impl ConnectionTrait, column: RunScope, id: i64, now: i64) -> Result<u64, DbErr> {
-    exec(
-        conn,
-        &format!(
-            "UPDATE runs SET cancel_requested = 1, updated_at = $1 WHERE {} = $2 AND status = 'running'",
-            column.column()
-        ),
-        values![now, id],
-    )
-    .await
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum RunScope {
-    Run,
-    Sweep,
-}
-
-impl RunScope {
-    fn column(self) -> &'static str {
-        match self {
-            RunScope::Run => "id",
-            RunScope::Sweep => "sweep_id",
-        }
-    }
-}
-
-/// Ends a run's current lease in the run row: a new status, the lease cleared.
-/// Only applies while `lease_id` is still the run's lease (the fence).
-#[allow(clippy::too_many_arguments)]
-pub async fn finish_lease(
-    conn: &impl ConnectionTrait,
-    run_id: i64,
-    lease_id: &str,
-    status: &str,
-    error: Option<String>,
-    best_epoch: Option<i64>,
-    finished: bool,
-    now: i64,
-) -> Result<u64, DbErr> {
-    let finished_at: Option<i64> = finished.then_some(now);
-    exec(
-        conn,
-        "UPDATE runs SET status = $1, error = COALESCE($2, error), best_epoch = COALESCE($3, best_epoch), \
-         finished_at = $4, current_lease_id = NULL, updated_at = $5 \
-         WHERE id = $6 AND current_lease_id = $7",
-        values![status, error, best_epoch, finished_at, now, run_id, lease_id],
-    )
-    .await
-}
-
-/// A released lease does not count as an attempt.
-pub async fn forgive_attempt(conn: &impl ConnectionTrait, run_id: i64) -> Result<(), DbErr> {
-    exec(conn, "UPDATE runs SET attempt = attempt - 1 WHERE id = $1 AND attempt > 0", values![run_id]).await?;
+/// Records the run's best epoch (set when its training job completes).
+pub async fn set_best_epoch(conn: &impl ConnectionTrait, run_id: i64, best_epoch: i64, now: i64) -> Result<(), DbErr> {
+    exec(conn, "UPDATE runs SET best_epoch = $1, updated_at = $2 WHERE id = $3", values![best_epoch, now, run_id]).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use protocol::api::EvaluationStatus;
+use protocol::JobStatus;
 use protocol::metrics::ClassMetrics;
 use protocol::metrics::ConfusionMatrix;
 use protocol::{Role, RunStatus};
@@ -369,8 +369,8 @@ async fn audit(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 async fn promotion(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
     page!(req, state, |v| {
         let p = service::promotions::get(&state, *id).await?;
-        let report = if p.status == EvaluationStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
-        let live = matches!(p.status, EvaluationStatus::Queued | EvaluationStatus::Running);
+        let report = if p.status == JobStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
+        let live = matches!(p.status, JobStatus::Queued | JobStatus::Running);
         Ok(render("promotion.html", Some(&v), json!({"p": p, "t": report, "live": live})))
     })
 }

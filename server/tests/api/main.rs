@@ -7,5 +7,6 @@ mod bad_input;
 mod datasets;
 mod experiments;
 mod leases;
+mod migration;
 mod promotions;
 mod ui;

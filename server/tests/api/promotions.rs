@@ -10,7 +10,7 @@ crate::on_both_databases!(a_promoted_run_is_evaluated_once_on_the_sealed_test_sp
 
 /// Leases the next run and completes it as succeeded with a best checkpoint; returns its id.
 pub(crate) async fn finish_a_run(app: &TestApp, worker: &str) -> i64 {
-    let lease: Value = ok(app.post(worker, "/leases", &json!({"worker": "w1"})).await).await;
+    let lease: Value = ok(app.post(worker, "/leases", &json!({"worker": "w1", "kinds": ["train"]})).await).await;
     let (lease_id, run) = (lease["lease_id"].as_str().expect("lease").to_owned(), lease["run_id"].as_i64().expect("run"));
     let batch = json!({"lease_id": lease_id, "metrics": [{"key": "val_macro_f1", "step": 1, "value": 0.7}]});
     let _: Value = app.write(worker, &format!("/runs/{run}/metrics"), &batch).await;
@@ -25,7 +25,7 @@ pub(crate) async fn finish_a_run(app: &TestApp, worker: &str) -> i64 {
 }
 
 async fn evaluation_lease(app: &TestApp, worker: &str) -> Option<Value> {
-    let response = app.post(worker, "/evaluations/lease", &json!({"worker": "w1"})).await;
+    let response = app.post(worker, "/leases", &json!({"worker": "w1", "kinds": ["evaluate"]})).await;
     if response.status() == StatusCode::NO_CONTENT {
         return None;
     }
@@ -61,29 +61,46 @@ async fn a_promoted_run_is_evaluated_once_on_the_sealed_test_split(app: TestApp)
     fails(app.get(&app.admin, &format!("/promotions/{}/report", first["id"])).await, StatusCode::NOT_FOUND, "not_found").await;
 
     // A training lease cannot reach the test items or write test metrics.
-    let training: Value = ok(app.post(&worker, "/leases", &json!({"worker": "w2"})).await).await;
+    let training: Value = ok(app.post(&worker, "/leases", &json!({"worker": "w2", "kinds": ["train"]})).await).await;
+    assert_eq!(training["kind"], "train");
     let training_lease = training["lease_id"].as_str().expect("lease");
-    fails(app.get(&worker, &format!("/evaluations/{training_lease}/items")).await, StatusCode::CONFLICT, "lease_lost").await;
+    let train_items: Value = app.read(&worker, &format!("/leases/{training_lease}/items")).await;
+    let train_items = train_items["items"].as_array().expect("items");
+    assert!(!train_items.is_empty() && train_items.iter().all(|i| i["split"] != "test"), "{train_items:?}");
+    let sneaky_result = json!({"outcome": "succeeded", "confusion": {"classes": CLASSES, "counts": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}});
+    fails(app.post(&worker, &format!("/leases/{training_lease}/complete"), &sneaky_result).await, StatusCode::BAD_REQUEST, "invalid_request").await;
     let sneaky = json!({"lease_id": training_lease, "metrics": [{"key": "test_accuracy", "step": 0, "value": 1.0}]});
     fails(app.post(&worker, &format!("/runs/{}/metrics", training["run_id"]), &sneaky).await, StatusCode::BAD_REQUEST, "invalid_request").await;
-    fails(app.get(&reviewer, "/evaluations/x/items").await, StatusCode::FORBIDDEN, "forbidden").await;
+    fails(app.get(&reviewer, "/leases/x/items").await, StatusCode::FORBIDDEN, "forbidden").await;
 
     // The evaluation lease: test items only.
     let job = evaluation_lease(&app, &worker).await.expect("the evaluation is queued");
+    assert_eq!(job["kind"], "evaluate");
     assert_eq!(job["run_id"], a);
+    assert_eq!(job["promotion_id"], first["id"]);
     assert_eq!(job["checkpoint"]["sha256"], format!("{a:064x}"));
     let eval_lease = job["lease_id"].as_str().expect("lease").to_owned();
-    let items: Value = app.read(&worker, &format!("/evaluations/{eval_lease}/items")).await;
+    // An evaluation lease writes nothing but its completion: no training metrics or results.
+    let stray = json!({"lease_id": eval_lease, "metrics": [{"key": "val_macro_f1", "step": 9, "value": 1.0}]});
+    fails(app.post(&worker, &format!("/runs/{a}/metrics"), &stray).await, StatusCode::CONFLICT, "lease_lost").await;
+    let items: Value = app.read(&worker, &format!("/leases/{eval_lease}/items")).await;
     let items = items["items"].as_array().expect("items");
     assert_eq!(items.len(), 3);
     assert!(items.iter().all(|i| i["split"] == "test"), "{items:?}");
     assert!(evaluation_lease(&app, &worker).await.is_none(), "one evaluation, one worker");
-    assert_eq!(app.post(&worker, &format!("/evaluations/{eval_lease}/heartbeat"), &json!({})).await.status(), StatusCode::NO_CONTENT);
+    let beat: Value = app.write(&worker, &format!("/leases/{eval_lease}/heartbeat"), &json!({})).await;
+    assert_eq!(beat["action"], "continue");
 
     let result = json!({"outcome": "succeeded", "confusion": {"classes": CLASSES, "counts": [[1, 0, 0], [0, 1, 0], [0, 1, 0]]}});
-    let done: Value = app.write(&worker, &format!("/evaluations/{eval_lease}/complete"), &result).await;
+    let done: Value = app.write(&worker, &format!("/leases/{eval_lease}/complete"), &result).await;
     assert_eq!(done["status"], "succeeded");
-    fails(app.post(&worker, &format!("/evaluations/{eval_lease}/complete"), &result).await, StatusCode::CONFLICT, "lease_lost").await;
+    assert_eq!(done["kind"], "evaluate");
+    fails(app.post(&worker, &format!("/leases/{eval_lease}/complete"), &result).await, StatusCode::CONFLICT, "lease_lost").await;
+    // The evaluation's attempt history is the job's leases, as for training.
+    let history: Value = app.read(&app.admin, &format!("/jobs/{}", done["id"])).await;
+    assert_eq!(history["job"]["promotion_id"], first["id"]);
+    assert_eq!(history["leases"].as_array().expect("leases").len(), 1);
+    assert_eq!(history["leases"][0]["end_reason"], "completed");
     assert!(evaluation_lease(&app, &worker).await.is_none(), "evaluated once");
 
     let report: Value = app.read(&app.admin, &format!("/promotions/{}/report", first["id"])).await;

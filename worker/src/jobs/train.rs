@@ -1,48 +1,17 @@
-//! The worker loop: lease a run, fetch its train/val items (never test), train on a
-//! blocking thread, stream every epoch's metrics and confusion matrix, record checkpoints
-//! to the server's artifact store (sha256), complete. Heartbeats run beside training; a "stop" answer
-//! (cancelled run) or a lost lease stops the trainer within one step. A clean shutdown
-//! releases the lease so the run is requeued at once and resumes from its checkpoint.
+//! A training job: fetch the run's train/val items (never test), train on a blocking
+//! thread, stream every epoch's metrics and confusion matrix, record checkpoints to the
+//! server's artifact store (sha256), complete. A clean shutdown releases the lease so the
+//! run is requeued at once and resumes from its checkpoint.
 
-use protocol::api::{Complete, EpochResults, Lease, MetricPoint, MetricsBatch, Outcome};
-use protocol::api::HeartbeatAction;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use protocol::api::{Complete, EpochResults, JobLease, MetricPoint, MetricsBatch, Outcome, TrainWork};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
+use super::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
 use crate::client::{Client, ClientError};
-use crate::device::DeviceChoice;
 use crate::train::{self, EpochReport, Finish, Reporter, TrainData, TrainError, checkpoint};
-
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub server: String,
-    pub token: String,
-    pub name: String,
-    pub device: DeviceChoice,
-    /// Checkpoints and the decoded-image cache.
-    pub work_dir: PathBuf,
-    /// How long to wait before asking again when nothing is queued.
-    pub idle_poll: Duration,
-    /// Stop when the queue is empty (scripts, tests) instead of waiting for work.
-    pub exit_when_idle: bool,
-}
-
-/// What the worker prints or shows about its runs.
-pub trait Progress: Send + Sync {
-    fn evaluated(&self, _job: &protocol::api::EvaluationLease, _status: &str, _detail: &str) {}
-    fn started(&self, _lease: &Lease) {}
-    fn epoch(&self, _lease: &Lease, _report: &EpochReport) {}
-    fn finished(&self, _lease: &Lease, _status: &str, _detail: &str) {}
-}
-
-/// Progress written to the log only.
-pub struct Quiet;
-impl Progress for Quiet {}
 
 struct Channel {
     epochs: mpsc::UnboundedSender<EpochReport>,
@@ -58,14 +27,9 @@ impl Reporter for Channel {
     }
 }
 
-pub(crate) fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
-    let bytes = std::fs::read(path)?;
-    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
-}
-
 /// Uploads a checkpoint file to the server's artifact store as an artifact of the lease's
 /// run (content-addressed by sha256). A missing file is not an error (nothing to upload).
-async fn upload_file(client: &Client, lease: &Lease, kind: &str, path: &Path) -> Result<(), ClientError> {
+async fn upload_file(client: &Client, lease: &JobLease, kind: &str, path: &Path) -> Result<(), ClientError> {
     let Ok(bytes) = std::fs::read(path) else {
         return Ok(());
     };
@@ -81,7 +45,7 @@ const LAST_FILES: [(&str, &str); 3] = [
 
 /// Uploads the epoch's last checkpoint (model, optimiser, loop state), so that any worker
 /// on any machine can resume the run from it.
-async fn upload_last(client: &Client, lease: &Lease, dir: &Path) -> Result<(), ClientError> {
+async fn upload_last(client: &Client, lease: &JobLease, dir: &Path) -> Result<(), ClientError> {
     for (kind, file) in LAST_FILES {
         upload_file(client, lease, kind, &dir.join(file)).await?;
     }
@@ -90,13 +54,13 @@ async fn upload_last(client: &Client, lease: &Lease, dir: &Path) -> Result<(), C
 
 /// Makes `dir` hold the server's copy of the run's last checkpoint (downloading the files
 /// whose content differs): the server's record is what the stored metrics describe.
-async fn fetch_last(client: &Client, lease: &Lease, dir: &Path) -> Result<bool, ClientError> {
-    if lease.resume_files.len() < LAST_FILES.len() {
+async fn fetch_last(client: &Client, work: &TrainWork, dir: &Path) -> Result<bool, ClientError> {
+    if work.resume_files.len() < LAST_FILES.len() {
         return Ok(false);
     }
     std::fs::create_dir_all(dir).map_err(|e| ClientError::Refused { status: 0, message: format!("{}: {e}", dir.display()) })?;
     for (kind, file) in LAST_FILES {
-        let Some(artifact) = lease.resume_files.iter().find(|a| a.kind == kind) else { return Ok(false) };
+        let Some(artifact) = work.resume_files.iter().find(|a| a.kind == kind) else { return Ok(false) };
         let target = dir.join(file);
         if sha256_of(&target).is_ok_and(|(sha, _)| sha == artifact.sha256) {
             continue;
@@ -108,35 +72,14 @@ async fn fetch_last(client: &Client, lease: &Lease, dir: &Path) -> Result<bool, 
     Ok(true)
 }
 
-/// Runs until `shutdown` is set (or the queue is empty with `exit_when_idle`).
-pub async fn run(config: WorkerConfig, progress: Arc<dyn Progress>, shutdown: Arc<AtomicBool>) -> Result<(), ClientError> {
-    let client = Client::new(&config.server, &config.token);
-    let device = match config.device {
-        DeviceChoice::Cpu => "cpu".to_owned(),
-        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
-    };
-    tracing::info!(worker = %config.name, %device, "worker started");
-    while !shutdown.load(Ordering::Relaxed) {
-        // A promoted model's test evaluation goes before training: it is short and a
-        // reviewer is waiting for it.
-        if let Some(job) = client.lease_evaluation(&config.name, &device).await? {
-            let span = tracing::info_span!("evaluation", run.id = job.run_id, promotion = job.promotion_id);
-            crate::evaluate::run(&client, &config, job, progress.clone()).instrument(span).await;
-            continue;
-        }
-        match client.lease(&config.name, &device).await? {
-            Some(lease) => {
-                let span = tracing::info_span!("lease", run.id = lease.run_id, lease.id = %lease.lease_id, attempt = lease.attempt);
-                work(&client, &config, lease, progress.clone(), shutdown.clone()).instrument(span).await
-            }
-            None if config.exit_when_idle => break,
-            None => tokio::time::sleep(config.idle_poll).await,
-        }
-    }
-    Ok(())
-}
-
-async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Arc<dyn Progress>, shutdown: Arc<AtomicBool>) {
+pub(crate) async fn run(
+    client: &Client,
+    config: &WorkerConfig,
+    lease: JobLease,
+    work: TrainWork,
+    progress: Arc<dyn Progress>,
+    shutdown: Arc<AtomicBool>,
+) {
     progress.started(&lease);
     let items = match client.items(&lease.lease_id).await {
         Ok(items) => items,
@@ -154,7 +97,7 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
     );
     let ckpt_dir = config.work_dir.join("checkpoints").join(format!("run-{}", lease.run_id));
     let last_dir = checkpoint::Store::new(&ckpt_dir).last_dir();
-    let fetched = match fetch_last(client, &lease, &last_dir).await {
+    let fetched = match fetch_last(client, &work, &last_dir).await {
         Ok(fetched) => fetched,
         Err(e) => {
             tracing::warn!(error = %e, "could not fetch the run's last checkpoint; releasing the run");
@@ -162,10 +105,10 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
             return;
         }
     };
-    let resume = lease.resume_from.is_some() && (fetched || last_dir.exists());
+    let resume = work.resume_from.is_some() && (fetched || last_dir.exists());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let lost = Arc::new(AtomicBool::new(false));
+    let flags = LeaseFlags::default();
+    let (stop, lost) = (flags.stop.clone(), flags.lost.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let spec = lease.config.clone();
     let device = config.device;
@@ -176,31 +119,7 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
         let mut reporter = Channel { epochs: tx, stop: trainer_stop };
         train::train_on(device, &spec, &data, &store, resume, &mut reporter)
     });
-
-    // Heartbeats beside training.
-    let beat = {
-        let (client, lease_id, stop, lost, shutdown) = (client.clone(), lease.lease_id.clone(), stop.clone(), lost.clone(), shutdown.clone());
-        let every = Duration::from_secs(lease.heartbeat_seconds.max(1));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if shutdown.load(Ordering::Relaxed) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                match client.heartbeat(&lease_id, None).await {
-                    Ok(reply) if reply.action == HeartbeatAction::Stop => stop.store(true, Ordering::Relaxed),
-                    Ok(_) => {}
-                    Err(ClientError::LeaseLost(reason)) => {
-                        tracing::warn!(%reason, "lease lost; stopping");
-                        lost.store(true, Ordering::Relaxed);
-                        stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                }
-            }
-        })
-    };
+    let beat = heartbeats(client, &lease, &flags, shutdown.clone());
 
     // Stream each epoch as it ends.
     while let Some(report) = rx.recv().await {
@@ -250,22 +169,29 @@ async fn work(client: &Client, config: &WorkerConfig, lease: Lease, progress: Ar
                 progress.finished(&lease, "released", "worker shutting down; the run is requeued");
                 return;
             }
-            Finish::Stopped { .. } => Complete { outcome: Outcome::Cancelled, error: None, retryable: false, best_epoch: None },
-            Finish::Completed { .. } => Complete {
-                outcome: Outcome::Succeeded,
-                error: None,
-                retryable: false,
-                best_epoch: result.best_epoch.map(|e| e as i64),
-            },
+            Finish::Stopped { .. } => Complete { outcome: Outcome::Cancelled, ..training_complete() },
+            Finish::Completed { .. } => {
+                Complete { outcome: Outcome::Succeeded, best_epoch: result.best_epoch.map(|e| e as i64), ..training_complete() }
+            }
         },
         Ok(Err(e)) => {
             let retryable = matches!(e, TrainError::Checkpoint(_) | TrainError::Device(_));
-            Complete { outcome: Outcome::Failed, error: Some(e.to_string()), retryable, best_epoch: None }
+            Complete { outcome: Outcome::Failed, error: Some(e.to_string()), retryable, ..training_complete() }
         }
-        Err(e) => Complete { outcome: Outcome::Failed, error: Some(format!("the trainer crashed: {e}")), retryable: true, best_epoch: None },
+        Err(e) => Complete {
+            outcome: Outcome::Failed,
+            error: Some(format!("the trainer crashed: {e}")),
+            retryable: true,
+            ..training_complete()
+        },
     };
     match client.complete(&lease.lease_id, &complete).await {
         Ok(run) => progress.finished(&lease, run.status.as_str(), run.error.as_deref().unwrap_or("")),
         Err(e) => tracing::warn!(error = %e, "could not complete the run"),
     }
+}
+
+/// A training completion with nothing set (callers set the outcome and what they know).
+fn training_complete() -> Complete {
+    Complete { outcome: Outcome::Succeeded, error: None, retryable: false, best_epoch: None, confusion: None, skipped: Vec::new() }
 }

@@ -2,50 +2,45 @@
 //! sha256, fetch the test items through the evaluation lease, predict, report the
 //! confusion matrix (the server computes the metrics). Heartbeats run beside it.
 
-use protocol::api::{EvaluationComplete, EvaluationLease, IngestionIssue, Outcome};
+use protocol::api::{Complete, EvaluateWork, IngestionIssue, JobLease, Outcome};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::client::{Client, ClientError};
+use super::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
+use crate::client::Client;
 use crate::data::cache::ImageCache;
 use crate::data::loader::LoaderItem;
-use crate::lease::{Progress, WorkerConfig, sha256_of};
 use crate::train::{self, TrainError};
 
-fn failed(error: String, retryable: bool) -> EvaluationComplete {
-    EvaluationComplete { outcome: Outcome::Failed, error: Some(error), retryable, confusion: None, skipped: Vec::new() }
+fn failed(error: String, retryable: bool) -> Complete {
+    Complete { outcome: Outcome::Failed, error: Some(error), retryable, best_epoch: None, confusion: None, skipped: Vec::new() }
 }
 
-pub async fn run(client: &Client, config: &WorkerConfig, job: EvaluationLease, progress: Arc<dyn Progress>) {
-    let beat = {
-        let (client, lease) = (client.clone(), job.lease_id.clone());
-        let every = Duration::from_secs(job.heartbeat_seconds.max(1));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(ClientError::LeaseLost(reason)) = client.evaluation_heartbeat(&lease).await {
-                    tracing::warn!(%reason, "evaluation lease lost");
-                    break;
-                }
-            }
-        })
-    };
-    let complete = evaluate(client, config, &job).await;
+pub(crate) async fn run(client: &Client, config: &WorkerConfig, job: JobLease, work: EvaluateWork, progress: Arc<dyn Progress>) {
+    progress.started(&job);
+    let flags = LeaseFlags::default();
+    // An evaluation is short and is not interrupted by a shutdown: it runs to its end.
+    let beat = heartbeats(client, &job, &flags, Arc::new(AtomicBool::new(false)));
+    let complete = evaluate(client, config, &job, &work).await;
     beat.abort();
-    match client.complete_evaluation(&job.lease_id, &complete).await {
-        Ok(p) => progress.evaluated(&job, p.status.as_str(), p.error.as_deref().unwrap_or("")),
+    if flags.lost.load(Ordering::Relaxed) {
+        progress.finished(&job, "lost", "the evaluation lease was lost; nothing more is sent for it");
+        return;
+    }
+    match client.complete(&job.lease_id, &complete).await {
+        Ok(done) => progress.finished(&job, done.status.as_str(), done.error.as_deref().unwrap_or("")),
         Err(e) => tracing::warn!(error = %e, "could not complete the evaluation"),
     }
 }
 
 /// The promoted checkpoint as a local file: downloaded from the artifact store (kept by
 /// sha256 under the work dir), or a `file://` path recorded by an older worker.
-async fn checkpoint_file(client: &Client, config: &WorkerConfig, job: &EvaluationLease) -> Result<PathBuf, String> {
-    if let Some(path) = job.checkpoint.uri.strip_prefix("file://") {
+async fn checkpoint_file(client: &Client, config: &WorkerConfig, work: &EvaluateWork) -> Result<PathBuf, String> {
+    if let Some(path) = work.checkpoint.uri.strip_prefix("file://") {
         return Ok(PathBuf::from(path));
     }
-    let sha = &job.checkpoint.sha256;
+    let sha = &work.checkpoint.sha256;
     let file = config.work_dir.join("blobs").join(format!("{sha}.bpk"));
     if !file.exists() {
         let bytes = client.download(sha).await.map_err(|e| format!("could not download the best checkpoint {sha}: {e}"))?;
@@ -55,16 +50,16 @@ async fn checkpoint_file(client: &Client, config: &WorkerConfig, job: &Evaluatio
     Ok(file)
 }
 
-async fn evaluate(client: &Client, config: &WorkerConfig, job: &EvaluationLease) -> EvaluationComplete {
-    let file = match checkpoint_file(client, config, job).await {
+async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: &EvaluateWork) -> Complete {
+    let file = match checkpoint_file(client, config, work).await {
         Ok(file) => file,
         Err(e) => return failed(e, true),
     };
     match sha256_of(&file) {
-        Ok((sha, _)) if sha == job.checkpoint.sha256 => {}
+        Ok((sha, _)) if sha == work.checkpoint.sha256 => {}
         Ok((sha, _)) => {
             return failed(
-                format!("the best checkpoint {} has sha256 {sha}, not the promoted {}; it was changed after training", file.display(), job.checkpoint.sha256),
+                format!("the best checkpoint {} has sha256 {sha}, not the promoted {}; it was changed after training", file.display(), work.checkpoint.sha256),
                 false,
             );
         }
@@ -72,7 +67,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &EvaluationLease)
             return failed(format!("cannot read the best checkpoint {} on worker `{}`: {e}", file.display(), config.name), true);
         }
     }
-    let items = match client.evaluation_items(&job.lease_id).await {
+    let items = match client.items(&job.lease_id).await {
         Ok(items) => items,
         Err(e) => return failed(format!("could not fetch the test items: {e}"), true),
     };
@@ -91,10 +86,11 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &EvaluationLease)
     let outcome =
         tokio::task::spawn_blocking(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file)).await;
     match outcome {
-        Ok(Ok(result)) => EvaluationComplete {
+        Ok(Ok(result)) => Complete {
             outcome: Outcome::Succeeded,
             error: None,
             retryable: false,
+            best_epoch: None,
             confusion: Some(result.confusion),
             skipped: result
                 .skipped

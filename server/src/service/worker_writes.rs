@@ -1,0 +1,143 @@
+//! What a worker writes while it trains a run: metrics, per-epoch confusion matrices,
+//! artifacts and checkpoint files. Each write is fenced by a live lease of the run's
+//! training job (service::jobs); an evaluation lease writes only through its completion.
+
+use protocol::api::{ArtifactInfo, EpochResults, MetricPoint, MetricsAccepted, MetricsBatch, RecordArtifact};
+use protocol::metrics::ConfusionMatrix;
+use protocol::Split;
+use std::collections::BTreeMap;
+
+use super::jobs::{Expect, begin_fenced};
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store;
+
+pub const MAX_METRICS_PER_BATCH: usize = 10_000;
+
+fn lease_of(header: Option<String>, body: Option<String>) -> Result<String, ApiError> {
+    body.or(header).ok_or_else(|| {
+        ApiError::InvalidRequest("worker writes must name their lease: `lease_id` in the body or a Cobb-Lease header".to_owned())
+    })
+}
+
+pub async fn ingest_metrics(
+    state: &AppState,
+    run_id: i64,
+    header_lease: Option<String>,
+    batch: MetricsBatch,
+) -> Result<MetricsAccepted, ApiError> {
+    if batch.metrics.len() > MAX_METRICS_PER_BATCH {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} metrics in one batch; send at most {MAX_METRICS_PER_BATCH}",
+            batch.metrics.len()
+        )));
+    }
+    for m in &batch.metrics {
+        if m.key.is_empty() || m.key.len() > 250 || m.step < 0 || !m.value.is_finite() {
+            return Err(ApiError::InvalidRequest(format!(
+                "metric `{}` at step {}: keys are 1-250 characters, steps >= 0, values finite",
+                m.key, m.step
+            )));
+        }
+        if m.key.starts_with("test_") {
+            return Err(ApiError::InvalidRequest(format!(
+                "metric `{}`: test_* metrics are written by the server from a promotion's evaluation only; \
+                 training reports train_* and val_* keys",
+                m.key
+            )));
+        }
+    }
+    let lease_id = lease_of(header_lease, batch.lease_id)?;
+    // One point per (key, step): the last one sent wins, as a resend would.
+    let mut unique: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    for m in batch.metrics {
+        unique.insert((m.key, m.step), m.value);
+    }
+    let points: Vec<MetricPoint> = unique.into_iter().map(|((key, step), value)| MetricPoint { key, step, value }).collect();
+    let accepted = MetricsAccepted { accepted: points.len() as u64 };
+    if points.is_empty() {
+        // Nothing to write, but the lease must still be live.
+        let (tx, _, _) = begin_fenced(state, &lease_id, Expect::training_of(run_id)).await?;
+        tx.commit().await?;
+        return Ok(accepted);
+    }
+    // Hot path: one fenced statement for an ordinary batch.
+    if points.len() <= 1000 && store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &points, now_ms()).await? > 0 {
+        return Ok(accepted);
+    }
+    // Large batches, and refusals (which say why), go through a fenced transaction.
+    let (tx, _, _) = begin_fenced(state, &lease_id, Expect::training_of(run_id)).await?;
+    store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
+    tx.commit().await?;
+    Ok(accepted)
+}
+
+pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
+    let matrix = ConfusionMatrix::from_parts(req.confusion.classes, req.confusion.counts)
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if req.epoch < 0 {
+        return Err(ApiError::InvalidRequest("epoch must be >= 0".to_owned()));
+    }
+    let report = matrix.report();
+    let (tx, _, _) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
+    store::results::upsert_epoch(&tx, run_id, req.epoch, Split::Val.as_str(), &matrix, &report).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact) -> Result<(), ApiError> {
+    if req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()) || req.kind.is_empty() || req.uri.is_empty() {
+        return Err(ApiError::InvalidRequest("an artifact needs a kind, a uri and a 64-digit sha256".to_owned()));
+    }
+    let (tx, _, _) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
+    store::artifacts::insert(&tx, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms())
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores a file of a run (a checkpoint part) in the artifact store under its sha256 and
+/// records it as an artifact of `kind`, fenced by the lease before and after the upload. A
+/// newer `last_*` artifact replaces the run's older one of that kind, and the older blob is
+/// deleted unless something else still names it.
+pub async fn upload_blob(state: &AppState, run_id: i64, lease_id: &str, kind: &str, bytes: bytes::Bytes) -> Result<ArtifactInfo, ApiError> {
+    if kind.is_empty() || kind.len() > 100 || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)) {
+        return Err(ApiError::InvalidRequest("an artifact kind is 1-100 letters, digits, '_', '-', '.' or '/'".to_owned()));
+    }
+    // Nothing is stored for a lease that is not live.
+    let (tx, _, _) = begin_fenced(state, lease_id, Expect::training_of(run_id)).await?;
+    tx.commit().await?;
+    let size = bytes.len() as i64;
+    let sha256 = state
+        .artifacts
+        .put(bytes)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)))?;
+    let uri = crate::artifacts::uri(&sha256);
+    let now = now_ms();
+    let (tx, _, _) = begin_fenced(state, lease_id, Expect::training_of(run_id)).await?;
+    store::artifacts::insert(&tx, run_id, lease_id, kind, &uri, &sha256, size, now).await?;
+    let replaced = if kind.starts_with("last_") { store::artifacts::delete_older(&tx, run_id, kind).await? } else { Vec::new() };
+    tx.commit().await?;
+    for old in replaced {
+        if old != sha256
+            && !store::artifacts::referenced(&state.db.write, &old).await?
+            && let Err(e) = state.artifacts.delete(&old).await
+        {
+            tracing::warn!(sha256 = %old, error = %e, "could not delete a replaced checkpoint blob");
+        }
+    }
+    Ok(ArtifactInfo { kind: kind.to_owned(), uri, sha256, bytes: size as u64, created_at: now })
+}
+
+/// A stored blob, by sha256 (only blobs that an artifact names).
+pub async fn blob(state: &AppState, sha256: &str) -> Result<bytes::Bytes, ApiError> {
+    if sha256.len() != 64 || !store::artifacts::referenced(&state.db.read, sha256).await? {
+        return Err(ApiError::not_found("artifact", sha256));
+    }
+    state.artifacts.get(sha256).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => ApiError::not_found("artifact blob", sha256),
+        e => ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)),
+    })
+}

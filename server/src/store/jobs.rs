@@ -1,0 +1,296 @@
+//! The job queue: one row per unit of work a worker leases (`train` a run, `evaluate` a
+//! promoted run on the test split). A run's status is its training job's status.
+
+use protocol::{JobKind, JobStatus};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Value};
+
+use super::{Id, all, exec, one, values};
+
+/// A job row as stored (text columns undecoded); [`Job`] is what callers use.
+#[derive(Debug, Clone, FromQueryResult)]
+struct JobRow {
+    id: i64,
+    kind: String,
+    run_id: i64,
+    run_name: String,
+    experiment: String,
+    dataset_version_id: i64,
+    promotion_id: Option<i64>,
+    priority: i64,
+    status: String,
+    cancel_requested: i64,
+    attempt: i64,
+    max_attempts: i64,
+    lease_id: Option<String>,
+    worker: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+/// A job, decoded: a stored kind or status the code does not know is an error naming the
+/// job, never a silent default.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: JobKind,
+    pub run_id: i64,
+    pub run_name: String,
+    pub experiment: String,
+    pub dataset_version_id: i64,
+    pub promotion_id: Option<i64>,
+    pub priority: i64,
+    pub status: JobStatus,
+    pub cancel_requested: bool,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_id: Option<String>,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = DbErr;
+
+    fn try_from(row: JobRow) -> Result<Self, DbErr> {
+        let corrupt = |column: &str, e: String| DbErr::Custom(format!("jobs row {}: column `{column}`: {e}", row.id));
+        Ok(Job {
+            kind: row.kind.parse().map_err(|e| corrupt("kind", e))?,
+            status: row.status.parse().map_err(|e| corrupt("status", e))?,
+            cancel_requested: match row.cancel_requested {
+                0 => false,
+                1 => true,
+                n => return Err(corrupt("cancel_requested", format!("{n} is not a flag (0 or 1)"))),
+            },
+            id: row.id,
+            run_id: row.run_id,
+            run_name: row.run_name,
+            experiment: row.experiment,
+            dataset_version_id: row.dataset_version_id,
+            promotion_id: row.promotion_id,
+            priority: row.priority,
+            attempt: row.attempt,
+            max_attempts: row.max_attempts,
+            lease_id: row.lease_id,
+            worker: row.worker,
+            error: row.error,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS experiment, e.dataset_version_id, \
+    j.promotion_id, j.priority, j.status, j.cancel_requested, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
+    j.created_at, j.started_at, j.finished_at";
+const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";
+
+async fn fetch_one(conn: &impl ConnectionTrait, condition: &str, vals: Vec<Value>) -> Result<Option<Job>, DbErr> {
+    one::<JobRow>(conn, &format!("SELECT {COLUMNS} {FROM} WHERE {condition}"), vals).await?.map(Job::try_from).transpose()
+}
+
+async fn fetch_all(conn: &impl ConnectionTrait, rest: &str, vals: Vec<Value>) -> Result<Vec<Job>, DbErr> {
+    all::<JobRow>(conn, &format!("SELECT {COLUMNS} {FROM} {rest}"), vals).await?.into_iter().map(Job::try_from).collect()
+}
+
+/// Evaluations go before training: they are short and a reviewer is waiting.
+pub fn priority(kind: JobKind) -> i64 {
+    match kind {
+        JobKind::Evaluate => 10,
+        JobKind::Train => 0,
+    }
+}
+
+pub struct NewJob {
+    pub kind: JobKind,
+    pub run_id: i64,
+    pub promotion_id: Option<i64>,
+    pub max_attempts: i64,
+    pub now: i64,
+}
+
+/// A queued job.
+pub async fn insert(conn: &impl ConnectionTrait, job: NewJob) -> Result<i64, DbErr> {
+    one::<Id>(
+        conn,
+        "INSERT INTO jobs (kind, run_id, promotion_id, priority, status, max_attempts, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+        values![
+            job.kind.as_str(),
+            job.run_id,
+            job.promotion_id,
+            priority(job.kind),
+            JobStatus::Queued.as_str(),
+            job.max_attempts,
+            job.now
+        ],
+    )
+    .await?
+    .map(|r| r.id)
+    .ok_or(DbErr::RecordNotInserted)
+}
+
+pub async fn get(conn: &impl ConnectionTrait, id: i64) -> Result<Option<Job>, DbErr> {
+    fetch_one(conn, "j.id = $1", values![id]).await
+}
+
+/// The promotion's evaluation job (None when the promotion reuses an earlier evaluation).
+pub async fn of_promotion(conn: &impl ConnectionTrait, promotion_id: i64) -> Result<Option<Job>, DbErr> {
+    fetch_one(conn, "j.promotion_id = $1", values![promotion_id]).await
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub run: Option<i64>,
+    pub kind: Option<JobKind>,
+    pub status: Option<JobStatus>,
+}
+
+/// Jobs matching `filter`, newest first.
+pub async fn list(conn: &impl ConnectionTrait, filter: &Filter, limit: u64) -> Result<Vec<Job>, DbErr> {
+    let mut vals: Vec<Value> = Vec::new();
+    let mut conditions = Vec::new();
+    if let Some(run) = filter.run {
+        vals.push(run.into());
+        conditions.push(format!("j.run_id = ${}", vals.len()));
+    }
+    if let Some(kind) = filter.kind {
+        vals.push(kind.as_str().into());
+        conditions.push(format!("j.kind = ${}", vals.len()));
+    }
+    if let Some(status) = filter.status {
+        vals.push(status.as_str().into());
+        conditions.push(format!("j.status = ${}", vals.len()));
+    }
+    let condition = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    vals.push((limit as i64).into());
+    fetch_all(conn, &format!("{condition} ORDER BY j.id DESC LIMIT ${}", vals.len()), vals).await
+}
+
+/// The next job to hand out among `kinds` (all kinds when empty): highest priority, then
+/// oldest; a training job only while its sweep has room under its `parallel` limit. On
+/// PostgreSQL the row is locked and other leasers skip it (`FOR UPDATE SKIP LOCKED`); on
+/// SQLite the caller's transaction already holds the single write connection.
+pub async fn next_queued(conn: &impl ConnectionTrait, kinds: &[JobKind]) -> Result<Option<i64>, DbErr> {
+    let lock = match conn.get_database_backend() {
+        DbBackend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
+        _ => "",
+    };
+    let mut vals: Vec<Value> = vec![JobStatus::Queued.as_str().into(), JobStatus::Running.as_str().into()];
+    let kind_filter = if kinds.is_empty() {
+        String::new()
+    } else {
+        let marks: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                vals.push(k.as_str().into());
+                format!("${}", vals.len())
+            })
+            .collect();
+        format!("AND j.kind IN ({})", marks.join(", "))
+    };
+    let sql = format!(
+        "SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id JOIN sweeps s ON s.id = r.sweep_id \
+         WHERE j.status = $1 {kind_filter} AND (j.kind <> 'train' OR s.parallel IS NULL OR \
+           (SELECT COUNT(*) FROM jobs x JOIN runs xr ON xr.id = x.run_id \
+            WHERE xr.sweep_id = r.sweep_id AND x.kind = 'train' AND x.status = $2) < s.parallel) \
+         ORDER BY j.priority DESC, j.id LIMIT 1 {lock}"
+    );
+    Ok(one::<Id>(conn, &sql, vals).await?.map(|r| r.id))
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Claimed {
+    attempt: i64,
+}
+
+/// Moves a queued job to running under `lease_id`; its new attempt number, or None if
+/// someone else got it first.
+pub async fn claim(conn: &impl ConnectionTrait, id: i64, lease_id: &str, worker: &str, now: i64) -> Result<Option<i64>, DbErr> {
+    let claimed = one::<Claimed>(
+        conn,
+        "UPDATE jobs SET status = $1, attempt = attempt + 1, lease_id = $2, worker = $3, \
+         started_at = COALESCE(started_at, $4), updated_at = $4 \
+         WHERE id = $5 AND status = $6 RETURNING attempt",
+        values![JobStatus::Running.as_str(), lease_id, worker, now, id, JobStatus::Queued.as_str()],
+    )
+    .await?;
+    Ok(claimed.map(|c| c.attempt))
+}
+
+/// Ends the job's current lease in the job row: its new status (queued again, or an end
+/// status with the finish time), the error if any, the lease cleared. Applies only while
+/// `lease_id` is still the job's lease (the fence); returns the rows changed (0 or 1).
+pub async fn finish_lease(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    lease_id: &str,
+    status: JobStatus,
+    error: Option<&str>,
+    now: i64,
+) -> Result<u64, DbErr> {
+    let finished_at: Option<i64> = (status != JobStatus::Queued).then_some(now);
+    exec(
+        conn,
+        "UPDATE jobs SET status = $1, error = COALESCE($2, error), finished_at = $3, lease_id = NULL, updated_at = $4 \
+         WHERE id = $5 AND lease_id = $6",
+        values![status.as_str(), error, finished_at, now, id, lease_id],
+    )
+    .await
+}
+
+/// A released lease does not count as an attempt.
+pub async fn forgive_attempt(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
+    exec(conn, "UPDATE jobs SET attempt = attempt - 1 WHERE id = $1 AND attempt > 0", values![id]).await?;
+    Ok(())
+}
+
+/// Which training jobs a cancel reaches: one run's, or every run's of a sweep.
+#[derive(Debug, Clone, Copy)]
+pub enum RunScope {
+    Run,
+    Sweep,
+}
+
+impl RunScope {
+    fn runs(self) -> &'static str {
+        match self {
+            RunScope::Run => "SELECT id FROM runs WHERE id = $3",
+            RunScope::Sweep => "SELECT id FROM runs WHERE sweep_id = $3",
+        }
+    }
+}
+
+/// Cancels the queued training jobs in scope at once; returns how many changed.
+pub async fn cancel_queued(conn: &impl ConnectionTrait, scope: RunScope, id: i64, now: i64) -> Result<u64, DbErr> {
+    exec(
+        conn,
+        &format!(
+            "UPDATE jobs SET status = $1, finished_at = $2, updated_at = $2 \
+             WHERE kind = 'train' AND status = $4 AND run_id IN ({})",
+            scope.runs()
+        ),
+        values![JobStatus::Cancelled.as_str(), now, id, JobStatus::Queued.as_str()],
+    )
+    .await
+}
+
+/// Asks the workers of running training jobs in scope to stop; they end as cancelled
+/// when the worker acknowledges or its lease expires.
+pub async fn request_cancel(conn: &impl ConnectionTrait, scope: RunScope, id: i64, now: i64) -> Result<u64, DbErr> {
+    exec(
+        conn,
+        &format!(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $1 \
+             WHERE kind = 'train' AND status = $2 AND run_id IN ({})",
+            scope.runs()
+        ),
+        values![now, JobStatus::Running.as_str(), id],
+    )
+    .await
+}
