@@ -1,41 +1,15 @@
-//! Bearer tokens. Tokens are random, shown once, and stored as sha256 hashes; a small
+//! The web layer's authentication: a request's bearer token resolved to its `Principal`
+//! (principal.rs). Tokens are random, shown once, and stored as sha256 hashes; a small
 //! in-memory cache keeps the hot path (metric ingestion) off the database.
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use protocol::Role;
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::principal::{Principal, hash_token};
+use crate::state::AppState;
 use crate::store;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub name: String,
-    pub role: Role,
-}
-
-impl Principal {
-    /// Refuses with 403 unless this token's role allows `needed`.
-    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role.allows(needed) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden { needed, have: self.role, name: self.name.clone() })
-        }
-    }
-}
-
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// 256 random bits from the OS, as `cobb_` + 64 hex digits.
-pub fn new_token() -> String {
-    format!("cobb_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
 
 fn bearer(req: &HttpRequest) -> Option<String> {
     let header = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -6,12 +6,15 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod principal;
 pub mod routes;
 pub mod service;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ui;
 
 pub use config::ServerConfig;
-pub use startup::{AppState, Application};
+pub use startup::Application;
+pub use state::AppState;

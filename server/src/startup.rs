@@ -7,18 +7,10 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::RwLock;
 
-use crate::auth::Principal;
 use crate::config::ServerConfig;
-use crate::db::{self, Db};
+use crate::db;
 use crate::error;
-
-pub struct AppState {
-    pub db: Db,
-    pub artifacts: crate::artifacts::ArtifactStore,
-    pub config: ServerConfig,
-    /// token hash -> principal, filled on first use.
-    pub token_cache: RwLock<HashMap<String, Principal>>,
-}
+use crate::state::AppState;
 
 pub struct Application {
     port: u16,

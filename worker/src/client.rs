@@ -21,6 +21,18 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("cannot reach the server at {url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The server answered success with a body this worker cannot read (a version skew).
+    #[error("the server's answer to {what} could not be read: {message}")]
+    Undecodable { what: String, message: String },
+    /// The server answered 204 where an answer was due.
+    #[error("the server sent no answer to {what}")]
+    Empty { what: String },
+    /// A downloaded file's content does not match the sha256 it was asked for.
+    #[error("the file downloaded as {expected} has sha256 {actual}")]
+    Corrupt { expected: String, actual: String },
+    /// A local file could not be written or read while exchanging it with the server.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
 #[derive(Clone)]
@@ -47,7 +59,7 @@ impl Client {
         answer
             .map(|bytes| serde_json::from_slice(&bytes))
             .transpose()
-            .map_err(|e| ClientError::Refused { status: 200, message: format!("undecodable answer: {e}") })
+            .map_err(|e| ClientError::Undecodable { what: path.to_owned(), message: e.to_string() })
     }
 
     /// Sends the request `build` makes, retrying transient failures (connection refused,
@@ -99,7 +111,7 @@ impl Client {
         let path = format!("/runs/{run}/blobs?lease_id={lease}&kind={kind}");
         let answer = self.exchange(&path, |http, url| http.put(url).body(body.clone())).await?;
         let bytes = Self::expect(answer, "upload")?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Refused { status: 201, message: format!("undecodable answer: {e}") })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Undecodable { what: "upload".to_owned(), message: e.to_string() })
     }
 
     /// A stored file by sha256 (checked here against its content).
@@ -107,7 +119,7 @@ impl Client {
         let bytes = Self::expect(self.exchange(&format!("/blobs/{sha256}"), |http, url| http.get(url)).await?, "download")?;
         let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         if actual != sha256 {
-            return Err(ClientError::Refused { status: 200, message: format!("downloaded artifact has sha256 {actual}, not {sha256}") });
+            return Err(ClientError::Corrupt { expected: sha256.to_owned(), actual });
         }
         Ok(bytes.to_vec())
     }
@@ -129,11 +141,11 @@ impl Client {
         if !status.is_success() {
             return Err(ClientError::Refused { status: status.as_u16(), message: text });
         }
-        serde_json::from_str(&text).map_err(|e| ClientError::Refused { status: status.as_u16(), message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| ClientError::Undecodable { what: path.to_owned(), message: e.to_string() })
     }
 
     fn expect<T>(value: Option<T>, what: &str) -> Result<T, ClientError> {
-        value.ok_or_else(|| ClientError::Refused { status: 204, message: format!("empty answer to {what}") })
+        value.ok_or_else(|| ClientError::Empty { what: what.to_owned() })
     }
 
     /// The next job of `kinds` (every kind when empty) under a new lease, or None.

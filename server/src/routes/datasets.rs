@@ -3,10 +3,10 @@ use protocol::Role;
 use protocol::api::{InstallationSalt, RegisterDataset};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
 use crate::service;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(salt).service(register).service(list).service(items).service(show);

@@ -2,10 +2,10 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 use protocol::api::SubmitExperiment;
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
 use crate::service;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::runs::RunScope;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

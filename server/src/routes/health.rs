@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, get, web};
 use protocol::api::Health;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health);

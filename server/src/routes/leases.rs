@@ -5,10 +5,10 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::api::{Complete, Heartbeat, LeaseRequest, Release};
 use protocol::{JobKind, JobStatus, Role};
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
 use crate::service;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(lease)

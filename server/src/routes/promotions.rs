@@ -5,10 +5,10 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 use protocol::api::PromoteRequest;
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
 use crate::service::promotions;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(promote)

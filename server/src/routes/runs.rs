@@ -3,10 +3,10 @@ use protocol::Role;
 use protocol::api::{EpochResults, MetricsBatch, RecordArtifact};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
 use crate::service;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::runs::{Filter, RunScope};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -1,9 +1,9 @@
 use actix_web::{HttpResponse, get, web};
 use protocol::Role;
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(workers);

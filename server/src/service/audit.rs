@@ -77,7 +77,7 @@ pub fn verify(rows: &[crate::store::audit::AuditRow]) -> protocol::api::ChainChe
 }
 
 /// The audit log (optionally of one experiment) with the verification of the whole chain.
-pub async fn log(state: &crate::startup::AppState, experiment: Option<&str>) -> Result<protocol::api::AuditLog, crate::error::ApiError> {
+pub async fn log(state: &crate::state::AppState, experiment: Option<&str>) -> Result<protocol::api::AuditLog, crate::error::ApiError> {
     let rows = crate::store::audit::list(&state.db.read).await?;
     let chain = verify(&rows);
     let events = rows

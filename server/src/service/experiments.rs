@@ -12,7 +12,7 @@ use serde_json::json;
 use super::counts_for;
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 use crate::store::experiments::{ExperimentRow, NewExperiment, NewSweep, SweepRow};
 use crate::store::runs::NewRun;

@@ -17,10 +17,10 @@ use protocol::api::{
 use protocol::{ExperimentSpec, JobKind, JobStatus, Split};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 use crate::store::jobs::{Filter, Job};
 use crate::store::leases::LeaseRow;

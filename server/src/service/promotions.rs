@@ -16,11 +16,11 @@ use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::service::audit::{self, Event};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 use crate::store::jobs::{Job, NewJob};
 use crate::store::promotions::{NewPromotion, PromotionRow};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 use crate::store::runs::{Filter, RunRow, RunScope, Sort};
 

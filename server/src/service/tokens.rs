@@ -4,10 +4,10 @@ use sea_orm::TransactionTrait;
 use serde_json::json;
 use std::path::Path;
 
-use crate::auth::{hash_token, new_token};
+use crate::principal::{hash_token, new_token};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 
 fn valid_name(name: &str) -> bool {

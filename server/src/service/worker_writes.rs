@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::jobs::{Expect, begin_fenced};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 
 pub const MAX_METRICS_PER_BATCH: usize = 10_000;

@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::{exec, one, values};
-use crate::auth::Principal;
+use crate::principal::Principal;
 
 pub async fn insert(conn: &impl ConnectionTrait, id_hash: &str, token_hash: &str, csrf: &str, now: i64, expires_at: i64) -> Result<(), DbErr> {
     exec(

@@ -1,7 +1,7 @@
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::{Count, exec, one, values};
-use crate::auth::Principal;
+use crate::principal::Principal;
 
 #[derive(FromQueryResult)]
 struct TokenRow {

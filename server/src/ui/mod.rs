@@ -14,10 +14,10 @@ use minijinja::Environment;
 use protocol::Role;
 use std::sync::OnceLock;
 
-use crate::auth::{Principal, hash_token, new_token};
+use crate::principal::{Principal, hash_token, new_token};
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 
 pub const SESSION_COOKIE: &str = "cobb_session";

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{charts, check_csrf, error_page, render, viewer};
 use crate::error::ApiError;
 use crate::service;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
+use super::context::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
 use crate::client::Client;
 use crate::data::cache::ImageCache;
 use crate::data::loader::LoaderItem;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
-use super::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
+use super::context::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
 use crate::client::{Client, ClientError};
 use crate::train::{self, EpochReport, Finish, Reporter, TrainData, TrainError, checkpoint};
 
@@ -58,7 +58,7 @@ async fn fetch_last(client: &Client, work: &TrainWork, dir: &Path) -> Result<boo
     if work.resume_files.len() < LAST_FILES.len() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(|e| ClientError::Refused { status: 0, message: format!("{}: {e}", dir.display()) })?;
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.display().to_string(), source })?;
     for (kind, file) in LAST_FILES {
         let Some(artifact) = work.resume_files.iter().find(|a| a.kind == kind) else { return Ok(false) };
         let target = dir.join(file);
@@ -66,7 +66,7 @@ async fn fetch_last(client: &Client, work: &TrainWork, dir: &Path) -> Result<boo
             continue;
         }
         let bytes = client.download(&artifact.sha256).await?;
-        std::fs::write(&target, bytes).map_err(|e| ClientError::Refused { status: 0, message: format!("{}: {e}", target.display()) })?;
+        std::fs::write(&target, bytes).map_err(|source| ClientError::Io { path: target.display().to_string(), source })?;
         tracing::info!(kind, sha256 = %artifact.sha256, "checkpoint file downloaded to resume");
     }
     Ok(true)
