@@ -7,6 +7,7 @@
 pub mod api;
 pub mod classes;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod rng;
 pub mod spec;

@@ -257,7 +257,7 @@ pub struct SelectSpec {
 }
 
 fn default_select_metric() -> String {
-    "val_macro_f1".to_owned()
+    crate::keys::VAL_MACRO_F1.to_owned()
 }
 
 impl Default for SelectSpec {
@@ -266,30 +266,7 @@ impl Default for SelectSpec {
     }
 }
 
-/// Per-epoch metric keys of docs/contract.md that do not name a class.
-pub const EPOCH_METRICS: [&str; 7] = [
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "val_weighted_f1",
-    "lr",
-    "images_per_second",
-];
-
-/// Whether `key` is a metric a run reports every epoch (including per-class keys such as
-/// `val_recall/lat_preop`).
-pub fn is_epoch_metric(key: &str) -> bool {
-    if EPOCH_METRICS.contains(&key) {
-        return true;
-    }
-    match key.split_once('/') {
-        Some((prefix, class)) => {
-            matches!(prefix, "val_precision" | "val_recall" | "val_f1") && !class.is_empty()
-        }
-        None => false,
-    }
-}
+pub use crate::keys::{EPOCH_METRICS, is_epoch_metric};
 
 /// A spec error positioned in its source file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

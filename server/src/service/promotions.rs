@@ -288,16 +288,7 @@ pub(crate) async fn evaluation_ended(
             return Err(ApiError::InvalidRequest("the test confusion matrix is empty".into()));
         }
         let report = matrix.report();
-        let mut points = vec![
-            ("test_accuracy".to_owned(), report.accuracy),
-            ("test_macro_f1".to_owned(), report.macro_f1),
-            ("test_weighted_f1".to_owned(), report.weighted_f1),
-        ];
-        for c in &report.per_class {
-            points.push((format!("test_precision/{}", c.class), c.precision));
-            points.push((format!("test_recall/{}", c.class), c.recall));
-            points.push((format!("test_f1/{}", c.class), c.f1));
-        }
+        let points = protocol::keys::report_points(protocol::keys::ReportSplit::Test, &report);
         let points: Vec<MetricPoint> =
             points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
         store::metrics::upsert(conn, row.run_id, &points, now).await?;

@@ -40,7 +40,7 @@ pub async fn ingest_metrics(
                 m.key, m.step
             )));
         }
-        if m.key.starts_with("test_") {
+        if protocol::keys::is_test_metric(&m.key) {
             return Err(ApiError::InvalidRequest(format!(
                 "metric `{}`: test_* metrics are written by the server from a promotion's evaluation only; \
                  training reports train_* and val_* keys",

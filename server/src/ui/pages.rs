@@ -4,7 +4,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use protocol::JobStatus;
+use protocol::{JobStatus, keys};
 use protocol::metrics::ClassMetrics;
 use protocol::metrics::ConfusionMatrix;
 use protocol::{Role, RunStatus};
@@ -113,8 +113,8 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             .iter()
             .zip(&params)
             .map(|(r, p)| {
-                let acc = metrics.get(&(r.id, "val_accuracy".to_owned()));
-                let f1 = metrics.get(&(r.id, "val_macro_f1".to_owned()));
+                let acc = metrics.get(&(r.id, keys::VAL_ACCURACY.to_owned()));
+                let f1 = metrics.get(&(r.id, keys::VAL_MACRO_F1.to_owned()));
                 let w = worst.get(&r.id);
                 json!({
                     "id": r.id, "name": r.name, "status": r.status, "params": varying.iter().map(|k| p.get(k).map(|x| x.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
@@ -179,15 +179,15 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
     page!(req, state, |v| {
         let detail = service::runs::show(&state, *id).await?;
         let series = service::runs::metrics(&state, *id, None).await?;
-        let loss = charts::lines("Loss", "cross-entropy", &curves(&series, &["train_loss", "val_loss"]));
-        let quality = charts::lines("Validation", "score", &curves(&series, &["val_macro_f1", "val_accuracy"]));
-        let lr = charts::lines("Learning rate", "lr", &curves(&series, &["lr"]));
+        let loss = charts::lines("Loss", "cross-entropy", &curves(&series, &[keys::TRAIN_LOSS, keys::VAL_LOSS]));
+        let quality = charts::lines("Validation", "score", &curves(&series, &[keys::VAL_MACRO_F1, keys::VAL_ACCURACY]));
+        let lr = charts::lines("Learning rate", "lr", &curves(&series, &[keys::LR]));
         let table: Vec<Value> = {
-            let keys = ["train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"];
+            let epoch_keys = [keys::TRAIN_LOSS, keys::VAL_LOSS, keys::VAL_ACCURACY, keys::VAL_MACRO_F1, keys::LR];
             let mut by_epoch: BTreeMap<i64, BTreeMap<&str, f64>> = BTreeMap::new();
-            for s in series.iter().filter(|s| keys.contains(&s.key.as_str())) {
+            for s in series.iter().filter(|s| epoch_keys.contains(&s.key.as_str())) {
                 for p in &s.points {
-                    by_epoch.entry(p.step).or_default().insert(keys.iter().find(|k| **k == s.key).copied().unwrap_or(""), p.value);
+                    by_epoch.entry(p.step).or_default().insert(epoch_keys.iter().find(|k| **k == s.key).copied().unwrap_or(""), p.value);
                 }
             }
             by_epoch.into_iter().map(|(epoch, m)| json!({"epoch": epoch, "m": m})).collect()
@@ -196,7 +196,7 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
         let promotions = store::promotions::of_run(&state.db.read, *id).await?;
         let checkpoint = detail.artifacts.iter().rev().find(|a| a.kind == "best_checkpoint");
         let can_promote = detail.run.status == RunStatus::Succeeded && checkpoint.is_some() && v.principal.role.allows(Role::Reviewer);
-        let test = detail.latest.iter().filter(|(k, _)| k.starts_with("test_")).count() > 0;
+        let test = detail.latest.iter().filter(|(k, _)| keys::is_test_metric(k)).count() > 0;
         Ok(render(
             "run.html",
             Some(&v),

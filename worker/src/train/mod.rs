@@ -84,21 +84,18 @@ pub struct EpochReport {
 impl EpochReport {
     /// The per-epoch metric keys (docs/api.md) with their values.
     pub fn metrics(&self) -> Vec<(String, f64)> {
-        let mut out = vec![
-            ("train_loss".to_owned(), self.train_loss),
-            ("val_loss".to_owned(), self.val_loss),
-            ("val_accuracy".to_owned(), self.report.accuracy),
-            ("val_macro_f1".to_owned(), self.report.macro_f1),
-            ("val_weighted_f1".to_owned(), self.report.weighted_f1),
-            ("lr".to_owned(), self.lr),
-            ("images_per_second".to_owned(), self.images_per_second),
-            ("skipped_images".to_owned(), self.skipped.len() as f64),
-        ];
-        for c in &self.report.per_class {
-            out.push((format!("val_precision/{}", c.class), c.precision));
-            out.push((format!("val_recall/{}", c.class), c.recall));
-            out.push((format!("val_f1/{}", c.class), c.f1));
-        }
+        use protocol::keys;
+        let mut out: Vec<(String, f64)> = [
+            (keys::TRAIN_LOSS, self.train_loss),
+            (keys::VAL_LOSS, self.val_loss),
+            (keys::LR, self.lr),
+            (keys::IMAGES_PER_SECOND, self.images_per_second),
+            (keys::SKIPPED_IMAGES, self.skipped.len() as f64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        out.extend(keys::report_points(keys::ReportSplit::Val, &self.report));
         out
     }
 
