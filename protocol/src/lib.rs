@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod classes;
+pub mod compare;
 pub mod error;
 pub mod keys;
 pub mod metrics;

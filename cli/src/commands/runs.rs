@@ -1,5 +1,6 @@
 use clap::Args;
 use protocol::api::{AuditLog, CancelResult, ExperimentSummary, RunDetail, RunInfo, RunList, WorkerInfo};
+use protocol::compare::{Cell, Comparison, Row};
 use protocol::sweep;
 
 use crate::client::Client;
@@ -252,101 +253,93 @@ pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, json
     Ok(())
 }
 
-/// Per-class precision and recall of several runs side by side (validation, each run's best
-/// epoch), the best value per class marked with `*`, and roll-ups by view and phase.
-pub fn print_class_comparison(details: &[RunDetail]) {
-    use protocol::metrics::ConfusionMatrix;
-    // Per run: class names and (precision, recall) per class, when the run has results.
-    type ClassTable = Option<(Vec<String>, Vec<(f64, f64)>)>;
-    let tables: Vec<ClassTable> = details
-        .iter()
-        .map(|d| {
-            d.class_results.as_ref().map(|c| {
-                (c.per_class.iter().map(|m| m.class.clone()).collect(), c.per_class.iter().map(|m| (m.precision, m.recall)).collect())
-            })
-        })
-        .collect();
-    let Some((classes, _)) = tables.iter().flatten().next().cloned() else {
+/// The comparison's tables: per-class precision and recall of each run (validation, best
+/// epoch), the best value per row marked with `*`, the difference from the baseline run in
+/// brackets, and the roll-ups by view and phase -- the numbers of the compare page.
+pub fn print_comparison(c: &Comparison) {
+    if c.classes.is_empty() {
         println!("(no per-class results yet)");
         return;
+    }
+    let mark = |cell: &Cell| match cell.value {
+        Some(v) => {
+            let delta = match cell.delta {
+                Some(d) if d != 0.0 => format!(" ({d:+.2})"),
+                _ => String::new(),
+            };
+            format!("{v:.2}{}{delta}", if cell.best { "*" } else { "" })
+        }
+        None => "-".to_owned(),
     };
-    let print = |title: &str, rows: &[String], values: &[Vec<Option<(f64, f64)>>]| {
+    let print = |title: &str, rows: &[Row], with_train: bool| {
         println!("\n{title}");
         let mut header = vec!["CLASS".to_owned()];
-        header.extend(details.iter().map(|d| format!("run {} P / R", d.run.id)));
+        if with_train {
+            header.push("TRAIN".to_owned());
+        }
+        header.extend(c.runs.iter().map(|r| format!("run {} P / R", r.id)));
         let body: Vec<Vec<String>> = rows
             .iter()
-            .enumerate()
-            .map(|(i, class)| {
-                let best_p = values.iter().filter_map(|v| v[i].map(|x| x.0)).fold(f64::MIN, f64::max);
-                let best_r = values.iter().filter_map(|v| v[i].map(|x| x.1)).fold(f64::MIN, f64::max);
-                let mut row = vec![class.clone()];
-                for v in values {
-                    row.push(match v[i] {
-                        Some((p, r)) => format!(
-                            "{p:.2}{} / {r:.2}{}",
-                            if p == best_p && values.len() > 1 { "*" } else { " " },
-                            if r == best_r && values.len() > 1 { "*" } else { " " }
-                        ),
-                        None => "-".to_owned(),
-                    });
+            .map(|row| {
+                let few = if row.few_images { " !" } else { "" };
+                let mut out = vec![format!("{}{few}", row.class)];
+                if with_train {
+                    out.push(row.train_images.map_or("-".to_owned(), |n| n.to_string()));
                 }
-                row
+                out.extend(row.precision.iter().zip(&row.recall).map(|(p, r)| format!("{} / {}", mark(p), mark(r))));
+                out
             })
             .collect();
         let refs: Vec<&str> = header.iter().map(String::as_str).collect();
         output::table(&refs, &body);
     };
-    let per_class: Vec<Vec<Option<(f64, f64)>>> = tables
-        .iter()
-        .map(|t| classes.iter().map(|c| t.as_ref().and_then(|(names, v)| names.iter().position(|n| n == c).map(|i| v[i]))).collect())
-        .collect();
-    print("per-class precision / recall (validation, best epoch; * = best of these runs)", &classes, &per_class);
-    for (title, group) in [("by view", protocol::classes::view_of as fn(&str) -> Option<&'static str>), ("by phase", protocol::classes::phase_of)] {
-        let rolled: Vec<Option<ConfusionMatrix>> =
-            details.iter().map(|d| d.class_results.as_ref().map(|c| c.confusion.roll_up(group))).collect();
-        let Some(names) = rolled.iter().flatten().next().map(|m| m.classes.clone()) else { continue };
-        let values: Vec<Vec<Option<(f64, f64)>>> = rolled
-            .iter()
-            .map(|m| {
-                let report = m.as_ref().map(ConfusionMatrix::report);
-                names
-                    .iter()
-                    .map(|n| report.as_ref().and_then(|r| r.per_class.iter().find(|x| &x.class == n).map(|x| (x.precision, x.recall))))
-                    .collect()
-            })
-            .collect();
-        print(&format!("roll-up {title}"), &names, &values);
+    print(
+        &format!(
+            "per-class precision / recall (validation, best epoch; * = best of these runs; (+/-) against run {}; ! = fewer than {} training images)",
+            c.baseline, c.few_images_threshold
+        ),
+        &c.classes,
+        true,
+    );
+    print("roll-up by view", &c.by_view, false);
+    print("roll-up by phase", &c.by_phase, false);
+}
+
+/// `GET /compare` for `ids` (2-20 runs).
+pub async fn comparison(client: &Client, ids: &[i64], baseline: Option<i64>) -> Result<Comparison, Failure> {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let mut path = format!("/compare?runs={}", list.join(","));
+    if let Some(b) = baseline {
+        path.push_str(&format!("&baseline={b}"));
     }
+    client.get(&path).await
 }
 
 pub async fn compare(ids: &[i64], client: &Client, json: bool) -> Result<(), Failure> {
-    if ids.len() < 2 || ids.len() > 20 {
-        return Err(Failure::input("compare takes 2 to 20 run ids"));
+    if ids.len() < 2 || ids.len() > protocol::compare::MAX_RUNS {
+        return Err(Failure::input(format!("compare takes 2 to {} run ids", protocol::compare::MAX_RUNS)));
     }
-    let mut details = Vec::with_capacity(ids.len());
-    for id in ids {
-        details.push(client.get::<RunDetail>(&format!("/runs/{id}")).await?);
-    }
+    let c = comparison(client, ids, None).await?;
     if json {
-        output::json(&details);
+        output::json(&c);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = details
+    let rows: Vec<Vec<String>> = c
+        .runs
         .iter()
-        .map(|d| {
-            let metric = |k: &str| d.latest.get(k).map_or("-".to_owned(), |m| format!("{:.3}", m.value));
+        .map(|r| {
+            let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
             vec![
-                d.run.id.to_string(),
-                d.run.status.to_string(),
-                d.config.model.arch.to_string(),
-                metric("val_accuracy"),
-                metric("val_macro_f1"),
-                if d.run.params.is_empty() { "-".to_owned() } else { sweep::describe(&d.run.params) },
+                r.id.to_string(),
+                r.status.to_string(),
+                r.best_epoch.map_or("-".to_owned(), |e| e.to_string()),
+                value(r.val_accuracy),
+                value(r.val_macro_f1),
+                if r.params.is_empty() { "-".to_owned() } else { sweep::describe(&r.params) },
             ]
         })
         .collect();
-    output::table(&["RUN", "STATUS", "ARCH", "VAL ACC (last)", "VAL MACRO-F1 (last)", "PARAMS"], &rows);
-    print_class_comparison(&details);
+    output::table(&["RUN", "STATUS", "BEST EPOCH", "VAL ACC", "VAL MACRO-F1", "PARAMS"], &rows);
+    print_comparison(&c);
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use protocol::api::{CreateToken, CreatedToken, RunDetail, RunList, SubmitExperiment, SubmitResult};
+use protocol::api::{CreateToken, CreatedToken, RunList, SubmitExperiment, SubmitResult};
 use protocol::{Role, RunStatus};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -374,14 +374,10 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
         })
         .collect();
     output::table(&["RUN", "STATUS", "VAL MACRO-F1", "BEST EPOCH", "PARAMS"], &rows);
-    let best: Vec<&protocol::api::RunInfo> = list.runs.iter().filter(|r| r.status == RunStatus::Succeeded).take(3).collect();
-    if best.is_empty() {
+    let best: Vec<i64> = list.runs.iter().filter(|r| r.status == RunStatus::Succeeded).take(3).map(|r| r.id).collect();
+    if best.len() < 2 {
         return Ok(());
     }
-    let mut details = Vec::new();
-    for r in &best {
-        details.push(client.get::<RunDetail>(&format!("/runs/{}", r.id)).await?);
-    }
-    super::runs::print_class_comparison(&details);
+    super::runs::print_comparison(&super::runs::comparison(client, &best, None).await?);
     Ok(())
 }

@@ -16,7 +16,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(metrics)
         .service(ingest_metrics)
         .service(results)
-        .service(artifacts);
+        .service(artifacts)
+        .service(compare);
 }
 
 #[derive(Deserialize)]
@@ -105,4 +106,12 @@ async fn artifacts(
     who.require(Role::Worker)?;
     service::worker_writes::record_artifact(&state, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `?runs=1,2,3&baseline=2`: the per-class comparison of 2-20 runs (viewer).
+#[get("/compare")]
+async fn compare(req: HttpRequest, state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let (ids, baseline) = service::compare::parse_query(req.query_string())?;
+    Ok(HttpResponse::Ok().json(service::compare::compare(&state, &ids, baseline).await?))
 }

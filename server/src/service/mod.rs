@@ -2,6 +2,7 @@
 //! function here; functions here call `store`.
 
 pub mod audit;
+pub mod compare;
 pub mod datasets;
 pub mod experiments;
 pub mod jobs;

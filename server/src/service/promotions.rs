@@ -192,11 +192,7 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     let matrix = store::results::matrix(&state.db.read, promotion.run_id, Split::Test.as_str(), Some(promotion.best_epoch))
         .await?
         .ok_or_else(|| ApiError::not_found("test confusion matrix of run", promotion.run_id))?;
-    let confusion = ConfusionMatrix::from_parts(
-        serde_json::from_str(&matrix.classes_json).map_err(anyhow::Error::from)?,
-        serde_json::from_str(&matrix.counts_json).map_err(anyhow::Error::from)?,
-    )
-    .map_err(|e| anyhow::anyhow!("stored matrix: {e}"))?;
+    let confusion = matrix.decode(promotion.run_id, Split::Test.as_str())?;
     Ok(TestReport {
         report: confusion.report(),
         by_view: confusion.roll_up(protocol::classes::view_of).report(),

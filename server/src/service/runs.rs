@@ -3,7 +3,7 @@
 use protocol::api::{
     ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList,
 };
-use protocol::metrics::{ClassMetrics, ConfusionMatrix};
+use protocol::metrics::ClassMetrics;
 use protocol::{ExperimentSpec, RunStatus, Split};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
@@ -87,9 +87,7 @@ pub(crate) async fn class_results(
     let Some(matrix) = store::results::matrix(conn, run_id, split.as_str(), epoch).await? else {
         return Ok(None);
     };
-    let classes: Vec<String> = serde_json::from_str(&matrix.classes_json).unwrap_or_default();
-    let counts: Vec<Vec<u64>> = serde_json::from_str(&matrix.counts_json).unwrap_or_default();
-    let confusion = ConfusionMatrix::from_parts(classes, counts).map_err(|e| ApiError::Internal(e.into()))?;
+    let confusion = matrix.decode(run_id, split.as_str())?;
     let rows = store::results::classes(conn, run_id, split.as_str(), matrix.epoch).await?;
     let mut by_class: BTreeMap<String, ClassMetrics> = rows
         .into_iter()

@@ -100,6 +100,12 @@ pub struct MatrixRow {
     pub counts_json: String,
 }
 
+impl MatrixRow {
+    pub fn decode(&self) -> Result<protocol::metrics::ConfusionMatrix, DbErr> {
+        super::decode_matrix(&format!("confusion_matrices row (run {}, best epoch, val)", self.run_id), &self.classes_json, &self.counts_json)
+    }
+}
+
 /// Validation confusion matrices of the given runs at their best epochs, in one query.
 pub async fn best_matrices(conn: &impl ConnectionTrait, run_ids: &[i64]) -> Result<Vec<MatrixRow>, DbErr> {
     let (marks, vals) = id_list(run_ids);
@@ -118,17 +124,20 @@ pub async fn best_matrices(conn: &impl ConnectionTrait, run_ids: &[i64]) -> Resu
 pub struct BriefRun {
     pub id: i64,
     pub name: String,
+    pub status: String,
+    pub params_json: String,
     pub best_epoch: Option<i64>,
     pub dataset_version_id: i64,
 }
 
-/// Names, best epochs and dataset versions of the given runs.
+/// Names, statuses, parameters, best epochs and dataset versions of the given runs.
 pub async fn brief(conn: &impl ConnectionTrait, run_ids: &[i64]) -> Result<Vec<BriefRun>, DbErr> {
     let (marks, vals) = id_list(run_ids);
     all(
         conn,
         &format!(
-            "SELECT r.id, r.name, r.best_epoch, e.dataset_version_id FROM runs r JOIN experiments e ON e.id = r.experiment_id \
+            "SELECT r.id, r.name, j.status, r.params_json, r.best_epoch, e.dataset_version_id FROM runs r \
+             JOIN experiments e ON e.id = r.experiment_id JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
              WHERE r.id IN ({marks})"
         ),
         vals,

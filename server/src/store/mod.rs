@@ -45,6 +45,15 @@ pub(crate) async fn exec(conn: &impl ConnectionTrait, sql: &str, values: Vec<Val
     Ok(conn.execute(statement(conn, sql, values)).await?.rows_affected())
 }
 
+/// Decodes a stored confusion matrix (`classes_json`, `counts_json`); a corrupt one is an
+/// error naming its row (`what`), never an empty matrix.
+pub(crate) fn decode_matrix(what: &str, classes_json: &str, counts_json: &str) -> Result<protocol::metrics::ConfusionMatrix, DbErr> {
+    let corrupt = |column: &str, e: String| DbErr::Custom(format!("{what}: column `{column}`: {e}"));
+    let classes: Vec<String> = serde_json::from_str(classes_json).map_err(|e| corrupt("classes_json", e.to_string()))?;
+    let counts: Vec<Vec<u64>> = serde_json::from_str(counts_json).map_err(|e| corrupt("counts_json", e.to_string()))?;
+    protocol::metrics::ConfusionMatrix::from_parts(classes, counts).map_err(|e| corrupt("counts_json", e.to_string()))
+}
+
 #[derive(Debug, FromQueryResult)]
 pub(crate) struct Id {
     pub id: i64,

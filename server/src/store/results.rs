@@ -19,6 +19,13 @@ pub struct MatrixRow {
     pub counts_json: String,
 }
 
+impl MatrixRow {
+    /// The stored matrix of `run_id` on `split`; a corrupt row is an error naming it.
+    pub fn decode(&self, run_id: i64, split: &str) -> Result<ConfusionMatrix, DbErr> {
+        super::decode_matrix(&format!("confusion_matrices row (run {run_id}, epoch {}, {split})", self.epoch), &self.classes_json, &self.counts_json)
+    }
+}
+
 /// Stores one epoch's per-class rows and confusion matrix (replacing a resent epoch).
 pub async fn upsert_epoch(
     conn: &impl ConnectionTrait,

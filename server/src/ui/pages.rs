@@ -5,7 +5,6 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use protocol::{JobStatus, keys};
-use protocol::metrics::ClassMetrics;
 use protocol::metrics::ConfusionMatrix;
 use protocol::{Role, RunStatus};
 use serde_json::{Value, json};
@@ -212,146 +211,43 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
     })
 }
 
-/// `runs=1&runs=2` or `runs=1,2`, and `baseline=`.
-fn compare_query(req: &HttpRequest) -> (Vec<i64>, Option<i64>) {
-    let mut runs = Vec::new();
-    let mut baseline = None;
-    for pair in req.query_string().split('&') {
-        match pair.split_once('=') {
-            Some(("runs", v)) => runs.extend(v.split([',', '+']).filter_map(|x| x.trim().parse::<i64>().ok())),
-            Some(("baseline", v)) => baseline = v.parse().ok(),
-            _ => {}
-        }
-    }
-    let mut seen = BTreeSet::new();
-    runs.retain(|r| seen.insert(*r));
-    (runs, baseline)
+/// What the compare page shows: the comparison every client gets from
+/// `GET /api/v1/compare`, with the charts and the runs' colours.
+#[derive(serde::Serialize)]
+struct ComparePage {
+    cmp: protocol::compare::Comparison,
+    /// `#rrggbb` per run, in the comparison's run order (the charts' colours).
+    colors: Vec<String>,
+    precision_chart: String,
+    recall_chart: String,
 }
-
-/// What the compare page needs of a run: its best epoch's per-class rows and matrix.
-struct Compared {
-    id: i64,
-    name: String,
-    best_epoch: Option<i64>,
-    dataset_version_id: i64,
-    per_class: Vec<ClassMetrics>,
-    confusion: Option<ConfusionMatrix>,
-}
-
-/// The runs in `ids` order, read in three queries whatever their number.
-async fn compared_runs(state: &AppState, ids: &[i64]) -> Result<Vec<Compared>, ApiError> {
-    let conn = &state.db.read;
-    let mut rows: BTreeMap<i64, Vec<ClassMetrics>> = BTreeMap::new();
-    for r in store::leaderboard::best_class_rows(conn, ids).await? {
-        rows.entry(r.run_id).or_default().push(ClassMetrics { class: r.class, precision: r.precision, recall: r.recall, f1: r.f1, support: r.support as u64 });
-    }
-    let mut matrices: BTreeMap<i64, ConfusionMatrix> = BTreeMap::new();
-    for m in store::leaderboard::best_matrices(conn, ids).await? {
-        let classes: Vec<String> = serde_json::from_str(&m.classes_json).unwrap_or_default();
-        let counts: Vec<Vec<u64>> = serde_json::from_str(&m.counts_json).unwrap_or_default();
-        if let Ok(matrix) = ConfusionMatrix::from_parts(classes, counts) {
-            matrices.insert(m.run_id, matrix);
-        }
-    }
-    let mut brief: BTreeMap<i64, store::leaderboard::BriefRun> = store::leaderboard::brief(conn, ids).await?.into_iter().map(|b| (b.id, b)).collect();
-    ids.iter()
-        .map(|id| {
-            let b = brief.remove(id).ok_or_else(|| ApiError::not_found("run", id))?;
-            let confusion = matrices.remove(id);
-            // Rows in the matrix's class order.
-            let mut per_class = rows.remove(id).unwrap_or_default();
-            if let Some(m) = &confusion {
-                per_class.sort_by_key(|c| m.classes.iter().position(|x| *x == c.class).unwrap_or(usize::MAX));
-            }
-            Ok(Compared { id: b.id, name: b.name, best_epoch: b.best_epoch, dataset_version_id: b.dataset_version_id, per_class, confusion })
-        })
-        .collect()
-}
-
-/// Classes with fewer training images than this are flagged on the compare page.
-pub const FEW_TRAINING_IMAGES: u64 = 100;
 
 #[get("/ui/compare")]
 async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     page!(req, state, |v| {
-        let (ids, baseline) = compare_query(&req);
-        if !(2..=20).contains(&ids.len()) {
-            return Err(ApiError::InvalidRequest(format!("compare 2 to 20 runs (got {}): tick them on a sweep page, or /ui/compare?runs=1,2", ids.len())));
-        }
-        let details = compared_runs(&state, &ids).await?;
-        let baseline = baseline.filter(|b| ids.contains(b)).unwrap_or(ids[0]);
-        let classes: Vec<String> = details.iter().find_map(|d| d.confusion.as_ref().map(|c| c.classes.clone())).unwrap_or_default();
-        // Training images per class in the first run's dataset version.
-        let version = store::datasets::version_by_id(&state.db.read, details[0].dataset_version_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("dataset version", details[0].dataset_version_id))?;
-        let dataset = service::datasets::info(&state.db.read, version, false).await?;
-        let train_count: BTreeMap<&str, u64> = dataset.counts.iter().map(|c| (c.label.as_str(), c.train)).collect();
-        let value = |d: &Compared, class: &str, recall: bool| {
-            d.per_class.iter().find(|m| m.class == class).map(|m| if recall { m.recall } else { m.precision })
-        };
-        let base = details.iter().find(|d| d.id == baseline);
-        let mut rows = Vec::new();
-        for class in &classes {
-            let mut cells = Vec::new();
-            for recall in [false, true] {
-                let values: Vec<Option<f64>> = details.iter().map(|d| value(d, class, recall)).collect();
-                let best = values.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
-                let base_value = base.and_then(|b| value(b, class, recall));
-                for v in &values {
-                    cells.push(json!({"v": v, "best": v.is_some_and(|x| x == best), "delta": v.zip(base_value).map(|(x, b)| x - b)}));
-                }
-            }
-            let train = train_count.get(class.as_str()).copied().unwrap_or(0);
-            rows.push(json!({"class": class, "cells": cells, "train": train, "few": train < FEW_TRAINING_IMAGES}));
-        }
+        let (ids, baseline) = service::compare::parse_query(req.query_string())?;
+        let cmp = service::compare::compare(&state, &ids, baseline).await?;
+        let classes: Vec<String> = cmp.classes.iter().map(|r| r.class.clone()).collect();
         let bars = |recall: bool| {
-            let series: Vec<(String, Vec<f64>)> = details
+            let series: Vec<(String, Vec<f64>)> = cmp
+                .runs
                 .iter()
-                .map(|d| (format!("run {} {}", d.id, d.name), classes.iter().map(|c| value(d, c, recall).unwrap_or(0.0)).collect()))
+                .enumerate()
+                .map(|(i, r)| {
+                    let values = cmp.classes.iter().map(|row| if recall { &row.recall } else { &row.precision }[i].value.unwrap_or(0.0));
+                    (format!("run {} {}", r.id, r.name), values.collect())
+                })
                 .collect();
             charts::grouped_bars(if recall { "Recall per class" } else { "Precision per class" }, if recall { "recall" } else { "precision" }, &classes, &series)
         };
-        let rollups = |group: fn(&str) -> Option<&'static str>| -> Vec<Value> {
-            details
-                .iter()
-                .map(|d| {
-                    let report = d.confusion.as_ref().map(|c| c.roll_up(group).report());
-                    json!({"run": d.id, "groups": report.map(|r| r.per_class).unwrap_or_default()})
-                })
-                .collect()
-        };
-        // The confusion-matrix difference of the first two runs (second minus first).
-        let diff = match (details.first().and_then(|d| d.confusion.as_ref()), details.get(1).and_then(|d| d.confusion.as_ref())) {
-            (Some(a), Some(b)) if a.classes == b.classes => {
-                let rows: Vec<Value> = a.counts.iter().zip(&b.counts).enumerate().map(|(t, (ra, rb))| {
-                    let cells: Vec<Value> = ra.iter().zip(rb).enumerate().map(|(p, (x, y))| {
-                        let d = *y as i64 - *x as i64;
-                        json!({"d": d, "good": if t == p { d > 0 } else { d < 0 }, "zero": d == 0})
-                    }).collect();
-                    json!({"class": a.classes[t], "cells": cells})
-                }).collect();
-                Some(json!({"a": ids[0], "b": ids[1], "classes": a.classes, "rows": rows}))
-            }
-            _ => None,
-        };
-        let runs: Vec<Value> = details
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
+        let colors = (0..cmp.runs.len())
+            .map(|i| {
                 let c = charts::color(i);
-                json!({"id": d.id, "name": d.name, "best_epoch": d.best_epoch, "color": format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)})
+                format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)
             })
             .collect();
-        Ok(render(
-            "compare.html",
-            Some(&v),
-            json!({
-                "runs": runs, "ids": ids, "baseline": baseline, "rows": rows, "few": FEW_TRAINING_IMAGES,
-                "precision_chart": bars(false), "recall_chart": bars(true),
-                "by_view": rollups(protocol::classes::view_of), "by_phase": rollups(protocol::classes::phase_of), "diff": diff,
-            }),
-        ))
+        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp };
+        Ok(render("compare.html", Some(&v), serde_json::to_value(&page).map_err(anyhow::Error::from)?))
     })
 }
 

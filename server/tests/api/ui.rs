@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
-use crate::helpers::{CLASSES, TestApp, ok};
+use crate::helpers::{CLASSES, TestApp, fails, ok};
 use crate::promotions::finish_a_run;
 
 crate::on_both_databases!(the_dashboards_show_real_numbers_behind_a_login);
@@ -108,6 +108,24 @@ async fn the_dashboards_show_real_numbers_behind_a_login(app: TestApp) {
     let page = browser.page(&format!("/ui/compare?runs={a},{b}")).await;
     assert!(page.contains("Precision per class") && page.contains("<svg") && page.contains("Confusion-matrix difference"), "{page}");
     assert!(page.contains("Roll-up by view"), "{page}");
+    // The page shows the numbers of GET /compare, which `cobb compare` prints too.
+    let cmp: Value = app.read(&viewer, &format!("/compare?runs={a},{b}&baseline={b}")).await;
+    assert_eq!(cmp["baseline"], b);
+    let page = browser.page(&format!("/ui/compare?runs={a},{b}&baseline={b}")).await;
+    let rows = cmp["classes"].as_array().expect("classes");
+    assert_eq!(rows.len(), CLASSES.len());
+    for row in rows.iter().chain(cmp["by_view"].as_array().expect("by view")).chain(cmp["by_phase"].as_array().expect("by phase")) {
+        assert!(page.contains(row["class"].as_str().expect("class")), "{row}");
+        for cell in row["precision"].as_array().expect("p").iter().chain(row["recall"].as_array().expect("r")) {
+            let value = cell["value"].as_f64().expect("both runs have results");
+            assert!(page.contains(&format!("{value:.3}")), "{value:.3} missing from the compare page");
+            if let Some(delta) = cell["delta"].as_f64().filter(|d| *d != 0.0) {
+                assert!(page.contains(&format!("({delta:+.3})")), "delta {delta:+.3} missing");
+            }
+        }
+    }
+    fails(app.get(&viewer, "/compare?runs=1").await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    fails(app.get(&viewer, "/compare?runs=1,x").await, StatusCode::BAD_REQUEST, "invalid_request").await;
     let page = browser.page("/ui/audit").await;
     assert!(page.contains("Hash chain verified"), "{page}");
     assert_eq!(browser.get("/ui/compare?runs=1").await.status(), StatusCode::BAD_REQUEST);
