@@ -2,8 +2,9 @@
 //! and the canonical resolved form that a run trains with.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
+
+pub use crate::issue::{Issue, closest};
 
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,35 +302,9 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
-/// A problem found by [`validate`], before it is given a position.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Issue {
-    pub path: String,
-    pub message: String,
-}
-
-impl Issue {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
-    }
-}
-
-/// Parses and fully validates a spec (including its sweep, which is expanded once to
-/// check every resolved run). `file` names the source in error messages.
-pub fn parse(source: &str, file: &str) -> Result<ExperimentSpec, SpecError> {
-    let spec = deserialize(source, file)?;
-    let mut issues = validate(&spec);
-    if issues.is_empty()
-        && let Err(sweep_issues) = crate::sweep::expand(&spec) {
-            issues = sweep_issues;
-        }
-    match issues.into_iter().next() {
-        None => Ok(spec),
-        Some(issue) => Err(position(source, file, issue)),
-    }
-}
-
-fn deserialize(source: &str, file: &str) -> Result<ExperimentSpec, SpecError> {
+/// The spec as written, or the first type or syntax error, positioned. Semantic checks are
+/// [`validate`]'s; `plan::parse` does both and expands the sweep.
+pub(crate) fn deserialize(source: &str, file: &str) -> Result<ExperimentSpec, SpecError> {
     if source.trim().is_empty() {
         return Err(SpecError {
             file: file.to_owned(),
@@ -373,16 +348,6 @@ fn did_you_mean(message: &str) -> Option<String> {
     let (given, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     closest(given, &candidates).map(|c| format!("did you mean `{c}`?"))
-}
-
-/// The candidate closest to `given`, if it is close enough to be a likely typo.
-pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(given, c), *c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
 }
 
 fn in_range(value: f64, lo: f64, hi: f64) -> bool {
@@ -553,5 +518,4 @@ pub fn resolved(spec: &ExperimentSpec) -> ExperimentSpec {
     out
 }
 
-/// Sweep parameters keyed by dotted path (used in run listings).
-pub type Params = BTreeMap<String, serde_json::Value>;
+pub use crate::sweep::Params;

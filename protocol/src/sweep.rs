@@ -7,7 +7,10 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use crate::rng::SplitMix64;
-use crate::spec::{self, ExperimentSpec, Issue, Params};
+use crate::issue::{Issue, closest};
+
+/// Sweep parameters keyed by dotted path (used in run listings).
+pub type Params = BTreeMap<String, Value>;
 
 /// Runs one sweep may expand to; a larger grid needs `max_runs` to cap it explicitly.
 pub const MAX_SWEEP_RUNS: usize = 10_000;
@@ -93,17 +96,6 @@ pub const SWEEPABLE_PATHS: [&str; 29] = [
     "select.goal",
 ];
 
-/// One run of an expanded spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlannedRun {
-    /// 0-based position in the sweep.
-    pub index: u32,
-    /// The values this run sets, by dotted path (empty without a sweep).
-    pub params: Params,
-    /// The complete spec this run trains with (no sweep, defaults resolved).
-    pub config: ExperimentSpec,
-}
-
 fn param_path(path: &str, field: &str) -> String {
     format!("sweep.parameters.{path}.{field}")
 }
@@ -130,7 +122,7 @@ pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
         let here = format!("sweep.parameters.{path}");
         if !SWEEPABLE_PATHS.contains(&path.as_str()) {
             let mut message = format!("`{path}` is not a key of the experiment spec");
-            if let Some(c) = spec::closest(path, &SWEEPABLE_PATHS) {
+            if let Some(c) = closest(path, &SWEEPABLE_PATHS) {
                 message.push_str(&format!("; did you mean `{c}`?"));
             }
             issues.push(Issue::new(here, message));
@@ -202,7 +194,7 @@ fn draw(param: &ParamSpec, rng: &mut SplitMix64) -> Value {
 }
 
 /// Writes `value` at a dotted path of a JSON object, creating absent parents.
-fn set_path(root: &mut Value, path: &str, value: Value) {
+pub(crate) fn set_path(root: &mut Value, path: &str, value: Value) {
     let mut node = root;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
@@ -219,7 +211,7 @@ fn set_path(root: &mut Value, path: &str, value: Value) {
 }
 
 /// The parameter combinations of a sweep, before they are applied.
-fn combinations(sweep: &SweepSpec, default_seed: u64) -> Vec<Params> {
+pub(crate) fn combinations(sweep: &SweepSpec, default_seed: u64) -> Vec<Params> {
     match sweep.method {
         Method::Grid => {
             let mut out: Vec<Params> = vec![Params::new()];
@@ -249,58 +241,6 @@ fn combinations(sweep: &SweepSpec, default_seed: u64) -> Vec<Params> {
                 .map(|_| sweep.parameters.iter().map(|(p, spec)| (p.clone(), draw(spec, &mut rng))).collect())
                 .collect()
         }
-    }
-}
-
-/// Expands a spec into the runs it asks for: one without a sweep, else one per
-/// combination. Each resolved run is validated like a spec of its own; a bad value is
-/// reported at the sweep parameter that produced it.
-pub fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
-    let base = spec::resolved(spec);
-    let Some(sweep) = &spec.sweep else {
-        return Ok(vec![PlannedRun { index: 0, params: Params::new(), config: base }]);
-    };
-    let structural = validate(sweep);
-    if !structural.is_empty() {
-        return Err(structural);
-    }
-    let combos = combinations(sweep, spec.train.seed);
-    if combos.len() > MAX_SWEEP_RUNS {
-        return Err(vec![Issue::new(
-            "sweep",
-            format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"),
-        )]);
-    }
-    let mut base_json = serde_json::to_value(spec).map_err(|e| vec![Issue::new("", e.to_string())])?;
-    if let Value::Object(map) = &mut base_json {
-        map.remove("sweep");
-    }
-    let mut runs = Vec::with_capacity(combos.len());
-    for (index, params) in combos.into_iter().enumerate() {
-        let mut json = base_json.clone();
-        for (path, value) in &params {
-            set_path(&mut json, path, value.clone());
-        }
-        let config: ExperimentSpec = serde_json::from_value(json).map_err(|e| {
-            vec![Issue::new(blame(&params), format!("run {index} ({}): {e}", describe(&params)))]
-        })?;
-        if let Some(issue) = spec::validate(&config).into_iter().next() {
-            let path = if params.contains_key(&issue.path) {
-                format!("sweep.parameters.{}", issue.path)
-            } else {
-                issue.path.clone()
-            };
-            return Err(vec![Issue::new(path, format!("run {index} ({}): {}", describe(&params), issue.message))]);
-        }
-        runs.push(PlannedRun { index: index as u32, params, config: spec::resolved(&config) });
-    }
-    Ok(runs)
-}
-
-fn blame(params: &Params) -> String {
-    match params.keys().next() {
-        Some(first) if params.len() == 1 => format!("sweep.parameters.{first}"),
-        _ => "sweep.parameters".to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The experiment spec as users meet it: files in, runs or positioned errors out.
 
-use protocol::spec::{self, Arch, SpecError};
+use protocol::plan;
+use protocol::spec::{Arch, SpecError};
 use protocol::sweep;
 
 const VALID: &str = "\
@@ -21,7 +22,7 @@ fn with_sweep(sweep: &str) -> String {
 }
 
 fn error(source: &str) -> SpecError {
-    spec::parse(source, "exp.yaml").expect_err("the spec should be rejected")
+    plan::parse(source, "exp.yaml").expect_err("the spec should be rejected")
 }
 
 #[test]
@@ -34,9 +35,9 @@ fn every_checked_in_experiment_parses_and_expands() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("readable");
-        let parsed = spec::parse(&text, &path.display().to_string())
+        let parsed = plan::parse(&text, &path.display().to_string())
             .unwrap_or_else(|e| panic!("{e}"));
-        let runs = sweep::expand(&parsed).expect("expands");
+        let runs = parsed.runs.clone();
         assert!(!runs.is_empty());
         seen += 1;
     }
@@ -46,8 +47,8 @@ fn every_checked_in_experiment_parses_and_expands() {
 #[test]
 fn the_study_sweep_covers_b0_b3_b6_at_native_resolution() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../experiments/scoliosis-efficientnet.yaml");
-    let parsed = spec::parse(&std::fs::read_to_string(dir).expect("file"), "s.yaml").expect("valid");
-    let runs = sweep::expand(&parsed).expect("expands");
+    let parsed = plan::parse(&std::fs::read_to_string(dir).expect("file"), "s.yaml").expect("valid");
+    let runs = parsed.runs.clone();
     assert_eq!(runs.len(), 18);
     let b6 = runs.iter().find(|r| r.config.model.arch == Arch::EfficientnetB6).expect("b6");
     assert_eq!(b6.config.model.image_size, Some(528));
@@ -142,8 +143,8 @@ fn grid_is_the_cartesian_product_capped_by_max_runs() {
     let source = with_sweep(
         "  method: grid\n  parameters:\n    model.arch: {values: [simple_cnn, resnet18]}\n    train.batch_size: {values: [4, 8, 16]}\n",
     );
-    let parsed = spec::parse(&source, "g.yaml").expect("valid");
-    let runs = sweep::expand(&parsed).expect("expands");
+    let parsed = plan::parse(&source, "g.yaml").expect("valid");
+    let runs = parsed.runs.clone();
     assert_eq!(runs.len(), 6);
     let combos: Vec<String> = runs.iter().map(|r| sweep::describe(&r.params)).collect();
     assert_eq!(combos[0], "model.arch=simple_cnn train.batch_size=4");
@@ -152,9 +153,9 @@ fn grid_is_the_cartesian_product_capped_by_max_runs() {
     assert_eq!(runs[4].config.model.arch, Arch::Resnet18);
     assert!(runs.iter().all(|r| r.config.sweep.is_none()));
 
-    let capped = spec::parse(&source.replace("method: grid", "method: grid\n  max_runs: 4"), "g.yaml")
+    let capped = plan::parse(&source.replace("method: grid", "method: grid\n  max_runs: 4"), "g.yaml")
         .expect("valid");
-    assert_eq!(sweep::expand(&capped).expect("expands").len(), 4);
+    assert_eq!(capped.runs.clone().len(), 4);
 }
 
 #[test]
@@ -162,9 +163,9 @@ fn random_sweeps_are_reproducible_and_within_bounds() {
     let source = with_sweep(
         "  method: random\n  max_runs: 20\n  seed: 9\n  parameters:\n    train.optimizer.lr: {distribution: log_uniform, min: 0.0001, max: 0.01}\n    train.batch_size: {distribution: int_uniform, min: 4, max: 6}\n    model.dropout: {distribution: uniform, min: 0.1, max: 0.3}\n    model.arch: {values: [simple_cnn, resnet18]}\n",
     );
-    let parsed = spec::parse(&source, "r.yaml").expect("valid");
-    let a = sweep::expand(&parsed).expect("expands");
-    let b = sweep::expand(&spec::parse(&source, "r.yaml").expect("valid")).expect("expands");
+    let parsed = plan::parse(&source, "r.yaml").expect("valid");
+    let a = parsed.runs.clone();
+    let b = plan::parse(&source, "r.yaml").expect("valid").runs;
     assert_eq!(a, b, "same file and seed give the same runs");
     assert_eq!(a.len(), 20);
     for run in &a {
@@ -176,8 +177,7 @@ fn random_sweeps_are_reproducible_and_within_bounds() {
     }
     let sizes: std::collections::BTreeSet<u32> = a.iter().map(|r| r.config.train.batch_size).collect();
     assert_eq!(sizes.len(), 3, "int_uniform reaches both ends");
-    let other = sweep::expand(&spec::parse(&source.replace("seed: 9", "seed: 10"), "r.yaml").expect("valid"))
-        .expect("expands");
+    let other = plan::parse(&source.replace("seed: 9", "seed: 10"), "r.yaml").expect("valid").runs;
     assert_ne!(a, other, "another seed draws other runs");
 }
 
@@ -224,8 +224,8 @@ fn every_sweepable_path_can_be_set() {
         if path.starts_with("train.early_stopping.") {
             source = source.replace("  optimizer:", "  early_stopping: {metric: val_loss, patience: 2}\n  optimizer:");
         }
-        let parsed = spec::parse(&source, "p.yaml").unwrap_or_else(|e| panic!("{path}: {e}"));
-        let runs = sweep::expand(&parsed).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let parsed = plan::parse(&source, "p.yaml").unwrap_or_else(|e| panic!("{path}: {e}"));
+        let runs = parsed.runs.clone();
         let json = serde_json::to_value(&runs[0].config).expect("json");
         let mut node = &json;
         for part in path.split('.') {
@@ -236,8 +236,8 @@ fn every_sweepable_path_can_be_set() {
 
 #[test]
 fn image_size_defaults_to_the_native_resolution() {
-    let parsed = spec::parse(&VALID.replace("  image_size: 32\n", ""), "n.yaml").expect("valid");
-    let runs = sweep::expand(&parsed).expect("expands");
+    let parsed = plan::parse(&VALID.replace("  image_size: 32\n", ""), "n.yaml").expect("valid");
+    let runs = parsed.runs.clone();
     assert_eq!(runs[0].config.model.image_size, Some(128));
 }
 
@@ -246,5 +246,5 @@ fn select_metric_must_be_a_per_epoch_metric() {
     let e = error(&format!("{VALID}select: {{metric: val_macro_f2}}\n"));
     assert_eq!(e.path, "select.metric");
     assert!(e.message.contains("did you mean `val_macro_f1`"), "{e}");
-    assert!(spec::parse(&format!("{VALID}select: {{metric: val_recall/ap_preop}}\n"), "x").is_ok());
+    assert!(plan::parse(&format!("{VALID}select: {{metric: val_recall/ap_preop}}\n"), "x").is_ok());
 }

@@ -14,7 +14,7 @@ fn spec(extra: &str) -> ExperimentSpec {
          \x20 schedule: {{name: cosine, warmup_epochs: 1}}\n  loss: {{class_weights: balanced, label_smoothing: 0.05}}\n\
          \x20 augment: {{rotate_deg: 3, noise: 0.01}}\n{extra}"
     );
-    spec::resolved(&spec::parse(&yaml, "t.yaml").expect("valid spec"))
+    spec::resolved(&protocol::plan::parse(&yaml, "t.yaml").expect("valid spec").spec)
 }
 
 /// Phantoms split the way `cobb dataset register` splits them.

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Args;
 use protocol::api::{SubmitExperiment, SubmitResult};
-use protocol::spec;
+use protocol::plan;
 use protocol::sweep;
 use std::path::PathBuf;
 
@@ -24,10 +24,9 @@ pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), F
         .with_context(|| format!("while reading {name}"))
         .map_err(Failure::Input)?;
     // Validate here first: errors name file, line and column without a round trip.
-    let parsed = spec::parse(&yaml, &name).map_err(Failure::input)?;
+    let plan = plan::parse(&yaml, &name).map_err(Failure::input)?;
     if args.dry_run {
-        let runs = sweep::expand(&parsed)
-            .map_err(|issues| Failure::input(issues.first().map_or(String::new(), |i| format!("{}: {}", i.path, i.message))))?;
+        let (parsed, runs) = (&plan.spec, &plan.runs);
         if json {
             output::json(&runs);
             return Ok(());

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use protocol::classes::SCOLIOSIS_CLASSES;
-use protocol::spec;
+use protocol::{plan, spec};
 use std::path::PathBuf;
 use worker::data::manifest::{self, ScanOptions};
 use worker::data::split;
@@ -62,8 +62,8 @@ impl Reporter for Progress {
 pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
     let name = args.file.display().to_string();
     let yaml = std::fs::read_to_string(&args.file).with_context(|| format!("while reading {name}")).map_err(Failure::Input)?;
-    let parsed = spec::parse(&yaml, &name).map_err(Failure::input)?;
-    let mut config = spec::resolved(&parsed);
+    let plan = plan::parse(&yaml, &name).map_err(Failure::input)?;
+    let mut config = spec::resolved(&plan.spec);
     if let Some(epochs) = args.epochs {
         if epochs == 0 {
             return Err(Failure::input("--epochs must be at least 1"));

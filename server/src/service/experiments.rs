@@ -4,8 +4,8 @@
 use protocol::api::{
     ExperimentDetail, ExperimentSummary, PlannedRunInfo, SubmitExperiment, SubmitResult, SweepInfo,
 };
-use protocol::spec;
-use protocol::sweep::{self, Method};
+use protocol::plan;
+use protocol::sweep::Method;
 use sea_orm::TransactionTrait;
 use serde_json::json;
 
@@ -26,12 +26,7 @@ fn run_name(experiment: &str, sweep_id: Option<i64>, index: u32) -> String {
 
 pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Result<SubmitResult, ApiError> {
     let file = req.file.clone().unwrap_or_else(|| "experiment.yaml".to_owned());
-    let parsed = spec::parse(&req.yaml, &file).map_err(|e| ApiError::InvalidSpec(Box::new(e)))?;
-    // `parse` has expanded the sweep once already; this cannot fail for a parsed spec.
-    let planned = sweep::expand(&parsed).map_err(|issues| {
-        let issue = issues.into_iter().next().unwrap_or(spec::Issue { path: String::new(), message: "invalid sweep".to_owned() });
-        ApiError::InvalidSpec(Box::new(spec::position(&req.yaml, &file, issue)))
-    })?;
+    let plan::Plan { spec: parsed, runs: planned } = plan::parse(&req.yaml, &file).map_err(|e| ApiError::InvalidSpec(Box::new(e)))?;
 
     let tx = state.db.write.begin().await?;
     let version = super::datasets::resolve(&tx, &parsed.dataset.name, parsed.dataset.version.as_deref()).await?;

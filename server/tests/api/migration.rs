@@ -22,7 +22,7 @@ pub fn write_old_schema(config: &mut server::ServerConfig) {
         tokio::runtime::Handle::current().block_on(async move {
             let conn = sea_orm::Database::connect(url.as_str()).await.expect("connect");
             <migrations::Migrator as migrations::MigratorTrait>::up(&conn, Some(3)).await.expect("m001-m003");
-            let parsed = protocol::spec::parse(&spec("e", "d", ""), "e.yaml").expect("spec");
+            let parsed = protocol::plan::parse(&spec("e", "d", ""), "e.yaml").expect("spec").spec;
             let config_json = serde_json::to_string(&parsed).expect("json").replace('\'', "''");
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
             let live = now + 600_000;

@@ -1,0 +1,96 @@
+//! Parse, don't validate: a spec's source becomes a [`Plan`] -- the spec with every check
+//! passed and the runs its sweep expands to -- or the first problem, positioned in the
+//! source. The server, the CLI and the tests parse once and use the plan.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::issue::Issue;
+use crate::spec::{self, ExperimentSpec, SpecError};
+use crate::sweep::{MAX_SWEEP_RUNS, Params, combinations, describe, set_path, validate};
+
+/// One run of an expanded spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedRun {
+    /// 0-based position in the sweep.
+    pub index: u32,
+    /// The values this run sets, by dotted path (empty without a sweep).
+    pub params: Params,
+    /// The complete spec this run trains with (no sweep, defaults resolved).
+    pub config: ExperimentSpec,
+}
+
+/// A spec that passed every check, with the runs it asks for (one without a sweep).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub spec: ExperimentSpec,
+    pub runs: Vec<PlannedRun>,
+}
+
+/// Parses, checks and expands a spec. `file` names the source in error messages.
+pub fn parse(source: &str, file: &str) -> Result<Plan, SpecError> {
+    let spec = spec::deserialize(source, file)?;
+    if let Some(issue) = spec::validate(&spec).into_iter().next() {
+        return Err(spec::position(source, file, issue));
+    }
+    match expand(&spec) {
+        Ok(runs) => Ok(Plan { spec, runs }),
+        Err(issues) => {
+            let issue = issues.into_iter().next().unwrap_or_else(|| Issue::new("sweep", "the sweep expands to no runs"));
+            Err(spec::position(source, file, issue))
+        }
+    }
+}
+
+/// Expands a spec into the runs it asks for: one without a sweep, else one per
+/// combination. Each resolved run is validated like a spec of its own; a bad value is
+/// reported at the sweep parameter that produced it.
+fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
+    let base = spec::resolved(spec);
+    let Some(sweep) = &spec.sweep else {
+        return Ok(vec![PlannedRun { index: 0, params: Params::new(), config: base }]);
+    };
+    let structural = validate(sweep);
+    if !structural.is_empty() {
+        return Err(structural);
+    }
+    let combos = combinations(sweep, spec.train.seed);
+    if combos.len() > MAX_SWEEP_RUNS {
+        return Err(vec![Issue::new(
+            "sweep",
+            format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"),
+        )]);
+    }
+    let mut base_json = serde_json::to_value(spec).map_err(|e| vec![Issue::new("", e.to_string())])?;
+    if let Value::Object(map) = &mut base_json {
+        map.remove("sweep");
+    }
+    let mut runs = Vec::with_capacity(combos.len());
+    for (index, params) in combos.into_iter().enumerate() {
+        let mut json = base_json.clone();
+        for (path, value) in &params {
+            set_path(&mut json, path, value.clone());
+        }
+        let config: ExperimentSpec = serde_json::from_value(json).map_err(|e| {
+            vec![Issue::new(blame(&params), format!("run {index} ({}): {e}", describe(&params)))]
+        })?;
+        if let Some(issue) = spec::validate(&config).into_iter().next() {
+            let path = if params.contains_key(&issue.path) {
+                format!("sweep.parameters.{}", issue.path)
+            } else {
+                issue.path.clone()
+            };
+            return Err(vec![Issue::new(path, format!("run {index} ({}): {}", describe(&params), issue.message))]);
+        }
+        runs.push(PlannedRun { index: index as u32, params, config: spec::resolved(&config) });
+    }
+    Ok(runs)
+}
+
+fn blame(params: &Params) -> String {
+    match params.keys().next() {
+        Some(first) if params.len() == 1 => format!("sweep.parameters.{first}"),
+        _ => "sweep.parameters".to_owned(),
+    }
+}
+
