@@ -19,9 +19,7 @@ pub struct Client {
 impl Client {
     /// `token` wins; else DATA_DIR/admin.token when it is there.
     pub fn new(server: &str, token: Option<String>, data_dir: &Path) -> Result<Self, Failure> {
-        let token = token.or_else(|| {
-            std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned())
-        });
+        let token = token.or_else(|| std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned()));
         let http = reqwest::Client::builder()
             .user_agent(concat!("cobb/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -35,9 +33,7 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.send::<(), T>(Method::GET, path, None)
-            .await?
-            .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("empty answer from {path}")))
+        self.send::<(), T>(Method::GET, path, None).await?.ok_or_else(|| Failure::Runtime(anyhow::anyhow!("empty answer from {path}")))
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
@@ -59,7 +55,9 @@ impl Client {
         let url = format!("{}{path}", self.base);
         match self.exchange(method, path, body).await? {
             None => Ok(None),
-            Some(text) => serde_json::from_str(&text).map(Some).with_context(|| format!("unexpected answer from {url}")).map_err(Failure::Runtime),
+            Some(text) => {
+                serde_json::from_str(&text).map(Some).with_context(|| format!("unexpected answer from {url}")).map_err(Failure::Runtime)
+            }
         }
     }
 
@@ -74,11 +72,13 @@ impl Client {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
-            Failure::Runtime(anyhow::anyhow!(
-                "cannot reach the cobb server at {}: start one with `cobb server` or point --server/COBB_SERVER at it",
-                self.base.trim_end_matches("/api/v1")
+            Failure::Runtime(
+                anyhow::anyhow!(
+                    "cannot reach the cobb server at {}: start one with `cobb server` or point --server/COBB_SERVER at it",
+                    self.base.trim_end_matches("/api/v1")
+                )
+                .context(e),
             )
-            .context(e))
         })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
@@ -92,10 +92,6 @@ impl Client {
             Ok(body) => anyhow::anyhow!("{body}"),
             Err(_) => anyhow::anyhow!("the server answered {status}: {}", text.chars().take(200).collect::<String>()),
         };
-        Err(if status.is_client_error() {
-            Failure::Input(error)
-        } else {
-            Failure::Runtime(error)
-        })
+        Err(if status.is_client_error() { Failure::Input(error) } else { Failure::Runtime(error) })
     }
 }

@@ -65,7 +65,8 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1600"]}}}});
-        let session: Value = http.post(format!("http://127.0.0.1:{port}/session")).json(&caps).send().expect("new session").json().expect("json");
+        let session: Value =
+            http.post(format!("http://127.0.0.1:{port}/session")).json(&caps).send().expect("new session").json().expect("json");
         let id = session["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {session}")).to_owned();
         Some(Self { http, base: format!("http://127.0.0.1:{port}/session/{id}"), _driver: driver })
     }
@@ -195,9 +196,19 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
     let shots = screenshots();
     let pages: [(&str, &str, &[&str], u64); 7] = [
         ("experiments", "/ui/experiments", &["browser", "<script>document.title='pwned'</script> phantoms", "run 1"], 0),
-        ("experiment", "/ui/experiments/browser", &["Promoted model", "lat_postop_tether", "Ingestion report", "best validation macro-F1 <b>bold?</b>"], 0),
+        (
+            "experiment",
+            "/ui/experiments/browser",
+            &["Promoted model", "lat_postop_tether", "Ingestion report", "best validation macro-F1 <b>bold?</b>"],
+            0,
+        ),
         ("sweep", "/ui/sweeps/1", &["worst-class recall", "train.optimizer.lr", "succeeded"], 0),
-        ("run", "/ui/runs/1", &["Learning curves", "Per class at the best epoch", "ap_preop", "Confusion matrix", "best checkpoint sha256"], 3),
+        (
+            "run",
+            "/ui/runs/1",
+            &["Learning curves", "Per class at the best epoch", "ap_preop", "Confusion matrix", "best checkpoint sha256"],
+            3,
+        ),
         ("compare", "/ui/compare?runs=1,2", &["Precision and recall per class", "Roll-up by view", "Confusion-matrix difference"], 2),
         ("audit", "/ui/audit", &["Hash chain verified", "test_evaluated", "promote"], 0),
         ("promotion", "/ui/promotions/1", &["Sealed test split", "macro avg", "weighted avg", "Download CSV"], 0),

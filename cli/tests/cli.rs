@@ -11,13 +11,7 @@ fn experiments() -> &'static Path {
 }
 
 fn cobb(dir: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(COBB)
-        .args(args)
-        .current_dir(dir)
-        .env("COBB_SERVER", server)
-        .env_remove("COBB_TOKEN")
-        .output()
-        .expect("cobb runs")
+    Command::new(COBB).args(args).current_dir(dir).env("COBB_SERVER", server).env_remove("COBB_TOKEN").output().expect("cobb runs")
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -306,12 +300,7 @@ fn a_run_survives_its_worker_being_killed() {
     assert!(log.contains("checkpoint file downloaded to resume"), "the rescuer fetched the checkpoint: {log}");
     assert!(!log.contains("epoch 1/30"), "the second attempt resumed from the checkpoint instead of starting over:\n{log}");
     // One stored value per epoch, no duplicates from the two attempts.
-    let out = Command::new(COBB)
-        .args(["show", "1", "--json"])
-        .current_dir(dir.path())
-        .env("COBB_SERVER", &url)
-        .output()
-        .expect("show");
+    let out = Command::new(COBB).args(["show", "1", "--json"]).current_dir(dir.path()).env("COBB_SERVER", &url).output().expect("show");
     let detail: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(detail["latest"]["train_loss"]["step"], 29);
     let series: serde_json::Value = tokio::runtime::Runtime::new().expect("rt").block_on(async {

@@ -134,8 +134,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
-        Err(DbErr::Migration(
-            "m004_jobs cannot be undone in place: restore the database backup taken before the upgrade".to_owned(),
-        ))
+        Err(DbErr::Migration("m004_jobs cannot be undone in place: restore the database backup taken before the upgrade".to_owned()))
     }
 }

@@ -73,9 +73,7 @@ pub fn parse_split_ratios(text: &str) -> Result<[u32; 3], String> {
     let parts: Result<Vec<u32>, _> = text.split('/').map(|p| p.trim().parse::<u32>()).collect();
     match parts.as_deref() {
         Ok([a, b, c]) if a + b + c == 100 && *a > 0 && *b > 0 => Ok([*a, *b, *c]),
-        _ => Err(format!(
-            "split `{text}` must be train/val/test percentages summing to 100 with train and val above 0, e.g. 70/15/15"
-        )),
+        _ => Err(format!("split `{text}` must be train/val/test percentages summing to 100 with train and val above 0, e.g. 70/15/15")),
     }
 }
 

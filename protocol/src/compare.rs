@@ -85,10 +85,7 @@ pub struct Comparison {
 
 fn cells(values: &[Option<f64>], baseline: Option<f64>) -> Vec<Cell> {
     let best = values.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
-    values
-        .iter()
-        .map(|v| Cell { value: *v, best: v.is_some_and(|x| x == best), delta: v.zip(baseline).map(|(x, b)| x - b) })
-        .collect()
+    values.iter().map(|v| Cell { value: *v, best: v.is_some_and(|x| x == best), delta: v.zip(baseline).map(|(x, b)| x - b) }).collect()
 }
 
 /// Rows for `names`, each run's (precision, recall) looked up by `lookup`.
@@ -133,8 +130,7 @@ pub fn compare(runs: &[RunResults], baseline: Option<i64>, train_images: &BTreeM
     let roll_up = |group: fn(&str) -> Option<&'static str>| {
         let reports: Vec<Option<Vec<ClassMetrics>>> =
             runs.iter().map(|r| r.confusion.as_ref().map(|c| c.roll_up(group).report().per_class)).collect();
-        let names: Vec<String> =
-            reports.iter().flatten().next().map(|g| g.iter().map(|m| m.class.clone()).collect()).unwrap_or_default();
+        let names: Vec<String> = reports.iter().flatten().next().map(|g| g.iter().map(|m| m.class.clone()).collect()).unwrap_or_default();
         rows(
             &names,
             runs.len(),
@@ -226,7 +222,11 @@ mod tests {
 
     #[test]
     fn an_unknown_baseline_falls_back_to_the_first_run() {
-        let c = compare(&[run(3, vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]]), run(4, vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]])], Some(99), &BTreeMap::new());
+        let c = compare(
+            &[run(3, vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]]), run(4, vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]])],
+            Some(99),
+            &BTreeMap::new(),
+        );
         assert_eq!(c.baseline, 3);
     }
 }

@@ -68,9 +68,7 @@ pub fn is_epoch_metric(key: &str) -> bool {
         return true;
     }
     match key.split_once('/') {
-        Some((prefix, class)) => {
-            prefix.strip_prefix("val_").is_some_and(|m| CLASS_MEASURES.contains(&m)) && !class.is_empty()
-        }
+        Some((prefix, class)) => prefix.strip_prefix("val_").is_some_and(|m| CLASS_MEASURES.contains(&m)) && !class.is_empty(),
         None => false,
     }
 }

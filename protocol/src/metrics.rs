@@ -122,25 +122,13 @@ impl ConfusionMatrix {
             })
             .collect();
 
-        let present: Vec<&ClassMetrics> = per_class
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| m.support > 0 || self.predicted(*i) > 0)
-            .map(|(_, m)| m)
-            .collect();
+        let present: Vec<&ClassMetrics> =
+            per_class.iter().enumerate().filter(|(i, m)| m.support > 0 || self.predicted(*i) > 0).map(|(_, m)| m).collect();
         let macro_of = |f: fn(&ClassMetrics) -> f64| {
-            if present.is_empty() {
-                0.0
-            } else {
-                present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64
-            }
+            if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
         };
         let weighted_of = |f: fn(&ClassMetrics) -> f64| {
-            if total == 0 {
-                0.0
-            } else {
-                per_class.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / total as f64
-            }
+            if total == 0 { 0.0 } else { per_class.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / total as f64 }
         };
 
         ClassificationReport {
@@ -203,11 +191,7 @@ mod tests {
         // a: 5 1 0   support 6
         // b: 2 3 1   support 6
         // c: 0 0 4   support 4
-        let m = ConfusionMatrix::from_parts(
-            classes(&["a", "b", "c"]),
-            vec![vec![5, 1, 0], vec![2, 3, 1], vec![0, 0, 4]],
-        )
-        .expect("square");
+        let m = ConfusionMatrix::from_parts(classes(&["a", "b", "c"]), vec![vec![5, 1, 0], vec![2, 3, 1], vec![0, 0, 4]]).expect("square");
         let r = m.report();
         assert_eq!(r.total, 16);
         assert!(close(r.accuracy, 12.0 / 16.0));
@@ -234,8 +218,7 @@ mod tests {
     #[test]
     fn never_predicted_class_has_zero_precision_and_f1() {
         // b is never predicted; everything is called a.
-        let m = ConfusionMatrix::from_parts(classes(&["a", "b"]), vec![vec![3, 0], vec![2, 0]])
-            .expect("square");
+        let m = ConfusionMatrix::from_parts(classes(&["a", "b"]), vec![vec![3, 0], vec![2, 0]]).expect("square");
         let r = m.report();
         assert!(close(r.per_class[1].precision, 0.0));
         assert!(close(r.per_class[1].recall, 0.0));
@@ -246,11 +229,7 @@ mod tests {
 
     #[test]
     fn class_absent_from_truth_and_predictions_is_left_out_of_macro() {
-        let m = ConfusionMatrix::from_parts(
-            classes(&["a", "b", "c"]),
-            vec![vec![2, 0, 0], vec![0, 2, 0], vec![0, 0, 0]],
-        )
-        .expect("square");
+        let m = ConfusionMatrix::from_parts(classes(&["a", "b", "c"]), vec![vec![2, 0, 0], vec![0, 2, 0], vec![0, 0, 0]]).expect("square");
         let r = m.report();
         assert!(close(r.macro_f1, 1.0));
         assert_eq!(r.per_class[2].support, 0);
@@ -260,11 +239,7 @@ mod tests {
     #[test]
     fn predicted_but_absent_class_counts_in_macro_with_zero() {
         // c has no true examples but is predicted once: its precision and recall are 0.
-        let m = ConfusionMatrix::from_parts(
-            classes(&["a", "b", "c"]),
-            vec![vec![1, 0, 1], vec![0, 2, 0], vec![0, 0, 0]],
-        )
-        .expect("square");
+        let m = ConfusionMatrix::from_parts(classes(&["a", "b", "c"]), vec![vec![1, 0, 1], vec![0, 2, 0], vec![0, 0, 0]]).expect("square");
         let r = m.report();
         let a_f1 = 2.0 * 1.0 * 0.5 / 1.5;
         assert!(close(r.macro_f1, (a_f1 + 1.0 + 0.0) / 3.0));

@@ -56,10 +56,7 @@ fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
     }
     let combos = combinations(sweep, spec.train.seed);
     if combos.len() > MAX_SWEEP_RUNS {
-        return Err(vec![Issue::new(
-            "sweep",
-            format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"),
-        )]);
+        return Err(vec![Issue::new("sweep", format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"))]);
     }
     let mut base_json = serde_json::to_value(spec).map_err(|e| vec![Issue::new("", e.to_string())])?;
     if let Value::Object(map) = &mut base_json {
@@ -71,15 +68,10 @@ fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
         for (path, value) in &params {
             set_path(&mut json, path, value.clone());
         }
-        let config: ExperimentSpec = serde_json::from_value(json).map_err(|e| {
-            vec![Issue::new(blame(&params), format!("run {index} ({}): {e}", describe(&params)))]
-        })?;
+        let config: ExperimentSpec = serde_json::from_value(json)
+            .map_err(|e| vec![Issue::new(blame(&params), format!("run {index} ({}): {e}", describe(&params)))])?;
         if let Some(issue) = spec::validate(&config).into_iter().next() {
-            let path = if params.contains_key(&issue.path) {
-                format!("sweep.parameters.{}", issue.path)
-            } else {
-                issue.path.clone()
-            };
+            let path = if params.contains_key(&issue.path) { format!("sweep.parameters.{}", issue.path) } else { issue.path.clone() };
             return Err(vec![Issue::new(path, format!("run {index} ({}): {}", describe(&params), issue.message))]);
         }
         runs.push(PlannedRun { index: index as u32, params, config: spec::resolved(&config) });
@@ -93,4 +85,3 @@ fn blame(params: &Params) -> String {
         _ => "sweep.parameters".to_owned(),
     }
 }
-

@@ -6,7 +6,6 @@ use std::fmt;
 
 pub use crate::issue::{Issue, closest};
 
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
@@ -220,16 +219,7 @@ pub struct AugmentSpec {
 
 impl Default for AugmentSpec {
     fn default() -> Self {
-        Self {
-            rotate_deg: 0.0,
-            scale: [1.0, 1.0],
-            translate: 0.0,
-            brightness: 0.0,
-            contrast: 0.0,
-            noise: 0.0,
-            gamma: 0.0,
-            hflip: false,
-        }
+        Self { rotate_deg: 0.0, scale: [1.0, 1.0], translate: 0.0, brightness: 0.0, contrast: 0.0, noise: 0.0, gamma: 0.0, hflip: false }
     }
 }
 
@@ -311,8 +301,7 @@ pub(crate) fn deserialize(source: &str, file: &str) -> Result<ExperimentSpec, Sp
             line: 0,
             column: 0,
             path: String::new(),
-            message: "the file is empty; an experiment needs at least name, dataset, model and train"
-                .to_owned(),
+            message: "the file is empty; an experiment needs at least name, dataset, model and train".to_owned(),
             hint: None,
         });
     }
@@ -362,17 +351,9 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
             issues.push(Issue::new(path, message));
         }
     };
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 100
-        && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    check(
-        name_ok,
-        "name",
-        format!(
-            "`{}` is not a valid experiment name: use 1-100 letters, digits, '-', '_' or '.'",
-            spec.name
-        ),
-    );
+    let name_ok =
+        !spec.name.is_empty() && spec.name.len() <= 100 && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    check(name_ok, "name", format!("`{}` is not a valid experiment name: use 1-100 letters, digits, '-', '_' or '.'", spec.name));
     check(!spec.dataset.name.is_empty(), "dataset.name", "must not be empty".to_owned());
 
     let m = &spec.model;
@@ -411,12 +392,22 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
     if let Some(gamma) = s.gamma {
         check(gamma > 0.0 && gamma <= 1.0, "train.schedule.gamma", format!("{gamma} is outside (0, 1]"));
     }
-    check(in_range(t.loss.label_smoothing, 0.0, 0.5), "train.loss.label_smoothing", format!("{} is outside 0..=0.5", t.loss.label_smoothing));
+    check(
+        in_range(t.loss.label_smoothing, 0.0, 0.5),
+        "train.loss.label_smoothing",
+        format!("{} is outside 0..=0.5", t.loss.label_smoothing),
+    );
     let a = &t.augment;
     check(in_range(a.rotate_deg, 0.0, 180.0), "train.augment.rotate_deg", format!("{} is outside 0..=180", a.rotate_deg));
     let [lo, hi] = a.scale;
-    check(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 4.0, "train.augment.scale", format!("[{lo}, {hi}] must satisfy 0 < lo <= hi <= 4"));
-    for (key, value) in [("translate", a.translate), ("brightness", a.brightness), ("contrast", a.contrast), ("noise", a.noise), ("gamma", a.gamma)] {
+    check(
+        lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 4.0,
+        "train.augment.scale",
+        format!("[{lo}, {hi}] must satisfy 0 < lo <= hi <= 4"),
+    );
+    for (key, value) in
+        [("translate", a.translate), ("brightness", a.brightness), ("contrast", a.contrast), ("noise", a.noise), ("gamma", a.gamma)]
+    {
         check(in_range(value, 0.0, 1.0), &format!("train.augment.{key}"), format!("{value} is outside 0..=1"));
     }
     if let Some(es) = &t.early_stopping {
@@ -435,10 +426,8 @@ fn unknown_metric(key: &str) -> String {
     let candidates: Vec<&str> = EPOCH_METRICS.to_vec();
     match closest(key, &candidates) {
         Some(c) => message.push_str(&format!("; did you mean `{c}`?")),
-        None => message.push_str(&format!(
-            "; use one of {} or val_precision/<class>, val_recall/<class>, val_f1/<class>",
-            EPOCH_METRICS.join(", ")
-        )),
+        None => message
+            .push_str(&format!("; use one of {} or val_precision/<class>, val_recall/<class>, val_f1/<class>", EPOCH_METRICS.join(", "))),
     }
     message
 }
@@ -474,9 +463,10 @@ pub fn locate(source: &str, path: &str) -> Option<(usize, usize)> {
                 continue;
             }
             if let Some(p) = parent_indent
-                && indent <= p {
-                    break;
-                }
+                && indent <= p
+            {
+                break;
+            }
             let trimmed = trimmed.trim_start_matches("- ");
             if let Some((key, _)) = trimmed.split_once(':') {
                 let key = key.trim().trim_matches(|c| c == '"' || c == '\'');

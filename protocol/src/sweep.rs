@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use crate::rng::SplitMix64;
 use crate::issue::{Issue, closest};
+use crate::rng::SplitMix64;
 
 /// Sweep parameters keyed by dotted path (used in run listings).
 pub type Params = BTreeMap<String, Value>;
@@ -104,10 +104,7 @@ fn param_path(path: &str, field: &str) -> String {
 pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
     let mut issues = Vec::new();
     if sweep.parameters.is_empty() {
-        issues.push(Issue::new(
-            "sweep.parameters",
-            "the sweep has no parameters; add at least one or remove `sweep`",
-        ));
+        issues.push(Issue::new("sweep.parameters", "the sweep has no parameters; add at least one or remove `sweep`"));
     }
     if sweep.max_runs == Some(0) {
         issues.push(Issue::new("sweep.max_runs", "must be at least 1"));

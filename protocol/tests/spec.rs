@@ -35,8 +35,7 @@ fn every_checked_in_experiment_parses_and_expands() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("readable");
-        let parsed = plan::parse(&text, &path.display().to_string())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let parsed = plan::parse(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
         let runs = parsed.runs.clone();
         assert!(!runs.is_empty());
         seen += 1;
@@ -153,8 +152,7 @@ fn grid_is_the_cartesian_product_capped_by_max_runs() {
     assert_eq!(runs[4].config.model.arch, Arch::Resnet18);
     assert!(runs.iter().all(|r| r.config.sweep.is_none()));
 
-    let capped = plan::parse(&source.replace("method: grid", "method: grid\n  max_runs: 4"), "g.yaml")
-        .expect("valid");
+    let capped = plan::parse(&source.replace("method: grid", "method: grid\n  max_runs: 4"), "g.yaml").expect("valid");
     assert_eq!(capped.runs.clone().len(), 4);
 }
 

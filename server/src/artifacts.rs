@@ -42,7 +42,8 @@ impl ArtifactStore {
             }
             other => {
                 let dir = other.map(std::path::PathBuf::from).unwrap_or_else(|| config.data_dir.join("artifacts"));
-                std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("while creating the artifact directory {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| anyhow::anyhow!("while creating the artifact directory {}: {e}", dir.display()))?;
                 let store = LocalFileSystem::new_with_prefix(&dir)?;
                 Ok(Self { store: Arc::new(store), location: dir.display().to_string() })
             }

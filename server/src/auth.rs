@@ -26,9 +26,7 @@ impl FromRequest for Principal {
         let token = bearer(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("state missing")))?;
-            let token = token.ok_or_else(|| {
-                ApiError::Unauthorized("no bearer token: send `Authorization: Bearer TOKEN`".to_owned())
-            })?;
+            let token = token.ok_or_else(|| ApiError::Unauthorized("no bearer token: send `Authorization: Bearer TOKEN`".to_owned()))?;
             let hash = hash_token(&token);
             if let Some(principal) = state.token_cache.read().ok().and_then(|c| c.get(&hash).cloned()) {
                 return Ok(principal);

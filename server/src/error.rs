@@ -57,19 +57,13 @@ impl ApiError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            ApiError::Unauthorized(_) => Some(
-                "pass --token (or COBB_TOKEN); on the server's machine the CLI reads DATA_DIR/admin.token".to_owned(),
-            ),
-            ApiError::Forbidden { needed, .. } => {
-                Some(format!("ask an admin for a token: cobb token create --role {needed} --name NAME"))
+            ApiError::Unauthorized(_) => {
+                Some("pass --token (or COBB_TOKEN); on the server's machine the CLI reads DATA_DIR/admin.token".to_owned())
             }
-            ApiError::DatasetNotFound(name) => {
-                Some(format!("register it first: cobb dataset register {name} PATH"))
-            }
+            ApiError::Forbidden { needed, .. } => Some(format!("ask an admin for a token: cobb token create --role {needed} --name NAME")),
+            ApiError::DatasetNotFound(name) => Some(format!("register it first: cobb dataset register {name} PATH")),
             ApiError::NotFound { what: "run", .. } => Some("list runs with: cobb runs".to_owned()),
-            ApiError::LeaseExpired(_) | ApiError::LeaseLost(_) => {
-                Some("stop working on this run; lease the next one".to_owned())
-            }
+            ApiError::LeaseExpired(_) | ApiError::LeaseLost(_) => Some("stop working on this run; lease the next one".to_owned()),
             ApiError::PayloadTooLarge { .. } => Some("send it in smaller batches".to_owned()),
             _ => None,
         }

@@ -16,11 +16,7 @@ pub struct Principal {
 impl Principal {
     /// Refuses with 403 unless this token's role allows `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role.allows(needed) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden { needed, have: self.role, name: self.name.clone() })
-        }
+        if self.role.allows(needed) { Ok(()) } else { Err(ApiError::Forbidden { needed, have: self.role, name: self.name.clone() }) }
     }
 }
 
@@ -32,4 +28,3 @@ pub fn hash_token(token: &str) -> String {
 pub fn new_token() -> String {
     format!("cobb_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
-

@@ -21,8 +21,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
         let url = config.database_url();
         let db = db::connect(&url).await.with_context(|| {
             format!("while connecting to the database ({})", if url.starts_with("postgres") { "postgres" } else { &url })

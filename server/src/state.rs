@@ -16,4 +16,3 @@ pub struct AppState {
     /// token hash -> principal, filled on first use.
     pub token_cache: RwLock<HashMap<String, Principal>>,
 }
-

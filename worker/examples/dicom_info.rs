@@ -8,8 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let d = obj.decode_pixel_data()?;
     println!(
         "{}x{} frames {} spp {} bits allocated {} stored {} photometric {} bytes {}",
-        d.columns(), d.rows(), d.number_of_frames(), d.samples_per_pixel(), d.bits_allocated(), d.bits_stored(),
-        d.photometric_interpretation(), d.data().len()
+        d.columns(),
+        d.rows(),
+        d.number_of_frames(),
+        d.samples_per_pixel(),
+        d.bits_allocated(),
+        d.bits_stored(),
+        d.photometric_interpretation(),
+        d.data().len()
     );
     let nonzero = d.data().iter().filter(|b| **b != 0).count();
     println!("non-zero bytes {nonzero}");

@@ -2,15 +2,12 @@
 //! (fixture written by scripts/make_parity_fixture.py), the grayscale stem, head
 //! replacement, clear errors, and the key names of the full-size models.
 
-
 use burn::prelude::*;
 use protocol::spec::Arch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use worker::models::efficientnet::EfficientNet;
 use worker::models::{Classifier, Ctx, build, pretrained};
-
-
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
@@ -71,7 +68,9 @@ fn weights_of_another_model_are_refused_with_the_keys_named() {
     let err = pretrained::load(&mut resnet, &fixture().join("efficientnet_tiny.safetensors")).expect_err("refused").to_string();
     assert!(err.contains("conv1.weight") && err.contains("features.0.0.weight"), "{err}");
     let mut simple = build(Arch::SimpleCnn, 1, 10, None, &device).model;
-    assert!(pretrained::load(&mut simple, &fixture().join("efficientnet_tiny.pth")).expect_err("refused").to_string().contains("simple_cnn"));
+    assert!(
+        pretrained::load(&mut simple, &fixture().join("efficientnet_tiny.pth")).expect_err("refused").to_string().contains("simple_cnn")
+    );
     let err = pretrained::load(&mut b0, Path::new("/nonexistent/weights.pth")).expect_err("refused").to_string();
     assert!(err.contains("no such file"), "{err}");
 }

@@ -32,7 +32,7 @@ fn phantom_data(dir: &Path, count: usize) -> TrainData {
     let scan = ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: false };
     let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");
     let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
-    
+
     TrainData::from_items(&root, classes, &items, dir.join("cache"), "v")
 }
 

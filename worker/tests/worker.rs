@@ -221,9 +221,7 @@ async fn a_file_corrupted_after_registration_fails_the_run_naming_it() {
     std::fs::write(root.join(&victim), b"\x89PNG truncated garbage").expect("corrupt");
     server.post("/experiments", &json!({"yaml": spec("damaged", 2, "")})).await;
 
-    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
-        .await
-        .expect("worker");
+    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false))).await.expect("worker");
     let list: RunList = server.get("/runs?experiment=damaged").await;
     let run = &list.runs[0];
     assert_eq!(run.status, protocol::RunStatus::Failed);
@@ -242,9 +240,7 @@ async fn unreadable_images_are_skipped_and_reported_up_to_a_threshold() {
         let yaml = spec(name, 1, "").replace("dataset: {name: ph}", &format!("dataset: {{name: {dataset}}}"));
         server.post("/experiments", &json!({"yaml": yaml})).await;
     }
-    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false)))
-        .await
-        .expect("worker");
+    jobs::run(server.worker(&dir.path().join("w"), true), Arc::new(Quiet), Arc::new(AtomicBool::new(false))).await.expect("worker");
 
     let few: RunList = server.get("/runs?experiment=few").await;
     let detail: RunDetail = server.get(&format!("/runs/{}", few.runs[0].id)).await;

@@ -201,12 +201,7 @@ impl ServerProcess {
     fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
@@ -329,7 +324,17 @@ async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: 
 fn fake_confusion(run: i64, epoch: usize) -> Value {
     let classes = protocol::classes::SCOLIOSIS_CLASSES;
     let counts: Vec<Vec<u64>> = (0..10)
-        .map(|t| (0..10).map(|p| if t == p { 8 + ((run as usize + epoch + t) % 5) as u64 } else { u64::from((run as usize * 7 + t * 3 + p + epoch).is_multiple_of(4)) }).collect())
+        .map(|t| {
+            (0..10)
+                .map(|p| {
+                    if t == p {
+                        8 + ((run as usize + epoch + t) % 5) as u64
+                    } else {
+                        u64::from((run as usize * 7 + t * 3 + p + epoch).is_multiple_of(4))
+                    }
+                })
+                .collect()
+        })
         .collect();
     json!({"classes": classes, "counts": counts})
 }
@@ -383,7 +388,8 @@ async fn seeded_server(database_url: Option<&str>) -> Result<(ServerProcess, Api
     let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
     setup(&admin).await?;
     let token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
-    let worker = Api { http, base: server.url.clone(), token: token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+    let worker =
+        Api { http, base: server.url.clone(), token: token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
     Ok((server, admin, worker))
 }
 
@@ -462,7 +468,14 @@ async fn main() -> Result<()> {
         Bench::Ops { repeats } => {
             println!("layer operations on flex, forward + backward, median of {repeats} (ms, less the identity's time)");
             for t in worker::train::bench::ops(repeats) {
-                println!("{:<34} {:>18}  Burn {:>7.1}  cobb {:>7.1}  ({:.1}x)", t.op, format!("{:?}", t.shape), t.burn_ms, t.cobb_ms, t.burn_ms / t.cobb_ms.max(1e-3));
+                println!(
+                    "{:<34} {:>18}  Burn {:>7.1}  cobb {:>7.1}  ({:.1}x)",
+                    t.op,
+                    format!("{:?}", t.shape),
+                    t.burn_ms,
+                    t.cobb_ms,
+                    t.burn_ms / t.cobb_ms.max(1e-3)
+                );
             }
             Ok(())
         }
@@ -471,7 +484,10 @@ async fn main() -> Result<()> {
         Bench::Parity { fixture, device } => {
             let choice: worker::device::DeviceChoice = device.parse().map_err(anyhow::Error::msg)?;
             let diff = worker::train::bench::parity(choice, &fixture).map_err(anyhow::Error::msg)?;
-            println!("parity on {device}: max |cobb - torchvision| logit difference {diff:.2e} ({})", if diff < 1e-4 { "ok, < 1e-4" } else { "FAILED, >= 1e-4" });
+            println!(
+                "parity on {device}: max |cobb - torchvision| logit difference {diff:.2e} ({})",
+                if diff < 1e-4 { "ok, < 1e-4" } else { "FAILED, >= 1e-4" }
+            );
             if diff >= 1e-4 {
                 bail!("parity check failed");
             }
@@ -577,13 +593,26 @@ async fn queue_bench(args: &QueueArgs) -> Result<()> {
         // Queued-to-leased: idle workers polling, runs arriving one at a time.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pollers: Vec<_> = (0..args.workers)
-            .map(|w| tokio::spawn(simulated_worker(worker.clone(), format!("idle-{w}"), 0, Some(Duration::from_millis(args.poll_ms)), stop.clone())))
+            .map(|w| {
+                tokio::spawn(simulated_worker(
+                    worker.clone(),
+                    format!("idle-{w}"),
+                    0,
+                    Some(Duration::from_millis(args.poll_ms)),
+                    stop.clone(),
+                ))
+            })
             .collect();
         let mut waits = Vec::new();
         for i in 0..args.latency_runs {
-            admin.post("/experiments", &json!({"yaml": format!(
+            admin
+                .post(
+                    "/experiments",
+                    &json!({"yaml": format!(
                 "name: arrive{i}\ndataset: {{name: bench}}\nmodel: {{arch: simple_cnn, image_size: 32}}\n\
-                 train: {{epochs: 1, batch_size: 8, seed: 1, optimizer: {{name: adamw, lr: 0.001}}}}\n")})).await?;
+                 train: {{epochs: 1, batch_size: 8, seed: 1, optimizer: {{name: adamw, lr: 0.001}}}}\n")}),
+                )
+                .await?;
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let runs = admin.get(&format!("/runs?experiment=arrive{i}")).await?;
@@ -635,7 +664,10 @@ async fn pages_bench(args: &PagesArgs) -> Result<()> {
         let seeded = seeding.elapsed().as_secs_f64();
         let sweep = admin.get("/experiments/pages").await?["sweeps"][0]["id"].as_i64().unwrap_or(1);
         let compare = admin.get("/runs?experiment=compare&limit=100").await?;
-        let ids: Vec<String> = compare["runs"].as_array().map(|r| r.iter().filter_map(|x| x["id"].as_i64()).map(|i| i.to_string()).collect()).unwrap_or_default();
+        let ids: Vec<String> = compare["runs"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["id"].as_i64()).map(|i| i.to_string()).collect())
+            .unwrap_or_default();
         let root = server.url.trim_end_matches("/api/v1").to_owned();
         for (page, path) in [("sweep", format!("/ui/sweeps/{sweep}")), ("compare", format!("/ui/compare?runs={}", ids.join(",")))] {
             let mut times = Vec::new();
@@ -671,7 +703,15 @@ fn train_bench(args: &TrainBenchArgs) -> Result<()> {
     for config in &args.configs {
         let (arch, size) = config.split_once('@').context("configs look like arch@size")?;
         let output = Command::new(std::env::current_exe()?)
-            .args(["train-one", arch, size, &args.batch.to_string(), &args.warmup.to_string(), &args.steps.to_string(), &args.eval_steps.to_string()])
+            .args([
+                "train-one",
+                arch,
+                size,
+                &args.batch.to_string(),
+                &args.warmup.to_string(),
+                &args.steps.to_string(),
+                &args.eval_steps.to_string(),
+            ])
             .args(["--device", &args.device, "--max-seconds", &args.max_seconds.to_string()])
             .output()?;
         if !output.status.success() {
@@ -700,12 +740,14 @@ fn parallel(n: usize, threads: usize, f: impl Fn(usize) + Sync) -> f64 {
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    f(i);
                 }
-                f(i);
             });
         }
     });
@@ -721,12 +763,20 @@ fn data_bench(args: &DataArgs) -> Result<()> {
 
     // 1. Phantoms at 256 px: rendering alone on one core, then generation with PNG files on all.
     let patient = render::Patient::random(&mut protocol::rng::SplitMix64::new(1));
-    let phases = [render::Phase::Preop, render::Phase::PreopBrace, render::Phase::Fusion, render::Phase::GrowingRods, render::Phase::Tether];
+    let phases =
+        [render::Phase::Preop, render::Phase::PreopBrace, render::Phase::Fusion, render::Phase::GrowingRods, render::Phase::Tether];
     let one = parallel(args.phantoms, 1, |i| {
-        let shot = render::Shot { view: if i % 2 == 0 { render::View::Ap } else { render::View::Lat }, phase: phases[i % 5], seed: i as u64 };
+        let shot =
+            render::Shot { view: if i % 2 == 0 { render::View::Ap } else { render::View::Lat }, phase: phases[i % 5], seed: i as u64 };
         std::hint::black_box(render::render(&patient, &shot, 256));
     });
-    let options = phantoms::Options { count: args.phantoms * 2, size: 256, seed: 1, format: phantoms::Format::Png, balance: phantoms::Balance::Uniform };
+    let options = phantoms::Options {
+        count: args.phantoms * 2,
+        size: 256,
+        seed: 1,
+        format: phantoms::Format::Png,
+        balance: phantoms::Balance::Uniform,
+    };
     let start = Instant::now();
     phantoms::generate(&dir.path().join("ph"), &options)?;
     let all = rate(options.count, start);
@@ -734,7 +784,8 @@ fn data_bench(args: &DataArgs) -> Result<()> {
 
     // 2. Decode + resize to 256 px of a 2048 x 2048 16-bit DICOM and PNG.
     let big = dir.path().join("big");
-    let big_options = phantoms::Options { count: 10, size: 2048, seed: 2, format: phantoms::Format::Dicom, balance: phantoms::Balance::Uniform };
+    let big_options =
+        phantoms::Options { count: 10, size: 2048, seed: 2, format: phantoms::Format::Dicom, balance: phantoms::Balance::Uniform };
     phantoms::generate(&big, &big_options)?;
     let dicom = std::fs::read_to_string(big.join("manifest.csv"))?
         .lines()
@@ -774,7 +825,16 @@ fn data_bench(args: &DataArgs) -> Result<()> {
         batch_size: 16,
         seed: 1,
         shuffle: true,
-        augment: Some(protocol::spec::AugmentSpec { rotate_deg: 5.0, scale: [0.95, 1.05], translate: 0.03, brightness: 0.1, contrast: 0.1, noise: 0.02, gamma: 0.1, hflip: false }),
+        augment: Some(protocol::spec::AugmentSpec {
+            rotate_deg: 5.0,
+            scale: [0.95, 1.05],
+            translate: 0.03,
+            brightness: 0.1,
+            contrast: 0.1,
+            noise: 0.02,
+            gamma: 0.1,
+            hflip: false,
+        }),
         threads,
         prefetch: 2,
     };
@@ -805,7 +865,8 @@ async fn server_bench(args: Args) -> Result<()> {
         eprintln!("(PostgreSQL skipped: pass --postgres-url or COBB_BENCH_POSTGRES_URL)");
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("while writing {}", Path::new(path).display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("while writing {}", Path::new(path).display()))?;
     }
     Ok(())
 }

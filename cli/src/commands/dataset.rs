@@ -68,12 +68,7 @@ pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<()
             }
             print_version(&info, false);
             let patients: std::collections::BTreeSet<&str> = list.items.iter().filter_map(|i| i.patient.as_deref()).collect();
-            println!(
-                "{} items of {} patients; patients in more than one split: {}",
-                list.items.len(),
-                patients.len(),
-                crossing.len()
-            );
+            println!("{} items of {} patients; patients in more than one split: {}", list.items.len(), patients.len(), crossing.len());
             if !crossing.is_empty() {
                 return Err(Failure::Runtime(anyhow::anyhow!("the split leaks patients across splits: {}", crossing.join(", "))));
             }
@@ -96,8 +91,7 @@ pub async fn register(
     classes: Option<Vec<String>>,
     json: bool,
 ) -> Result<DatasetVersionInfo, Failure> {
-    let classes: Vec<String> =
-        classes.unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
+    let classes: Vec<String> = classes.unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
     let parsed_ratios = protocol::api::parse_split_ratios(ratios).map_err(Failure::input)?;
     if !path.is_dir() {
         return Err(Failure::input(format!("{} is not a directory", path.display())));
@@ -140,7 +134,6 @@ pub async fn register(
     let info: DatasetVersionInfo = client.post("/datasets", &request).await?;
     print_version(&info, json);
     Ok(info)
-        
 }
 
 /// Hashed patient ids that appear in more than one split (must be none).

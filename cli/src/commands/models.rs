@@ -23,10 +23,8 @@ pub fn run(args: &ModelsArgs, json: bool) -> Result<(), Failure> {
         .map(|&arch| (arch, worker::models::trainable_parameters(arch, args.channels, args.classes), arch.native_resolution()))
         .collect();
     if json {
-        let list: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(a, p, r)| serde_json::json!({"arch": a.as_str(), "parameters": p, "native_resolution": r}))
-            .collect();
+        let list: Vec<serde_json::Value> =
+            rows.iter().map(|(a, p, r)| serde_json::json!({"arch": a.as_str(), "parameters": p, "native_resolution": r})).collect();
         output::json(&list);
         return Ok(());
     }

@@ -66,7 +66,8 @@ pub fn run(args: &PhantomArgs, json: bool) -> Result<(), Failure> {
         seconds,
         written.images as f64 / seconds.max(1e-9)
     );
-    let rows: Vec<Vec<String>> = SCOLIOSIS_CLASSES.iter().zip(written.per_class).map(|(c, n)| vec![(*c).to_owned(), n.to_string()]).collect();
+    let rows: Vec<Vec<String>> =
+        SCOLIOSIS_CLASSES.iter().zip(written.per_class).map(|(c, n)| vec![(*c).to_owned(), n.to_string()]).collect();
     output::table(&["CLASS", "IMAGES"], &rows);
     println!("register them with: cobb dataset register NAME {}", args.out.display());
     Ok(())

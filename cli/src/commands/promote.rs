@@ -39,7 +39,14 @@ async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i
     Ok(())
 }
 
-pub async fn promote(client: &Client, run: i64, reason: &str, wait_secs: u64, here: Option<&std::path::Path>, json: bool) -> Result<(), Failure> {
+pub async fn promote(
+    client: &Client,
+    run: i64,
+    reason: &str,
+    wait_secs: u64,
+    here: Option<&std::path::Path>,
+    json: bool,
+) -> Result<(), Failure> {
     let promotion: PromotionInfo = client.post(&format!("/runs/{run}/promote"), &PromoteRequest { reason: reason.to_owned() }).await?;
     if !json {
         println!(
@@ -112,17 +119,32 @@ pub async fn report(client: &Client, promotion: i64, csv: bool, json: bool) -> R
 /// The source study's table: per class, then averages, then view and phase roll-ups.
 pub fn print_report(t: &TestReport) {
     let r = &t.report;
-    println!("\ntest split of {} (run {}, best epoch {}): {} images", t.promotion.experiment, t.promotion.run_id, t.promotion.best_epoch, r.total);
+    println!(
+        "\ntest split of {} (run {}, best epoch {}): {} images",
+        t.promotion.experiment, t.promotion.run_id, t.promotion.best_epoch, r.total
+    );
     let mut rows: Vec<Vec<String>> = Vec::new();
     for (section, report) in [("", &t.report), ("view", &t.by_view), ("phase", &t.by_phase)] {
         if !section.is_empty() {
             rows.push(vec![format!("-- by {section}"), String::new(), String::new(), String::new(), String::new()]);
         }
         for c in &report.per_class {
-            rows.push(vec![c.class.clone(), output::number(c.precision), output::number(c.recall), output::number(c.f1), c.support.to_string()]);
+            rows.push(vec![
+                c.class.clone(),
+                output::number(c.precision),
+                output::number(c.recall),
+                output::number(c.f1),
+                c.support.to_string(),
+            ]);
         }
     }
-    rows.push(vec!["macro avg".into(), output::number(r.macro_precision), output::number(r.macro_recall), output::number(r.macro_f1), r.total.to_string()]);
+    rows.push(vec![
+        "macro avg".into(),
+        output::number(r.macro_precision),
+        output::number(r.macro_recall),
+        output::number(r.macro_f1),
+        r.total.to_string(),
+    ]);
     rows.push(vec![
         "weighted avg".into(),
         output::number(r.weighted_precision),

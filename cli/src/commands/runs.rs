@@ -133,7 +133,15 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
         let rows: Vec<Vec<String>> = results
             .per_class
             .iter()
-            .map(|c| vec![c.class.clone(), format!("{:.3}", c.precision), format!("{:.3}", c.recall), format!("{:.3}", c.f1), c.support.to_string()])
+            .map(|c| {
+                vec![
+                    c.class.clone(),
+                    format!("{:.3}", c.precision),
+                    format!("{:.3}", c.recall),
+                    format!("{:.3}", c.f1),
+                    c.support.to_string(),
+                ]
+            })
             .collect();
         output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
     }
@@ -142,14 +150,24 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
         let rows: Vec<Vec<String>> = detail
             .leases
             .iter()
-            .map(|l| vec![l.attempt.to_string(), l.worker.clone(), output::time(l.created_at), l.end_reason.clone().unwrap_or_else(|| "live".to_owned())])
+            .map(|l| {
+                vec![
+                    l.attempt.to_string(),
+                    l.worker.clone(),
+                    output::time(l.created_at),
+                    l.end_reason.clone().unwrap_or_else(|| "live".to_owned()),
+                ]
+            })
             .collect();
         output::table(&["ATTEMPT", "WORKER", "LEASED", "ENDED"], &rows);
     }
     if !detail.artifacts.is_empty() {
         println!("\nartifacts");
-        let rows: Vec<Vec<String>> =
-            detail.artifacts.iter().map(|a| vec![a.kind.clone(), output::short(&a.sha256).to_owned(), a.bytes.to_string(), a.uri.clone()]).collect();
+        let rows: Vec<Vec<String>> = detail
+            .artifacts
+            .iter()
+            .map(|a| vec![a.kind.clone(), output::short(&a.sha256).to_owned(), a.bytes.to_string(), a.uri.clone()])
+            .collect();
         output::table(&["KIND", "SHA256", "BYTES", "URI"], &rows);
     }
     Ok(())
@@ -167,10 +185,7 @@ pub async fn cancel(target: &str, client: &Client, json: bool) -> Result<(), Fai
     if json {
         output::json(&result);
     } else {
-        println!(
-            "{what}: {} queued run(s) cancelled, {} running run(s) asked to stop",
-            result.cancelled, result.stopping
-        );
+        println!("{what}: {} queued run(s) cancelled, {} running run(s) asked to stop", result.cancelled, result.stopping);
     }
     Ok(())
 }

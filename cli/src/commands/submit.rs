@@ -20,9 +20,7 @@ pub struct SubmitArgs {
 
 pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), Failure> {
     let name = args.file.display().to_string();
-    let yaml = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("while reading {name}"))
-        .map_err(Failure::Input)?;
+    let yaml = std::fs::read_to_string(&args.file).with_context(|| format!("while reading {name}")).map_err(Failure::Input)?;
     // Validate here first: errors name file, line and column without a round trip.
     let plan = plan::parse(&yaml, &name).map_err(Failure::input)?;
     if args.dry_run {

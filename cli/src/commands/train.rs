@@ -80,8 +80,9 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
     let classes: Vec<String> = SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
     let options = ScanOptions { classes: classes.clone(), salt: "cobb-train-local".to_owned(), decode: true };
     let csv = args.data.join("manifest.csv");
-    let scanned = if csv.is_file() { manifest::read_manifest(&args.data, &csv, &options) } else { manifest::scan_folder(&args.data, &options) }
-        .map_err(|e| Failure::Input(e.into()))?;
+    let scanned =
+        if csv.is_file() { manifest::read_manifest(&args.data, &csv, &options) } else { manifest::scan_folder(&args.data, &options) }
+            .map_err(|e| Failure::Input(e.into()))?;
     for issue in &scanned.report {
         eprintln!("skipped {}: {}", issue.path, issue.reason);
     }
@@ -98,8 +99,7 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
     );
     let store = checkpoint::Store::new(&args.out.join("checkpoints").join(&config.name));
     let mut progress = Progress { json };
-    let outcome =
-        train::train_on(choice, &config, &data, &store, args.resume, &mut progress).map_err(|e| Failure::Runtime(e.into()))?;
+    let outcome = train::train_on(choice, &config, &data, &store, args.resume, &mut progress).map_err(|e| Failure::Runtime(e.into()))?;
 
     if json {
         output::json(&serde_json::json!({
@@ -125,7 +125,9 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
         .report
         .per_class
         .iter()
-        .map(|c| vec![c.class.clone(), format!("{:.3}", c.precision), format!("{:.3}", c.recall), format!("{:.3}", c.f1), c.support.to_string()])
+        .map(|c| {
+            vec![c.class.clone(), format!("{:.3}", c.precision), format!("{:.3}", c.recall), format!("{:.3}", c.f1), c.support.to_string()]
+        })
         .collect();
     output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
     println!("checkpoints in {}", store.last_dir().parent().map_or_else(String::new, |p| p.display().to_string()));

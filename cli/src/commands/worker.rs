@@ -4,13 +4,13 @@
 use anyhow::Context;
 use clap::Args;
 use protocol::api::{CreateToken, CreatedToken, RunList, SubmitExperiment, SubmitResult};
+use protocol::api::{JobLease, Work};
 use protocol::{Role, RunStatus};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use worker::device::{self, DeviceChoice};
-use protocol::api::{JobLease, Work};
 use worker::jobs::{self, Progress, WorkerConfig};
 
 use crate::client::Client;
@@ -202,7 +202,8 @@ pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(shutdown.clone());
     let name = args.name.clone().unwrap_or_else(default_name);
-    let handles = spawn_workers(server, &token, &name, args.concurrency.max(1), choice, &data_dir.join("worker"), args.exit_when_idle, shutdown);
+    let handles =
+        spawn_workers(server, &token, &name, args.concurrency.max(1), choice, &data_dir.join("worker"), args.exit_when_idle, shutdown);
     for h in handles {
         let _ = h.await;
     }
@@ -312,7 +313,10 @@ pub async fn demo(args: &DemoArgs, data_dir: &Path) -> Result<(), Failure> {
     super::dataset::register(&client, "phantoms", &data_dir.join("phantoms"), None, "70/15/15", 0, "patient", None, false).await?;
     // 3. Submit the demo sweep.
     let submitted: SubmitResult = client
-        .post("/experiments", &SubmitExperiment { yaml: DEMO_SPEC.to_owned(), file: Some("experiments/demo.yaml".to_owned()), dry_run: false })
+        .post(
+            "/experiments",
+            &SubmitExperiment { yaml: DEMO_SPEC.to_owned(), file: Some("experiments/demo.yaml".to_owned()), dry_run: false },
+        )
         .await?;
     let sweep = submitted.sweep_id.unwrap_or_default();
     eprintln!("3/4 submitted experiments/demo.yaml: {} runs (sweep s{sweep})", submitted.runs.len());

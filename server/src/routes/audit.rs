@@ -1,8 +1,8 @@
 use actix_web::{HttpResponse, get, web};
 use protocol::Role;
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 

@@ -3,8 +3,8 @@ use protocol::Role;
 use protocol::api::{InstallationSalt, RegisterDataset};
 use serde::Deserialize;
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 
@@ -19,11 +19,7 @@ async fn salt(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse
 }
 
 #[post("/datasets")]
-async fn register(
-    state: web::Data<AppState>,
-    who: Principal,
-    body: web::Json<RegisterDataset>,
-) -> Result<HttpResponse, ApiError> {
+async fn register(state: web::Data<AppState>, who: Principal, body: web::Json<RegisterDataset>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Submitter)?;
     let info = service::datasets::register(&state, &who.name, body.into_inner()).await?;
     Ok(if info.created { HttpResponse::Created().json(info) } else { HttpResponse::Ok().json(info) })

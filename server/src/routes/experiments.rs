@@ -2,8 +2,8 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 use protocol::api::SubmitExperiment;
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 use crate::store::runs::RunScope;
@@ -13,11 +13,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[post("/experiments")]
-async fn submit(
-    state: web::Data<AppState>,
-    who: Principal,
-    body: web::Json<SubmitExperiment>,
-) -> Result<HttpResponse, ApiError> {
+async fn submit(state: web::Data<AppState>, who: Principal, body: web::Json<SubmitExperiment>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Submitter)?;
     let body = body.into_inner();
     let dry_run = body.dry_run;

@@ -5,8 +5,8 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::api::{Complete, Heartbeat, LeaseRequest, Release};
 use protocol::{JobKind, JobStatus, Role};
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 
@@ -19,9 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(blob)
         .service(jobs)
         .service(job)
-        .service(
-        web::resource("/runs/{run}/blobs").app_data(web::PayloadConfig::new(MAX_BLOB_BYTES)).route(web::put().to(upload)),
-    );
+        .service(web::resource("/runs/{run}/blobs").app_data(web::PayloadConfig::new(MAX_BLOB_BYTES)).route(web::put().to(upload)));
 }
 
 /// The largest file a worker may upload (a B7 checkpoint with its optimizer state is well

@@ -5,21 +5,22 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 use protocol::api::PromoteRequest;
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service::promotions;
 use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(promote)
-        .service(list)
-        .service(report_csv)
-        .service(test_report)
-        .service(one);
+    cfg.service(promote).service(list).service(report_csv).service(test_report).service(one);
 }
 
 #[post("/runs/{id}/promote")]
-async fn promote(state: web::Data<AppState>, who: Principal, id: web::Path<i64>, body: web::Json<PromoteRequest>) -> Result<HttpResponse, ApiError> {
+async fn promote(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<PromoteRequest>,
+) -> Result<HttpResponse, ApiError> {
     who.require(Role::Reviewer)?;
     Ok(HttpResponse::Created().json(promotions::promote(&state, &who, *id, &body.reason).await?))
 }

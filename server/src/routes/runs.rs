@@ -3,8 +3,8 @@ use protocol::Role;
 use protocol::api::{EpochResults, MetricsBatch, RecordArtifact};
 use serde::Deserialize;
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 use crate::store::runs::{Filter, RunScope};

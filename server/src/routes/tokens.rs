@@ -2,8 +2,8 @@ use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 use protocol::api::{CreateToken, WhoAmI};
 
-use crate::principal::Principal;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service;
 use crate::state::AppState;
 

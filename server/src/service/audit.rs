@@ -53,8 +53,7 @@ pub async fn append(conn: &impl ConnectionTrait, event: Event<'_>) -> Result<(),
     let at = now_ms();
     let details = event.details.to_string();
     let hash = event_hash(&prev, at, event.actor, event.action, event.experiment, event.run_id, &details);
-    store::audit::insert(conn, at, event.actor, event.action, event.experiment, event.run_id, &details, &prev, &hash)
-        .await
+    store::audit::insert(conn, at, event.actor, event.action, event.experiment, event.run_id, &details, &prev, &hash).await
 }
 
 /// Recomputes the chain over every event, oldest first, and reports the first broken link.
@@ -62,8 +61,13 @@ pub fn verify(rows: &[crate::store::audit::AuditRow]) -> protocol::api::ChainChe
     let mut prev = GENESIS.to_owned();
     for row in rows {
         let reason = if row.prev_hash != prev {
-            Some(format!("event {} does not follow event before it (its prev_hash is not that event's hash): an event was removed, inserted or changed", row.id))
-        } else if event_hash(&row.prev_hash, row.at, &row.actor, &row.action, row.experiment.as_deref(), row.run_id, &row.details_json) != row.hash {
+            Some(format!(
+                "event {} does not follow event before it (its prev_hash is not that event's hash): an event was removed, inserted or changed",
+                row.id
+            ))
+        } else if event_hash(&row.prev_hash, row.at, &row.actor, &row.action, row.experiment.as_deref(), row.run_id, &row.details_json)
+            != row.hash
+        {
             Some(format!("event {} was changed after it was written (its content no longer matches its hash)", row.id))
         } else {
             None

@@ -1,11 +1,10 @@
 //! Frozen dataset versions: registered once from a manifest, identified by its hash,
 //! never changed afterwards.
 
-use protocol::api::{
-    DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, IngestionIssue, RegisterDataset,
-    SplitCount,
-};
 use protocol::Split;
+use protocol::api::{
+    DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, IngestionIssue, RegisterDataset, SplitCount,
+};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -143,9 +142,7 @@ pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: 
         counts.insert(class.clone(), SplitCount { label: class.clone(), train: 0, val: 0, test: 0 });
     }
     for c in store::datasets::split_counts(conn, row.id).await? {
-        let entry = counts
-            .entry(c.label.clone())
-            .or_insert_with(|| SplitCount { label: c.label.clone(), train: 0, val: 0, test: 0 });
+        let entry = counts.entry(c.label.clone()).or_insert_with(|| SplitCount { label: c.label.clone(), train: 0, val: 0, test: 0 });
         match c.split.as_str() {
             "train" => entry.train = c.n as u64,
             "val" => entry.val = c.n as u64,
@@ -207,12 +204,7 @@ pub async fn list(state: &AppState) -> Result<Vec<DatasetSummary>, ApiError> {
         let versions = store::datasets::versions(&state.db.read, &name, "")
             .await?
             .into_iter()
-            .map(|v| DatasetVersionBrief {
-                version: v.version,
-                number: v.number,
-                items: v.item_count as u64,
-                created_at: v.created_at,
-            })
+            .map(|v| DatasetVersionBrief { version: v.version, number: v.number, items: v.item_count as u64, created_at: v.created_at })
             .collect();
         out.push(DatasetSummary { name, versions });
     }

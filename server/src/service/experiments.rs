@@ -1,9 +1,7 @@
 //! Submitting experiment specs: validate, pin the frozen dataset version, expand the
 //! sweep and queue its runs, all in one transaction.
 
-use protocol::api::{
-    ExperimentDetail, ExperimentSummary, PlannedRunInfo, SubmitExperiment, SubmitResult, SweepInfo,
-};
+use protocol::api::{ExperimentDetail, ExperimentSummary, PlannedRunInfo, SubmitExperiment, SubmitResult, SweepInfo};
 use protocol::plan;
 use protocol::sweep::Method;
 use sea_orm::TransactionTrait;
@@ -32,17 +30,18 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     let version = super::datasets::resolve(&tx, &parsed.dataset.name, parsed.dataset.version.as_deref()).await?;
     let existing = store::experiments::by_name(&tx, &parsed.name).await?;
     if let Some(e) = &existing
-        && e.dataset_version_id != version.id {
-            return Err(ApiError::Conflict(format!(
-                "experiment `{}` is frozen on dataset version {} of `{}`, but this spec resolves to {}; \
+        && e.dataset_version_id != version.id
+    {
+        return Err(ApiError::Conflict(format!(
+            "experiment `{}` is frozen on dataset version {} of `{}`, but this spec resolves to {}; \
                  set dataset.version: {} to add runs to it, or give the spec a new name to study the new version",
-                e.name,
-                &e.dataset_version[..12],
-                e.dataset,
-                &version.version[..12],
-                &e.dataset_version[..12]
-            )));
-        }
+            e.name,
+            &e.dataset_version[..12],
+            e.dataset,
+            &version.version[..12],
+            &e.dataset_version[..12]
+        )));
+    }
     let method = match parsed.sweep.as_ref().map(|s| s.method) {
         Some(Method::Grid) => "grid",
         Some(Method::Random) => "random",
@@ -210,9 +209,8 @@ pub async fn show(state: &AppState, name: &str) -> Result<ExperimentDetail, ApiE
 pub async fn sweep(state: &AppState, id: i64) -> Result<SweepInfo, ApiError> {
     let conn = &state.db.read;
     let row = store::experiments::sweep(conn, id).await?.ok_or_else(|| ApiError::not_found("sweep", id))?;
-    let experiment = store::experiments::by_name(conn, &row.experiment)
-        .await?
-        .ok_or_else(|| ApiError::not_found("experiment", &row.experiment))?;
+    let experiment =
+        store::experiments::by_name(conn, &row.experiment).await?.ok_or_else(|| ApiError::not_found("experiment", &row.experiment))?;
     let counts = store::experiments::run_counts_by_sweep(conn, experiment.id).await?;
     Ok(sweep_info(row, counts_for(&counts, id)))
 }

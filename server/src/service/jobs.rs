@@ -11,15 +11,15 @@
 //! reason. Every lease is kept: it is the job's attempt history.
 
 use protocol::api::{
-    ArtifactInfo, Complete, Heartbeat, HeartbeatAction, HeartbeatReply, ItemList, JobDetail, JobInfo, JobLease,
-    LeaseInfo, LeaseRequest, Outcome, Release, TrainWork, Work,
+    ArtifactInfo, Complete, Heartbeat, HeartbeatAction, HeartbeatReply, ItemList, JobDetail, JobInfo, JobLease, LeaseInfo, LeaseRequest,
+    Outcome, Release, TrainWork, Work,
 };
 use protocol::{ExperimentSpec, JobKind, JobStatus, Split};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 
-use crate::principal::Principal;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::state::AppState;
 use crate::store;
 use crate::store::jobs::{Filter, Job};
@@ -149,7 +149,13 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
 }
 
 async fn train_work(conn: &impl ConnectionTrait, run: &store::runs::RunRow) -> Result<TrainWork, ApiError> {
-    let info = |a: store::artifacts::ArtifactRow| ArtifactInfo { kind: a.kind, uri: a.uri, sha256: a.sha256, bytes: a.bytes as u64, created_at: a.created_at };
+    let info = |a: store::artifacts::ArtifactRow| ArtifactInfo {
+        kind: a.kind,
+        uri: a.uri,
+        sha256: a.sha256,
+        bytes: a.bytes as u64,
+        created_at: a.created_at,
+    };
     let resume_from = store::artifacts::latest(conn, run.id, "last_checkpoint").await?.map(info);
     let mut resume_files = Vec::new();
     for kind in ["last_checkpoint", "last_optimizer", "last_state"] {
@@ -245,7 +251,11 @@ async fn refuse(state: &AppState, refusal: Refusal) -> ApiError {
 
 /// Opens a write transaction holding the live lease and its job, or answers why it may
 /// not write.
-pub(crate) async fn begin_fenced(state: &AppState, lease_id: &str, expect: Expect) -> Result<(DatabaseTransaction, LeaseRow, Job), ApiError> {
+pub(crate) async fn begin_fenced(
+    state: &AppState,
+    lease_id: &str,
+    expect: Expect,
+) -> Result<(DatabaseTransaction, LeaseRow, Job), ApiError> {
     let tx = state.db.write.begin().await?;
     match fenced(&tx, lease_id, expect).await? {
         Ok((lease, job)) => Ok((tx, lease, job)),

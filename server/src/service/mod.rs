@@ -11,8 +11,8 @@ pub mod runs;
 pub mod tokens;
 pub mod worker_writes;
 
-use protocol::api::StatusCounts;
 use protocol::RunStatus;
+use protocol::api::StatusCounts;
 
 use crate::store::experiments::StatusCountRow;
 

@@ -16,9 +16,9 @@ use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::principal::Principal;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::service::audit::{self, Event};
 use crate::state::AppState;
 use crate::store;
@@ -31,10 +31,8 @@ pub const CODE_VERSION: &str = env!("COBB_GIT_COMMIT");
 pub const MAX_REASON: usize = 2000;
 
 fn info(row: PromotionRow, reused: bool) -> Result<PromotionInfo, DbErr> {
-    let status = row
-        .status
-        .parse::<JobStatus>()
-        .map_err(|e| DbErr::Custom(format!("job of promotion {}: column `status`: {e}", row.id)))?;
+    let status =
+        row.status.parse::<JobStatus>().map_err(|e| DbErr::Custom(format!("job of promotion {}: column `status`: {e}", row.id)))?;
     Ok(PromotionInfo {
         id: row.id,
         experiment: row.experiment,
@@ -87,10 +85,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     let tx = state.db.write.begin().await?;
     let run = super::runs::get(&tx, run_id).await?;
     if run.status != RunStatus::Succeeded.as_str() {
-        return Err(ApiError::Conflict(format!(
-            "run {run_id} is {}; only a succeeded run can be promoted",
-            run.status
-        )));
+        return Err(ApiError::Conflict(format!("run {run_id} is {}; only a succeeded run can be promoted", run.status)));
     }
     let (Some(best_epoch), Some(checkpoint)) = (run.best_epoch, store::artifacts::latest(&tx, run_id, "best_checkpoint").await?) else {
         return Err(ApiError::Conflict(format!("run {run_id} has no best checkpoint recorded; it cannot be promoted")));
@@ -99,10 +94,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     if let Some(c) = &current
         && c.run_id == run_id
     {
-        return Err(ApiError::Conflict(format!(
-            "run {run_id} is already the promoted model of `{}` (promotion {})",
-            run.experiment, c.id
-        )));
+        return Err(ApiError::Conflict(format!("run {run_id} is already the promoted model of `{}` (promotion {})", run.experiment, c.id)));
     }
     let version = store::datasets::version_by_id(&tx, run.dataset_version_id)
         .await?
@@ -129,7 +121,8 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     )
     .await?;
     if !evaluated {
-        let job = NewJob { kind: JobKind::Evaluate, run_id, promotion_id: Some(id), max_attempts: i64::from(state.config.max_attempts), now };
+        let job =
+            NewJob { kind: JobKind::Evaluate, run_id, promotion_id: Some(id), max_attempts: i64::from(state.config.max_attempts), now };
         store::jobs::insert(&tx, job).await?;
     }
     if let Some(old) = &current {
@@ -240,7 +233,8 @@ pub(crate) async fn evaluation_started(conn: &impl ConnectionTrait, who: &Princi
 }
 
 async fn promotion_of(conn: &impl ConnectionTrait, job: &Job) -> Result<PromotionRow, ApiError> {
-    let id = job.promotion_id.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("jobs row {}: an evaluate job without a promotion", job.id)))?;
+    let id =
+        job.promotion_id.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("jobs row {}: an evaluate job without a promotion", job.id)))?;
     store::promotions::get(conn, id).await?.ok_or_else(|| ApiError::not_found("promotion", id))
 }
 
@@ -278,15 +272,14 @@ pub(crate) async fn evaluation_ended(
                 "an evaluation completes with the test confusion matrix (`confusion`); without one it cannot succeed".into(),
             ));
         };
-        let matrix = ConfusionMatrix::from_parts(confusion.classes, confusion.counts)
-            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let matrix =
+            ConfusionMatrix::from_parts(confusion.classes, confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
         if matrix.total() == 0 {
             return Err(ApiError::InvalidRequest("the test confusion matrix is empty".into()));
         }
         let report = matrix.report();
         let points = protocol::keys::report_points(protocol::keys::ReportSplit::Test, &report);
-        let points: Vec<MetricPoint> =
-            points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
+        let points: Vec<MetricPoint> = points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
         store::metrics::upsert(conn, row.run_id, &points, now).await?;
         store::results::upsert_epoch(conn, row.run_id, row.best_epoch, Split::Test.as_str(), &matrix, &report).await?;
         audit::append(

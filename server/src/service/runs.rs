@@ -1,8 +1,6 @@
 //! Reading and cancelling runs.
 
-use protocol::api::{
-    ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList,
-};
+use protocol::api::{ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList};
 use protocol::metrics::ClassMetrics;
 use protocol::{ExperimentSpec, RunStatus, Split};
 use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -92,7 +90,10 @@ pub(crate) async fn class_results(
     let mut by_class: BTreeMap<String, ClassMetrics> = rows
         .into_iter()
         .map(|r| {
-            (r.class.clone(), ClassMetrics { class: r.class, precision: r.precision, recall: r.recall, f1: r.f1, support: r.support as u64 })
+            (
+                r.class.clone(),
+                ClassMetrics { class: r.class, precision: r.precision, recall: r.recall, f1: r.f1, support: r.support as u64 },
+            )
         })
         .collect();
     let per_class = confusion.classes.iter().filter_map(|c| by_class.remove(c)).collect();
@@ -106,11 +107,8 @@ pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", row.dataset_version_id))?;
     let config: ExperimentSpec = serde_json::from_str(&row.config_json).map_err(anyhow::Error::from)?;
-    let latest = store::metrics::latest(conn, id)
-        .await?
-        .into_iter()
-        .map(|m| (m.key, MetricValue { step: m.step, value: m.value }))
-        .collect();
+    let latest =
+        store::metrics::latest(conn, id).await?.into_iter().map(|m| (m.key, MetricValue { step: m.step, value: m.value })).collect();
     let class_results = class_results(conn, id, Split::Val, row.best_epoch).await?;
     let artifacts = store::artifacts::of_run(conn, id)
         .await?

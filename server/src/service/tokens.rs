@@ -4,9 +4,9 @@ use sea_orm::TransactionTrait;
 use serde_json::json;
 use std::path::Path;
 
-use crate::principal::{hash_token, new_token};
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::principal::{hash_token, new_token};
 use crate::state::AppState;
 use crate::store;
 
@@ -49,9 +49,8 @@ pub async fn ensure_admin(state: &AppState, data_dir: &Path) -> anyhow::Result<O
     if store::tokens::count(&state.db.write).await? > 0 {
         return Ok(None);
     }
-    let created = create(state, "cobb", CreateToken { name: "admin".to_owned(), role: Role::Admin })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let created =
+        create(state, "cobb", CreateToken { name: "admin".to_owned(), role: Role::Admin }).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = data_dir.join("admin.token");
     write_private(&path, &created.token).with_context(|| format!("while writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "created the first admin token; the CLI on this machine reads it from there");

@@ -2,9 +2,9 @@
 //! artifacts and checkpoint files. Each write is fenced by a live lease of the run's
 //! training job (service::jobs); an evaluation lease writes only through its completion.
 
+use protocol::Split;
 use protocol::api::{ArtifactInfo, EpochResults, MetricPoint, MetricsAccepted, MetricsBatch, RecordArtifact};
 use protocol::metrics::ConfusionMatrix;
-use protocol::Split;
 use std::collections::BTreeMap;
 
 use super::jobs::{Expect, begin_fenced};
@@ -74,8 +74,8 @@ pub async fn ingest_metrics(
 }
 
 pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
-    let matrix = ConfusionMatrix::from_parts(req.confusion.classes, req.confusion.counts)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let matrix =
+        ConfusionMatrix::from_parts(req.confusion.classes, req.confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if req.epoch < 0 {
         return Err(ApiError::InvalidRequest("epoch must be >= 0".to_owned()));
     }
@@ -91,8 +91,7 @@ pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact)
         return Err(ApiError::InvalidRequest("an artifact needs a kind, a uri and a 64-digit sha256".to_owned()));
     }
     let (tx, _, _) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
-    store::artifacts::insert(&tx, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms())
-        .await?;
+    store::artifacts::insert(&tx, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms()).await?;
     tx.commit().await?;
     Ok(())
 }

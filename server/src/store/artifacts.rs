@@ -32,8 +32,7 @@ pub async fn insert(
 }
 
 pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<ArtifactRow>, DbErr> {
-    all(conn, "SELECT kind, uri, sha256, bytes, created_at FROM artifacts WHERE run_id = $1 ORDER BY id", values![run_id])
-        .await
+    all(conn, "SELECT kind, uri, sha256, bytes, created_at FROM artifacts WHERE run_id = $1 ORDER BY id", values![run_id]).await
 }
 
 /// The newest artifact of `kind` of a run (`last_checkpoint` is what a resumed attempt

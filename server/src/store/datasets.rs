@@ -63,8 +63,7 @@ pub async fn dataset_id(conn: &impl ConnectionTrait, name: &str) -> Result<Optio
 }
 
 pub async fn create_dataset(conn: &impl ConnectionTrait, name: &str, now: i64) -> Result<i64, DbErr> {
-    exec(conn, "INSERT INTO datasets (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", values![name, now])
-        .await?;
+    exec(conn, "INSERT INTO datasets (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", values![name, now]).await?;
     dataset_id(conn, name).await?.ok_or_else(|| DbErr::RecordNotFound(format!("dataset {name}")))
 }
 
@@ -99,8 +98,7 @@ pub async fn next_number(conn: &impl ConnectionTrait, dataset_id: i64) -> Result
     struct Max {
         n: Option<i64>,
     }
-    let max = one::<Max>(conn, "SELECT MAX(number) AS n FROM dataset_versions WHERE dataset_id = $1", values![dataset_id])
-        .await?;
+    let max = one::<Max>(conn, "SELECT MAX(number) AS n FROM dataset_versions WHERE dataset_id = $1", values![dataset_id]).await?;
     Ok(max.and_then(|m| m.n).unwrap_or(0) + 1)
 }
 
@@ -126,8 +124,18 @@ pub async fn insert_version(conn: &impl ConnectionTrait, v: NewVersion<'_>) -> R
          report_json, item_count, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          RETURNING id",
         values![
-            v.dataset_id, v.version, v.number, v.root, v.split, v.seed, v.group_by, v.classes_json,
-            v.report_json, v.item_count, v.created_at, v.created_by
+            v.dataset_id,
+            v.version,
+            v.number,
+            v.root,
+            v.split,
+            v.seed,
+            v.group_by,
+            v.classes_json,
+            v.report_json,
+            v.item_count,
+            v.created_at,
+            v.created_by
         ],
     )
     .await?;

@@ -83,10 +83,7 @@ pub async fn insert_sweep(conn: &impl ConnectionTrait, s: NewSweep<'_>) -> Resul
         conn,
         "INSERT INTO sweeps (experiment_id, method, file, spec_yaml, spec_json, parallel, created_at, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        values![
-            s.experiment_id, s.method, s.file.map(str::to_owned), s.spec_yaml, s.spec_json, s.parallel,
-            s.created_at, s.created_by
-        ],
+        values![s.experiment_id, s.method, s.file.map(str::to_owned), s.spec_yaml, s.spec_json, s.parallel, s.created_at, s.created_by],
     )
     .await?
     .map(|r| r.id)
@@ -106,9 +103,13 @@ pub async fn sweeps_of(conn: &impl ConnectionTrait, experiment_id: i64) -> Resul
 
 /// Run counts by status, grouped by experiment.
 pub async fn run_counts_by_experiment(conn: &impl ConnectionTrait) -> Result<Vec<StatusCountRow>, DbErr> {
-    all(conn, "SELECT r.experiment_id AS owner, j.status, COUNT(*) AS n FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
-         GROUP BY r.experiment_id, j.status", vec![])
-        .await
+    all(
+        conn,
+        "SELECT r.experiment_id AS owner, j.status, COUNT(*) AS n FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+         GROUP BY r.experiment_id, j.status",
+        vec![],
+    )
+    .await
 }
 
 /// Run counts by status, grouped by sweep, for one experiment.

@@ -120,15 +120,7 @@ pub async fn insert(conn: &impl ConnectionTrait, job: NewJob) -> Result<i64, DbE
         conn,
         "INSERT INTO jobs (kind, run_id, promotion_id, priority, status, max_attempts, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-        values![
-            job.kind.as_str(),
-            job.run_id,
-            job.promotion_id,
-            priority(job.kind),
-            JobStatus::Queued.as_str(),
-            job.max_attempts,
-            job.now
-        ],
+        values![job.kind.as_str(), job.run_id, job.promotion_id, priority(job.kind), JobStatus::Queued.as_str(), job.max_attempts, job.now],
     )
     .await?
     .map(|r| r.id)

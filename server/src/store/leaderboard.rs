@@ -57,7 +57,9 @@ pub struct RunClassRecall {
 pub async fn worst_recalls(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<Vec<RunClassRecall>, DbErr> {
     let from = "FROM class_results c JOIN runs r ON r.id = c.run_id AND c.epoch = r.best_epoch WHERE r.sweep_id = $1 AND c.split = 'val'";
     let sql = match conn.get_database_backend() {
-        DbBackend::Postgres => format!("SELECT DISTINCT ON (c.run_id) c.run_id, c.class, c.recall {from} ORDER BY c.run_id, c.recall, c.class"),
+        DbBackend::Postgres => {
+            format!("SELECT DISTINCT ON (c.run_id) c.run_id, c.class, c.recall {from} ORDER BY c.run_id, c.recall, c.class")
+        }
         // SQLite takes the bare columns from the row that holds the MIN.
         _ => format!("SELECT c.run_id, c.class, MIN(c.recall) AS recall {from} GROUP BY c.run_id"),
     };
@@ -102,7 +104,11 @@ pub struct MatrixRow {
 
 impl MatrixRow {
     pub fn decode(&self) -> Result<protocol::metrics::ConfusionMatrix, DbErr> {
-        super::decode_matrix(&format!("confusion_matrices row (run {}, best epoch, val)", self.run_id), &self.classes_json, &self.counts_json)
+        super::decode_matrix(
+            &format!("confusion_matrices row (run {}, best epoch, val)", self.run_id),
+            &self.classes_json,
+            &self.counts_json,
+        )
     }
 }
 

@@ -102,12 +102,8 @@ pub async fn extend(conn: &impl ConnectionTrait, id: &str, now: i64, expires_at:
 
 /// Ends an open lease; returns false if it had already ended.
 pub async fn end(conn: &impl ConnectionTrait, id: &str, reason: &str, now: i64) -> Result<bool, DbErr> {
-    let n = exec(
-        conn,
-        "UPDATE leases SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL",
-        values![now, reason, id],
-    )
-    .await?;
+    let n =
+        exec(conn, "UPDATE leases SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL", values![now, reason, id]).await?;
     Ok(n == 1)
 }
 

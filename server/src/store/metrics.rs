@@ -78,8 +78,7 @@ pub async fn latest(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<Metr
 pub async fn series(conn: &impl ConnectionTrait, run_id: i64, key: Option<&str>) -> Result<Vec<MetricRow>, DbErr> {
     match key {
         Some(key) => {
-            all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step", values![run_id, key])
-                .await
+            all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step", values![run_id, key]).await
         }
         None => all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 ORDER BY key, step", values![run_id]).await,
     }

@@ -7,10 +7,10 @@ pub mod audit;
 pub mod datasets;
 pub mod experiments;
 pub mod jobs;
+pub mod leaderboard;
 pub mod leases;
 pub mod metrics;
 pub mod promotions;
-pub mod leaderboard;
 pub mod results;
 pub mod runs;
 pub mod sessions;
@@ -24,19 +24,11 @@ pub(crate) fn statement(conn: &impl ConnectionTrait, sql: &str, values: Vec<Valu
     Statement::from_sql_and_values(conn.get_database_backend(), sql, values)
 }
 
-pub(crate) async fn all<T: FromQueryResult>(
-    conn: &impl ConnectionTrait,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Vec<T>, DbErr> {
+pub(crate) async fn all<T: FromQueryResult>(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<Vec<T>, DbErr> {
     T::find_by_statement(statement(conn, sql, values)).all(conn).await
 }
 
-pub(crate) async fn one<T: FromQueryResult>(
-    conn: &impl ConnectionTrait,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Option<T>, DbErr> {
+pub(crate) async fn one<T: FromQueryResult>(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<Option<T>, DbErr> {
     T::find_by_statement(statement(conn, sql, values)).one(conn).await
 }
 

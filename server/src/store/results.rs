@@ -22,7 +22,11 @@ pub struct MatrixRow {
 impl MatrixRow {
     /// The stored matrix of `run_id` on `split`; a corrupt row is an error naming it.
     pub fn decode(&self, run_id: i64, split: &str) -> Result<ConfusionMatrix, DbErr> {
-        super::decode_matrix(&format!("confusion_matrices row (run {run_id}, epoch {}, {split})", self.epoch), &self.classes_json, &self.counts_json)
+        super::decode_matrix(
+            &format!("confusion_matrices row (run {run_id}, epoch {}, {split})", self.epoch),
+            &self.classes_json,
+            &self.counts_json,
+        )
     }
 }
 
@@ -35,8 +39,7 @@ pub async fn upsert_epoch(
     matrix: &ConfusionMatrix,
     report: &ClassificationReport,
 ) -> Result<(), DbErr> {
-    exec(conn, "DELETE FROM class_results WHERE run_id = $1 AND epoch = $2 AND split = $3", values![run_id, epoch, split])
-        .await?;
+    exec(conn, "DELETE FROM class_results WHERE run_id = $1 AND epoch = $2 AND split = $3", values![run_id, epoch, split]).await?;
     if !report.per_class.is_empty() {
         const WIDTH: usize = 8;
         let mut vals: Vec<Value> = Vec::with_capacity(report.per_class.len() * WIDTH);
@@ -62,26 +65,25 @@ pub async fn upsert_epoch(
 }
 
 /// The confusion matrix of `epoch`, or of the last epoch when `epoch` is None.
-pub async fn matrix(
-    conn: &impl ConnectionTrait,
-    run_id: i64,
-    split: &str,
-    epoch: Option<i64>,
-) -> Result<Option<MatrixRow>, DbErr> {
+pub async fn matrix(conn: &impl ConnectionTrait, run_id: i64, split: &str, epoch: Option<i64>) -> Result<Option<MatrixRow>, DbErr> {
     match epoch {
-        Some(epoch) => one(
-            conn,
-            "SELECT epoch, classes_json, counts_json FROM confusion_matrices WHERE run_id = $1 AND split = $2 AND epoch = $3",
-            values![run_id, split, epoch],
-        )
-        .await,
-        None => one(
-            conn,
-            "SELECT epoch, classes_json, counts_json FROM confusion_matrices WHERE run_id = $1 AND split = $2 \
+        Some(epoch) => {
+            one(
+                conn,
+                "SELECT epoch, classes_json, counts_json FROM confusion_matrices WHERE run_id = $1 AND split = $2 AND epoch = $3",
+                values![run_id, split, epoch],
+            )
+            .await
+        }
+        None => {
+            one(
+                conn,
+                "SELECT epoch, classes_json, counts_json FROM confusion_matrices WHERE run_id = $1 AND split = $2 \
              ORDER BY epoch DESC LIMIT 1",
-            values![run_id, split],
-        )
-        .await,
+                values![run_id, split],
+            )
+            .await
+        }
     }
 }
 

@@ -57,18 +57,14 @@ pub async fn insert(conn: &impl ConnectionTrait, r: NewRun<'_>) -> Result<i64, D
     .await?
     .map(|r| r.id)
     .ok_or(DbErr::RecordNotInserted)?;
-    let job = super::jobs::NewJob { kind: protocol::JobKind::Train, run_id: id, promotion_id: None, max_attempts: r.max_attempts, now: r.now };
+    let job =
+        super::jobs::NewJob { kind: protocol::JobKind::Train, run_id: id, promotion_id: None, max_attempts: r.max_attempts, now: r.now };
     super::jobs::insert(conn, job).await?;
     Ok(id)
 }
 
 pub async fn get(conn: &impl ConnectionTrait, id: i64) -> Result<Option<RunRow>, DbErr> {
-    one(
-        conn,
-        &format!("SELECT {RUN_COLUMNS}, NULL AS sort_value {RUN_FROM} WHERE r.id = $1"),
-        values![id],
-    )
-    .await
+    one(conn, &format!("SELECT {RUN_COLUMNS}, NULL AS sort_value {RUN_FROM} WHERE r.id = $1"), values![id]).await
 }
 
 #[derive(Debug, Default, Clone)]
@@ -104,13 +100,7 @@ fn where_clause(filter: &Filter, vals: &mut Vec<Value>) -> String {
     if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
 }
 
-pub async fn list(
-    conn: &impl ConnectionTrait,
-    filter: &Filter,
-    sort: &Sort,
-    limit: u64,
-    offset: u64,
-) -> Result<Vec<RunRow>, DbErr> {
+pub async fn list(conn: &impl ConnectionTrait, filter: &Filter, sort: &Sort, limit: u64, offset: u64) -> Result<Vec<RunRow>, DbErr> {
     let mut vals = Vec::new();
     let (select, join, order) = match sort {
         Sort::Created { descending } => {

@@ -5,7 +5,14 @@ use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use super::{exec, one, values};
 use crate::principal::Principal;
 
-pub async fn insert(conn: &impl ConnectionTrait, id_hash: &str, token_hash: &str, csrf: &str, now: i64, expires_at: i64) -> Result<(), DbErr> {
+pub async fn insert(
+    conn: &impl ConnectionTrait,
+    id_hash: &str,
+    token_hash: &str,
+    csrf: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), DbErr> {
     exec(
         conn,
         "INSERT INTO sessions (id_hash, token_hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",

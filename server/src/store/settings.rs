@@ -13,7 +13,6 @@ pub async fn get(conn: &impl ConnectionTrait, key: &str) -> Result<Option<String
 
 /// Stores `value` unless the key already has one; returns the stored value.
 pub async fn get_or_insert(conn: &impl ConnectionTrait, key: &str, value: &str) -> Result<String, DbErr> {
-    exec(conn, "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", values![key, value])
-        .await?;
+    exec(conn, "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", values![key, value]).await?;
     Ok(get(conn, key).await?.unwrap_or_else(|| value.to_owned()))
 }

@@ -18,14 +18,7 @@ pub async fn name_taken(conn: &impl ConnectionTrait, name: &str) -> Result<bool,
     Ok(n.is_some_and(|c| c.n > 0))
 }
 
-pub async fn insert(
-    conn: &impl ConnectionTrait,
-    name: &str,
-    role: &str,
-    hash: &str,
-    created_by: &str,
-    now: i64,
-) -> Result<(), DbErr> {
+pub async fn insert(conn: &impl ConnectionTrait, name: &str, role: &str, hash: &str, created_by: &str, now: i64) -> Result<(), DbErr> {
     exec(
         conn,
         "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
@@ -36,11 +29,7 @@ pub async fn insert(
 }
 
 pub async fn find_by_hash(conn: &impl ConnectionTrait, hash: &str) -> Result<Option<Principal>, DbErr> {
-    let row = one::<TokenRow>(
-        conn,
-        "SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        values![hash],
-    )
-    .await?;
+    let row =
+        one::<TokenRow>(conn, "SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", values![hash]).await?;
     Ok(row.and_then(|r| r.role.parse().ok().map(|role| Principal { name: r.name, role })))
 }

@@ -11,13 +11,7 @@ pub struct WorkerRow {
 }
 
 /// Records that a worker was seen, and the run it is on (None when idle).
-pub async fn seen(
-    conn: &impl ConnectionTrait,
-    name: &str,
-    device: Option<&str>,
-    current_run: Option<i64>,
-    now: i64,
-) -> Result<(), DbErr> {
+pub async fn seen(conn: &impl ConnectionTrait, name: &str, device: Option<&str>, current_run: Option<i64>, now: i64) -> Result<(), DbErr> {
     exec(
         conn,
         "INSERT INTO workers (name, device, first_seen_at, last_seen_at, current_run_id) VALUES ($1, $2, $3, $3, $4) \

@@ -52,7 +52,9 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
             .x_labels((x_max as usize + 1).min(12))
             .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{x:.0}") } else { String::new() })
             .x_desc("epoch")
-            .y_desc(y_label).light_line_style(RGBColor(235, 235, 235)).draw();
+            .y_desc(y_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw();
         for (i, (name, pts)) in series.iter().enumerate() {
             let c = color(i);
             if let Ok(drawn) = chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2))) {
@@ -60,7 +62,12 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
             }
             let _ = chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())));
         }
-        let _ = chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw();
+        let _ = chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw();
         let _ = root.present();
     }
     svg
@@ -91,7 +98,11 @@ pub fn grouped_bars(title: &str, x_label: &str, classes: &[String], series: &[(S
             .y_label_formatter(&|y| {
                 // Row i (from the top) is centred at rows - i - 0.5.
                 let from_top = rows as f64 - y - 0.5;
-                if (from_top - from_top.round()).abs() < 0.01 { names.get(from_top.round() as usize).cloned().unwrap_or_default() } else { String::new() }
+                if (from_top - from_top.round()).abs() < 0.01 {
+                    names.get(from_top.round() as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .x_labels(8)
             .x_label_formatter(&|x| if *x <= 1.0 + 1e-9 { format!("{x:.1}") } else { String::new() })
@@ -108,7 +119,12 @@ pub fn grouped_bars(title: &str, x_label: &str, classes: &[String], series: &[(S
                 drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
             }
         }
-        let _ = chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw();
+        let _ = chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw();
         let _ = root.present();
     }
     svg

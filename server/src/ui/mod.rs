@@ -14,9 +14,9 @@ use minijinja::Environment;
 use protocol::Role;
 use std::sync::OnceLock;
 
-use crate::principal::{Principal, hash_token, new_token};
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::principal::{Principal, hash_token, new_token};
 use crate::state::AppState;
 use crate::store;
 
@@ -140,9 +140,11 @@ pub(crate) async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer
 /// need none: a browser never sends a bearer header by itself).
 pub(crate) fn check_csrf(viewer: &Viewer, sent: &str) -> Result<(), ApiError> {
     match &viewer.csrf {
-        Some(expected) if expected.as_str() != sent => {
-            Err(ApiError::Forbidden { needed: Role::Viewer, have: viewer.principal.role, name: "a form without this session's CSRF token".into() })
-        }
+        Some(expected) if expected.as_str() != sent => Err(ApiError::Forbidden {
+            needed: Role::Viewer,
+            have: viewer.principal.role,
+            name: "a form without this session's CSRF token".into(),
+        }),
         _ => Ok(()),
     }
 }
@@ -196,7 +198,9 @@ async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpRe
     let session = new_token();
     let csrf = new_token();
     let now = now_ms();
-    if let Err(e) = store::sessions::insert(&state.db.write, &hash_token(&session), &token_hash, &csrf, now, now + SESSION_HOURS * 3_600_000).await {
+    if let Err(e) =
+        store::sessions::insert(&state.db.write, &hash_token(&session), &token_hash, &csrf, now, now + SESSION_HOURS * 3_600_000).await
+    {
         return error_page(None, &e.into());
     }
     tracing::info!(token = %principal.name, "dashboard login");

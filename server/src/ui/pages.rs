@@ -4,8 +4,8 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use protocol::{JobStatus, keys};
 use protocol::metrics::ConfusionMatrix;
+use protocol::{JobStatus, keys};
 use protocol::{Role, RunStatus};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,7 +131,13 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             let (x, y) = (&a[&key], &b[&key]);
             // Missing values last, whatever the direction.
             let ord = match (x.as_f64(), y.as_f64()) {
-                (Some(p), Some(q)) => if descending { q.total_cmp(&p) } else { p.total_cmp(&q) },
+                (Some(p), Some(q)) => {
+                    if descending {
+                        q.total_cmp(&p)
+                    } else {
+                        p.total_cmp(&q)
+                    }
+                }
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (None, None) => x.to_string().cmp(&y.to_string()),
@@ -238,7 +244,12 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                     (format!("run {} {}", r.id, r.name), values.collect())
                 })
                 .collect();
-            charts::grouped_bars(if recall { "Recall per class" } else { "Precision per class" }, if recall { "recall" } else { "precision" }, &classes, &series)
+            charts::grouped_bars(
+                if recall { "Recall per class" } else { "Precision per class" },
+                if recall { "recall" } else { "precision" },
+                &classes,
+                &series,
+            )
         };
         let colors = (0..cmp.runs.len())
             .map(|i| {

@@ -25,17 +25,13 @@ async fn unknown_token_is_401(app: TestApp) {
 async fn a_role_below_the_need_is_403(app: TestApp) {
     app.register_dataset("d", &CLASSES, 10).await;
     let viewer = app.token("alice", "viewer").await;
-    let body = fails(
-        app.post(&viewer, "/experiments", &json!({"yaml": spec("e", "d", GRID_2X2)})).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
+    let body =
+        fails(app.post(&viewer, "/experiments", &json!({"yaml": spec("e", "d", GRID_2X2)})).await, StatusCode::FORBIDDEN, "forbidden")
+            .await;
     assert!(body.message.contains("submitter"), "{}", body.message);
     assert_eq!(app.run_count().await, 0, "nothing stored");
     let submitter = app.token("bob", "submitter").await;
-    fails(app.post(&submitter, "/tokens", &json!({"name": "x", "role": "admin"})).await, StatusCode::FORBIDDEN, "forbidden")
-        .await;
+    fails(app.post(&submitter, "/tokens", &json!({"name": "x", "role": "admin"})).await, StatusCode::FORBIDDEN, "forbidden").await;
     // Viewers read.
     let list: Value = app.read(&viewer, "/runs").await;
     assert_eq!(list["total"], 0);
@@ -62,8 +58,7 @@ async fn health_needs_no_token(app: TestApp) {
 
 async fn token_names_are_unique(app: TestApp) {
     app.token("carol", "viewer").await;
-    fails(app.post(&app.admin, "/tokens", &json!({"name": "carol", "role": "admin"})).await, StatusCode::CONFLICT, "conflict")
-        .await;
+    fails(app.post(&app.admin, "/tokens", &json!({"name": "carol", "role": "admin"})).await, StatusCode::CONFLICT, "conflict").await;
     let who: Value = app.read(&app.admin, "/whoami").await;
     assert_eq!(who["role"], "admin");
 }
@@ -87,9 +82,7 @@ mod audit {
         // Someone with database access rewrites who submitted the experiment.
         let db = sea_orm::Database::connect(&app.database_url).await.expect("connect");
         use sea_orm::ConnectionTrait;
-        db.execute_unprepared("UPDATE audit_events SET actor = 'mallory' WHERE action = 'experiment.submit'")
-            .await
-            .expect("tamper");
+        db.execute_unprepared("UPDATE audit_events SET actor = 'mallory' WHERE action = 'experiment.submit'").await.expect("tamper");
         let log: Value = app.read(&app.admin, "/audit").await;
         assert_eq!(log["chain"]["ok"], false);
         assert_eq!(log["chain"]["first_broken"], 3);

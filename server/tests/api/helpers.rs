@@ -36,11 +36,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Option<TestApp> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = ServerConfig {
-        bind: "127.0.0.1:0".to_owned(),
-        data_dir: dir.path().to_path_buf(),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig { bind: "127.0.0.1:0".to_owned(), data_dir: dir.path().to_path_buf(), ..ServerConfig::default() };
     if backend == Backend::Postgres {
         config.database_url = Some(fresh_postgres_database().await?);
     }
@@ -52,14 +48,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConf
     let on_disk = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin.token written");
     assert_eq!(on_disk.trim(), admin);
     tokio::spawn(app.run_until_stopped());
-    Some(TestApp {
-        base: format!("http://127.0.0.1:{port}/api/v1"),
-        database_url,
-        admin,
-        http: reqwest::Client::new(),
-        backend,
-        _dir: dir,
-    })
+    Some(TestApp { base: format!("http://127.0.0.1:{port}/api/v1"), database_url, admin, http: reqwest::Client::new(), backend, _dir: dir })
 }
 
 impl TestApp {

@@ -64,9 +64,7 @@ async fn a_worker_leases_reports_and_completes_a_run(app: TestApp) {
         "sha256": "ab".repeat(32), "bytes": 1234});
     assert_eq!(app.post(&worker, &format!("/runs/{run}/artifacts"), &artifact).await.status(), StatusCode::NO_CONTENT);
 
-    let done: Value = app
-        .write(&worker, &format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": 1}))
-        .await;
+    let done: Value = app.write(&worker, &format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": 1})).await;
     assert_eq!(done["status"], "succeeded");
 
     let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
@@ -136,7 +134,12 @@ async fn writes_without_a_live_lease_are_refused(app: TestApp) {
     let b = lease(&app, &app.admin, "w2").await.expect("run");
     let run_a = a["run_id"].as_i64().expect("id");
     let point = json!([{"key": "val_loss", "step": 0, "value": 1.0}]);
-    fails(app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &json!({"metrics": point})).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    fails(
+        app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &json!({"metrics": point})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     let wrong = json!({"lease_id": b["lease_id"], "metrics": point});
     fails(app.post(&app.admin, &format!("/runs/{run_a}/metrics"), &wrong).await, StatusCode::CONFLICT, "lease_lost").await;
     let made_up = json!({"lease_id": "not-a-lease", "metrics": point});
@@ -289,7 +292,8 @@ mod expiry {
         let id = first["lease_id"].as_str().expect("l").to_owned();
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
-        let body = fails(app.post(&app.admin, &format!("/leases/{id}/heartbeat"), &json!({})).await, StatusCode::CONFLICT, "lease_expired").await;
+        let body =
+            fails(app.post(&app.admin, &format!("/leases/{id}/heartbeat"), &json!({})).await, StatusCode::CONFLICT, "lease_expired").await;
         assert!(body.message.contains("expired"), "{}", body.message);
         let metrics = json!({"lease_id": id, "metrics": [{"key": "val_loss", "step": 0, "value": 1.0}]});
         fails(app.post(&app.admin, &format!("/runs/{run}/metrics"), &metrics).await, StatusCode::CONFLICT, "lease_expired").await;

@@ -47,7 +47,8 @@ async fn a_promoted_run_is_evaluated_once_on_the_sealed_test_split(app: TestApp)
 
     let a = finish_a_run(&app, &worker).await;
     fails(app.post(&submitter, &format!("/runs/{a}/promote"), &why).await, StatusCode::FORBIDDEN, "forbidden").await;
-    fails(app.post(&reviewer, &format!("/runs/{a}/promote"), &json!({"reason": "  "})).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    fails(app.post(&reviewer, &format!("/runs/{a}/promote"), &json!({"reason": "  "})).await, StatusCode::BAD_REQUEST, "invalid_request")
+        .await;
     let queued: Value = ok(app.get(&app.admin, "/runs?status=queued").await).await;
     let queued_run = queued["runs"][0]["id"].as_i64().expect("a queued run");
     fails(app.post(&reviewer, &format!("/runs/{queued_run}/promote"), &why).await, StatusCode::CONFLICT, "conflict").await;
@@ -68,9 +69,15 @@ async fn a_promoted_run_is_evaluated_once_on_the_sealed_test_split(app: TestApp)
     let train_items = train_items["items"].as_array().expect("items");
     assert!(!train_items.is_empty() && train_items.iter().all(|i| i["split"] != "test"), "{train_items:?}");
     let sneaky_result = json!({"outcome": "succeeded", "confusion": {"classes": CLASSES, "counts": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}});
-    fails(app.post(&worker, &format!("/leases/{training_lease}/complete"), &sneaky_result).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    fails(
+        app.post(&worker, &format!("/leases/{training_lease}/complete"), &sneaky_result).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     let sneaky = json!({"lease_id": training_lease, "metrics": [{"key": "test_accuracy", "step": 0, "value": 1.0}]});
-    fails(app.post(&worker, &format!("/runs/{}/metrics", training["run_id"]), &sneaky).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    fails(app.post(&worker, &format!("/runs/{}/metrics", training["run_id"]), &sneaky).await, StatusCode::BAD_REQUEST, "invalid_request")
+        .await;
     fails(app.get(&reviewer, "/leases/x/items").await, StatusCode::FORBIDDEN, "forbidden").await;
 
     // The evaluation lease: test items only.
@@ -119,7 +126,8 @@ async fn a_promoted_run_is_evaluated_once_on_the_sealed_test_split(app: TestApp)
 
     // Promoting another run supersedes the first; promoting the first again reuses its result.
     let complete = json!({"outcome": "succeeded", "best_epoch": 0});
-    let artifact = json!({"lease_id": training_lease, "kind": "best_checkpoint", "uri": "file:///b.mpk", "sha256": "cd".repeat(32), "bytes": 1});
+    let artifact =
+        json!({"lease_id": training_lease, "kind": "best_checkpoint", "uri": "file:///b.mpk", "sha256": "cd".repeat(32), "bytes": 1});
     assert_eq!(app.post(&worker, &format!("/runs/{}/artifacts", training["run_id"]), &artifact).await.status(), StatusCode::NO_CONTENT);
     let _: Value = app.write(&worker, &format!("/leases/{training_lease}/complete"), &complete).await;
     let b = training["run_id"].as_i64().expect("run");

@@ -148,12 +148,7 @@ async fn the_dashboards_show_real_numbers_behind_a_login(app: TestApp) {
     assert!(page.contains("&lt;script&gt;") && page.contains("queued"), "{page}");
 
     // Scripts may use a bearer token instead of the cookie.
-    let response = reqwest::Client::new()
-        .get(format!("{}/ui/audit", browser.root))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("get");
+    let response = reqwest::Client::new().get(format!("{}/ui/audit", browser.root)).bearer_auth(&viewer).send().await.expect("get");
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.text().await.expect("body");
     assert!(body.contains("promote") && !body.contains(XSS), "{body}");

@@ -10,7 +10,9 @@ use super::decode::{self, DecodeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path} changed since the dataset version was registered (sha256 {actual}, registered {expected}); restore the file or register a new version")]
+    #[error(
+        "{path} changed since the dataset version was registered (sha256 {actual}, registered {expected}); restore the file or register a new version"
+    )]
     Changed { path: String, expected: String, actual: String },
     #[error("{path}: {source}")]
     Decode { path: String, source: DecodeError },
@@ -50,9 +52,10 @@ impl ImageCache {
     pub fn load(&self, source: &Path, sha256: &str) -> Result<Vec<f32>, LoadError> {
         let entry = self.entry(sha256);
         if let Ok(bytes) = std::fs::read(&entry)
-            && bytes.len() == self.size * self.size * 2 {
-                return Ok(bytes.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])) / 65535.0).collect());
-            }
+            && bytes.len() == self.size * self.size * 2
+        {
+            return Ok(bytes.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])) / 65535.0).collect());
+        }
         let display = source.display().to_string();
         let io = |source: std::io::Error| LoadError::Io { path: display.clone(), source };
         let raw = std::fs::read(source).map_err(io)?;

@@ -86,9 +86,7 @@ fn unsupported_name(uid: &str) -> Option<&'static str> {
     match uid.trim_end_matches('\0') {
         "1.2.840.10008.1.2.4.80" => Some("JPEG-LS lossless"),
         "1.2.840.10008.1.2.4.81" => Some("JPEG-LS near-lossless"),
-        "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" | "1.2.840.10008.1.2.4.102" | "1.2.840.10008.1.2.4.103" => {
-            Some("MPEG video")
-        }
+        "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" | "1.2.840.10008.1.2.4.102" | "1.2.840.10008.1.2.4.103" => Some("MPEG video"),
         "1.2.840.10008.1.2.4.110" | "1.2.840.10008.1.2.4.111" | "1.2.840.10008.1.2.4.112" => Some("JPEG XL"),
         _ => None,
     }
@@ -140,9 +138,8 @@ fn decode_dicom(path: &Path) -> Result<(Gray, DicomIds), DecodeError> {
         // deflated ones still packed (least significant bit first): read either.
         let data = decoded.data();
         let unpacked = data.len() >= w * h * decoded.number_of_frames() as usize;
-        let mut pixels: Vec<f32> = (0..w * h)
-            .map(|i| if unpacked { f32::from(data[i].min(1)) } else { f32::from((data[i / 8] >> (i % 8)) & 1) })
-            .collect();
+        let mut pixels: Vec<f32> =
+            (0..w * h).map(|i| if unpacked { f32::from(data[i].min(1)) } else { f32::from((data[i / 8] >> (i % 8)) & 1) }).collect();
         if *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1 {
             pixels.iter_mut().for_each(|v| *v = 1.0 - *v);
         }
@@ -194,7 +191,8 @@ pub fn percentile_window(values: &[f32], lo: f64, hi: f64) -> Vec<f32> {
 /// (air), averaging source pixels when shrinking.
 pub fn fit_square(img: &Gray, size: usize) -> Vec<f32> {
     let scale = size as f32 / img.width.max(img.height) as f32;
-    let (nw, nh) = (((img.width as f32 * scale).round() as usize).clamp(1, size), ((img.height as f32 * scale).round() as usize).clamp(1, size));
+    let (nw, nh) =
+        (((img.width as f32 * scale).round() as usize).clamp(1, size), ((img.height as f32 * scale).round() as usize).clamp(1, size));
     let (ox, oy) = ((size - nw) / 2, (size - nh) / 2);
     let mut out = vec![0.0f32; size * size];
     let (sx, sy) = (img.width as f32 / nw as f32, img.height as f32 / nh as f32);

@@ -65,13 +65,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
     order
 }
 
-fn make_batch(
-    items: &[LoaderItem],
-    indices: &[usize],
-    cache: &ImageCache,
-    config: &LoaderConfig,
-    epoch: u64,
-) -> Result<Batch, LoadError> {
+fn make_batch(items: &[LoaderItem], indices: &[usize], cache: &ImageCache, config: &LoaderConfig, epoch: u64) -> Result<Batch, LoadError> {
     let size = cache.size();
     let mut batch = Batch { images: Vec::with_capacity(indices.len() * size * size), ..Batch::default() };
     for &i in indices {
@@ -218,11 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut list = dataset(dir.path(), 6);
         std::fs::write(dir.path().join("bad.png"), b"not a png").expect("write");
-        list.push(LoaderItem {
-            path: dir.path().join("bad.png"),
-            sha256: hex::encode(Sha256::digest(b"not a png")),
-            label: 0,
-        });
+        list.push(LoaderItem { path: dir.path().join("bad.png"), sha256: hex::encode(Sha256::digest(b"not a png")), label: 0 });
         let items = Arc::new(list);
         let cache = Arc::new(ImageCache::new(&dir.path().join("cache"), "v1", 16));
         let batches: Vec<Batch> = Batches::new(items.clone(), cache.clone(), config(2), 0).map(|b| b.expect("batch")).collect();

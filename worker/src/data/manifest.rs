@@ -72,9 +72,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -169,7 +167,10 @@ pub fn scan_folder(root: &Path, options: &ScanOptions) -> Result<Scanned, DataEr
     for path in files {
         let rel = relative(root, &path);
         let Some(folder) = rel.split_once('/').map(|(f, _)| f.to_owned()) else {
-            out.report.push(IngestionIssue { path: rel, reason: "file at the top level: put images in a folder named after their class".to_owned() });
+            out.report.push(IngestionIssue {
+                path: rel,
+                reason: "file at the top level: put images in a folder named after their class".to_owned(),
+            });
             continue;
         };
         if !known.contains(folder.as_str()) {
@@ -193,14 +194,12 @@ pub fn scan_folder(root: &Path, options: &ScanOptions) -> Result<Scanned, DataEr
 /// `acquired_at` are optional. Paths are relative to `root`.
 pub fn read_manifest(root: &Path, csv_path: &Path, options: &ScanOptions) -> Result<Scanned, DataError> {
     let display = csv_path.display().to_string();
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(csv_path)
-        .map_err(|e| DataError::Manifest { path: display.clone(), line: 1, message: e.to_string() })?;
-    let headers = reader
-        .headers()
-        .map_err(|e| DataError::Manifest { path: display.clone(), line: 1, message: e.to_string() })?
-        .clone();
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(csv_path).map_err(|e| DataError::Manifest {
+        path: display.clone(),
+        line: 1,
+        message: e.to_string(),
+    })?;
+    let headers = reader.headers().map_err(|e| DataError::Manifest { path: display.clone(), line: 1, message: e.to_string() })?.clone();
     let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
         return Err(DataError::Manifest {
@@ -224,9 +223,7 @@ pub fn read_manifest(root: &Path, csv_path: &Path, options: &ScanOptions) -> Res
             out.report.push(IngestionIssue { path: format!("{display}:{line}"), reason: "empty path".to_owned() });
             continue;
         }
-        let escapes = Path::new(&rel)
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        let escapes = Path::new(&rel).components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
         if escapes {
             out.report.push(IngestionIssue { path: rel, reason: "refused: the path leaves the dataset root".to_owned() });
             continue;

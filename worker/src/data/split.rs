@@ -43,14 +43,11 @@ pub fn assign(items: &[SplitInput<'_>], ratios: [u32; 3], seed: u64) -> Vec<Spli
         *class_totals.entry(item.label).or_default() += 1;
     }
     let total_ratio: f64 = ratios.iter().map(|r| f64::from(*r)).sum::<f64>().max(1.0);
-    let target = |s: usize, class: &str| -> f64 {
-        class_totals.get(class).copied().unwrap_or(0) as f64 * f64::from(ratios[s]) / total_ratio
-    };
+    let target =
+        |s: usize, class: &str| -> f64 { class_totals.get(class).copied().unwrap_or(0) as f64 * f64::from(ratios[s]) / total_ratio };
 
-    let mut order: Vec<(&String, u64, [u8; 32])> = groups
-        .iter()
-        .map(|(key, (counts, _))| (key, counts.values().sum::<u64>(), order_key(seed, key)))
-        .collect();
+    let mut order: Vec<(&String, u64, [u8; 32])> =
+        groups.iter().map(|(key, (counts, _))| (key, counts.values().sum::<u64>(), order_key(seed, key))).collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
 
     let mut assigned: [BTreeMap<&str, f64>; 3] = Default::default();

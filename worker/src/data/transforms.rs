@@ -22,11 +22,7 @@ fn sample(img: &[f32], size: usize, x: f32, y: f32) -> f32 {
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = (x - x0, y - y0);
     let at = |xi: f32, yi: f32| -> f32 {
-        if xi < 0.0 || yi < 0.0 || xi >= size as f32 || yi >= size as f32 {
-            0.0
-        } else {
-            img[yi as usize * size + xi as usize]
-        }
+        if xi < 0.0 || yi < 0.0 || xi >= size as f32 || yi >= size as f32 { 0.0 } else { img[yi as usize * size + xi as usize] }
     };
     let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
     let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
@@ -40,10 +36,8 @@ pub fn augment(img: &[f32], size: usize, spec: &AugmentSpec, rng: &mut SplitMix6
     }
     let angle = (rng.range(-spec.rotate_deg, spec.rotate_deg) as f32).to_radians();
     let scale = rng.range(spec.scale[0], spec.scale[1].max(spec.scale[0])) as f32;
-    let (tx, ty) = (
-        rng.range(-spec.translate, spec.translate) as f32 * size as f32,
-        rng.range(-spec.translate, spec.translate) as f32 * size as f32,
-    );
+    let (tx, ty) =
+        (rng.range(-spec.translate, spec.translate) as f32 * size as f32, rng.range(-spec.translate, spec.translate) as f32 * size as f32);
     let flip = spec.hflip && rng.chance(0.5);
     let brightness = rng.range(-spec.brightness, spec.brightness) as f32;
     let contrast = 1.0 + rng.range(-spec.contrast, spec.contrast) as f32;
@@ -91,7 +85,16 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_augmentation() {
-        let spec = AugmentSpec { rotate_deg: 10.0, scale: [0.9, 1.1], translate: 0.05, brightness: 0.1, contrast: 0.1, noise: 0.02, gamma: 0.1, hflip: true };
+        let spec = AugmentSpec {
+            rotate_deg: 10.0,
+            scale: [0.9, 1.1],
+            translate: 0.05,
+            brightness: 0.1,
+            contrast: 0.1,
+            noise: 0.02,
+            gamma: 0.1,
+            hflip: true,
+        };
         let img = gradient(32);
         let a = augment(&img, 32, &spec, &mut SplitMix64::new(5));
         let b = augment(&img, 32, &spec, &mut SplitMix64::new(5));

@@ -59,7 +59,11 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
         Ok((sha, _)) if sha == work.checkpoint.sha256 => {}
         Ok((sha, _)) => {
             return failed(
-                format!("the best checkpoint {} has sha256 {sha}, not the promoted {}; it was changed after training", file.display(), work.checkpoint.sha256),
+                format!(
+                    "the best checkpoint {} has sha256 {sha}, not the promoted {}; it was changed after training",
+                    file.display(),
+                    work.checkpoint.sha256
+                ),
                 false,
             );
         }
@@ -83,8 +87,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
     let (spec, classes, device) = (job.config.clone(), items.classes.clone(), config.device);
     let size = spec.model.resolved_image_size() as usize;
     let cache = ImageCache::new(&config.work_dir.join("cache"), &items.version, size);
-    let outcome =
-        tokio::task::spawn_blocking(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file)).await;
+    let outcome = tokio::task::spawn_blocking(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file)).await;
     match outcome {
         Ok(Ok(result)) => Complete {
             outcome: Outcome::Succeeded,
@@ -92,11 +95,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
             retryable: false,
             best_epoch: None,
             confusion: Some(result.confusion),
-            skipped: result
-                .skipped
-                .into_iter()
-                .map(|(path, reason)| IngestionIssue { path: path.display().to_string(), reason })
-                .collect(),
+            skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path: path.display().to_string(), reason }).collect(),
         },
         Ok(Err(e)) => failed(e.to_string(), matches!(e, TrainError::Device(_))),
         Err(e) => failed(format!("the evaluator crashed: {e}"), true),

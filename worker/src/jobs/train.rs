@@ -88,13 +88,8 @@ pub(crate) async fn run(
             return;
         }
     };
-    let data = TrainData::from_items(
-        Path::new(&items.root),
-        items.classes.clone(),
-        &items.items,
-        config.work_dir.join("cache"),
-        &items.version,
-    );
+    let data =
+        TrainData::from_items(Path::new(&items.root), items.classes.clone(), &items.items, config.work_dir.join("cache"), &items.version);
     let ckpt_dir = config.work_dir.join("checkpoints").join(format!("run-{}", lease.run_id));
     let last_dir = checkpoint::Store::new(&ckpt_dir).last_dir();
     let fetched = match fetch_last(client, &work, &last_dir).await {
@@ -178,12 +173,9 @@ pub(crate) async fn run(
             let retryable = matches!(e, TrainError::Checkpoint(_) | TrainError::Device(_));
             Complete { outcome: Outcome::Failed, error: Some(e.to_string()), retryable, ..training_complete() }
         }
-        Err(e) => Complete {
-            outcome: Outcome::Failed,
-            error: Some(format!("the trainer crashed: {e}")),
-            retryable: true,
-            ..training_complete()
-        },
+        Err(e) => {
+            Complete { outcome: Outcome::Failed, error: Some(format!("the trainer crashed: {e}")), retryable: true, ..training_complete() }
+        }
     };
     match client.complete(&lease.lease_id, &complete).await {
         Ok(run) => progress.finished(&lease, run.status.as_str(), run.error.as_deref().unwrap_or("")),

@@ -16,16 +16,16 @@
 //! any other device (CUDA, where Burn's fusion and autotune do this work). Tests compare the
 //! kernels with Burn's ops, forward and backward.
 
+use burn::backend::TensorMetadata;
 use burn::backend::ops::ModuleOps;
 use burn::prelude::*;
-use burn::tensor::ops::ConvOptions;
-use burn::backend::TensorMetadata;
 use burn::tensor::DType;
+use burn::tensor::ops::ConvOptions;
 use burn_autodiff::Autodiff;
+use burn_autodiff::NodeId;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
-use burn_autodiff::NodeId;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
@@ -126,7 +126,11 @@ fn autodiff_depthwise(x: AdTensor, weight: AdTensor, geometry: Depthwise) -> AdT
         let options = geometry.options(&weight);
         Flex::conv2d(x, weight, None, options)
     };
-    match DepthwiseConv.prepare::<burn_autodiff::checkpoint::strategy::NoCheckpointing>([x.node(), weight.node()]).compute_bound().stateful() {
+    match DepthwiseConv
+        .prepare::<burn_autodiff::checkpoint::strategy::NoCheckpointing>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(mut prep) => {
             let state = (prep.checkpoint(&x), prep.checkpoint(&weight), geometry);
             let ((xp, _gx), (wp, _gw)) = (x.into_parts(), weight.into_parts());
@@ -236,7 +240,14 @@ impl Planes {
             return None;
         }
         let (n, c, h, w, k) = (xs[0], xs[1], xs[2], xs[3], ws[2]);
-        if ws[0] != c || ws[1] != 1 || ws[3] != k || k == 0 || geometry.stride == 0 || h + 2 * geometry.padding < k || w + 2 * geometry.padding < k {
+        if ws[0] != c
+            || ws[1] != 1
+            || ws[3] != k
+            || k == 0
+            || geometry.stride == 0
+            || h + 2 * geometry.padding < k
+            || w + 2 * geometry.padding < k
+        {
             return None;
         }
         Some(Self { n, c, h, w, k, out_h: geometry.out_len(h, k), out_w: geometry.out_len(w, k), geometry })
@@ -451,9 +462,15 @@ mod tests {
     #[test]
     fn depthwise_convolution_matches_burns_grouped_convolution() {
         let device = Device::flex().autodiff();
-        for (k, stride, padding, h, w, transposed) in
-            [(3, 1, 1, 9, 11, false), (5, 2, 2, 13, 10, false), (3, 2, 1, 8, 7, true), (5, 1, 2, 6, 6, false), (3, 2, 0, 9, 9, false), (5, 2, 2, 1, 2, false), (3, 1, 1, 1, 1, false)]
-        {
+        for (k, stride, padding, h, w, transposed) in [
+            (3, 1, 1, 9, 11, false),
+            (5, 2, 2, 13, 10, false),
+            (3, 2, 1, 8, 7, true),
+            (5, 1, 2, 6, 6, false),
+            (3, 2, 0, 9, 9, false),
+            (5, 2, 2, 1, 2, false),
+            (3, 1, 1, 1, 1, false),
+        ] {
             let geometry = Depthwise { stride, padding };
             let mut x = Tensor::<4>::random([3, 4, h, w], Distribution::Normal(0.0, 1.0), &Device::flex());
             if transposed {

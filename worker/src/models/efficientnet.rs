@@ -137,7 +137,16 @@ pub struct MbConv {
 
 impl MbConv {
     #[allow(clippy::too_many_arguments)]
-    fn new(ctx: &mut Ctx, input: usize, output: usize, expand: usize, kernel: usize, stride: usize, drop_path: f64, at: (usize, usize)) -> Self {
+    fn new(
+        ctx: &mut Ctx,
+        input: usize,
+        output: usize,
+        expand: usize,
+        kernel: usize,
+        stride: usize,
+        drop_path: f64,
+        at: (usize, usize),
+    ) -> Self {
         let hidden = round_filters_exact(input * expand);
         Self {
             expand: (expand != 1).then(|| ConvBn::new(ctx, input, hidden, 1, 1, 1)),
@@ -231,10 +240,8 @@ impl EfficientNet {
     /// Module paths in cobb and in torchvision's and timm's state dicts, one row per
     /// convolution, batch norm or linear layer: (cobb, torchvision, timm).
     pub fn foreign_names(&self) -> Vec<[String; 3]> {
-        let mut names = vec![
-            ["stem.conv", "features.0.0", "conv_stem"].map(String::from),
-            ["stem.bn", "features.0.1", "bn1"].map(String::from),
-        ];
+        let mut names =
+            vec![["stem.conv", "features.0.0", "conv_stem"].map(String::from), ["stem.bn", "features.0.1", "bn1"].map(String::from)];
         for (b, block) in self.blocks.iter().enumerate() {
             let tv = format!("features.{}.{}.block", block.stage + 1, block.index);
             let timm = format!("blocks.{}.{}", block.stage, block.index);

@@ -26,7 +26,9 @@ pub struct LoadReport {
 pub enum PretrainedError {
     #[error("model.pretrained: cannot read {path}: {message}")]
     Read { path: String, message: String },
-    #[error("model.pretrained: {0} has no pretrained weights in torchvision or timm; use an efficientnet or resnet architecture, or remove model.pretrained")]
+    #[error(
+        "model.pretrained: {0} has no pretrained weights in torchvision or timm; use an efficientnet or resnet architecture, or remove model.pretrained"
+    )]
     NoWeights(String),
     #[error(
         "model.pretrained: {path} does not use torchvision's or timm's key names (looked for `{expected}`); its first keys are: {first}"
@@ -52,11 +54,7 @@ pub fn load(model: &mut Classifier, path: &Path) -> Result<LoadReport, Pretraine
         ("timm", 2)
     } else {
         let first: Vec<&str> = source.keys().take(6).map(String::as_str).collect();
-        return Err(PretrainedError::Naming {
-            path: shown,
-            expected: format!("{}.weight", names[0][1]),
-            first: first.join(", "),
-        });
+        return Err(PretrainedError::Naming { path: shown, expected: format!("{}.weight", names[0][1]), first: first.join(", ") });
     };
     let head = names.last().map(|row| row[0].clone()).unwrap_or_default();
     let stem = names[0][0].clone();
@@ -95,7 +93,9 @@ pub fn load(model: &mut Classifier, path: &Path) -> Result<LoadReport, Pretraine
         }
     }
     if head_replaced {
-        report.adapted.push(format!("classifier head `{}` replaced (different number of classes) and trained from scratch", prefixes[head.as_str()]));
+        report
+            .adapted
+            .push(format!("classifier head `{}` replaced (different number of classes) and trained from scratch", prefixes[head.as_str()]));
         // A head is loaded whole or not at all.
         snapshots.retain(|s: &PackTensor| s.name.rsplit_once('.').is_none_or(|(module, _)| module != head));
     }
@@ -154,16 +154,23 @@ pub fn torchvision_keys(model: &Classifier) -> Vec<(String, Vec<usize>)> {
 pub fn parity(fixture: &Path, weights: &str, device: &Device) -> Result<f32, PretrainedError> {
     let expected = read_tensors(&fixture.join("expected.safetensors"))?;
     let (Some(input), Some(logits)) = (expected.get("input"), expected.get("logits")) else {
-        return Err(PretrainedError::Read { path: fixture.display().to_string(), message: "expected.safetensors lacks input/logits".into() });
+        return Err(PretrainedError::Read {
+            path: fixture.display().to_string(),
+            message: "expected.safetensors lacks input/logits".into(),
+        });
     };
     let mut ctx = super::Ctx::new(device);
     let mut model = Classifier::Efficient(super::efficientnet::EfficientNet::scaled(&mut ctx, 0.25, 0.34, 3, 10, 0.2));
     load(&mut model, &fixture.join(weights))?;
-    let shape: [usize; 4] = input.shape.clone().try_into().map_err(|_| PretrainedError::Read { path: "input".into(), message: "not 4-d".into() })?;
+    let shape: [usize; 4] =
+        input.shape.clone().try_into().map_err(|_| PretrainedError::Read { path: "input".into(), message: "not 4-d".into() })?;
     let x = Tensor::<4>::from_data(TensorData::new(input.values.clone(), shape), device);
     let got = model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
     if got.len() != logits.values.len() {
-        return Err(PretrainedError::Mismatch { path: weights.into(), details: format!("\n  {} logits, torchvision gave {}", got.len(), logits.values.len()) });
+        return Err(PretrainedError::Mismatch {
+            path: weights.into(),
+            details: format!("\n  {} logits, torchvision gave {}", got.len(), logits.values.len()),
+        });
     }
     Ok(got.iter().zip(&logits.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
 }

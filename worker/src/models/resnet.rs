@@ -48,7 +48,8 @@ impl Block {
         } else {
             (vec![conv(ctx, input, planes, 3, stride), conv(ctx, planes, planes, 3, 1)], vec![ctx.bn(planes), ctx.bn(planes)], planes)
         };
-        let downsample = (stride != 1 || input != output).then(|| Downsample { conv: conv(ctx, input, output, 1, stride), bn: ctx.bn(output) });
+        let downsample =
+            (stride != 1 || input != output).then(|| Downsample { conv: conv(ctx, input, output, 1, stride), bn: ctx.bn(output) });
         Self { convs, bns, downsample, layer: at.0, index: at.1 }
     }
 

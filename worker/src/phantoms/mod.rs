@@ -199,9 +199,10 @@ pub fn generate(out: &Path, options: &Options) -> std::io::Result<Written> {
                         ),
                     };
                     if let Err(e) = result
-                        && let Ok(mut slot) = failure.lock() {
-                            slot.get_or_insert(e);
-                        }
+                        && let Ok(mut slot) = failure.lock()
+                    {
+                        slot.get_or_insert(e);
+                    }
                 }
             });
         }
@@ -215,20 +216,11 @@ pub fn generate(out: &Path, options: &Options) -> std::io::Result<Written> {
         per_class[p.class] += 1;
         let view = if p.view == View::Ap { "ap" } else { "lat" };
         let date = 20_240_101 + p.day; // a sortable stand-in: yyyymmdd-like day counter
-        csv.push_str(&format!(
-            "{name},{},{},{view},{date}\n",
-            SCOLIOSIS_CLASSES[p.class],
-            patient_id(options.seed, p.patient)
-        ));
+        csv.push_str(&format!("{name},{},{},{view},{date}\n", SCOLIOSIS_CLASSES[p.class], patient_id(options.seed, p.patient)));
     }
     let manifest = out.join("manifest.csv");
     std::fs::write(&manifest, csv)?;
-    Ok(Written {
-        images: planned.len(),
-        patients: planned.iter().map(|p| p.patient).max().map_or(0, |m| m + 1),
-        per_class,
-        manifest,
-    })
+    Ok(Written { images: planned.len(), patients: planned.iter().map(|p| p.patient).max().map_or(0, |m| m + 1), per_class, manifest })
 }
 
 /// A 5 x 2 grid with one phantom of every class (AP on top, lateral below), each `tile`

@@ -113,7 +113,8 @@ fn spine(patient: &Patient, shot: &Shot, w: f32, h: f32, rng: &mut SplitMix64) -
             }
             View::Lat => {
                 // Kyphosis (convex posterior, to the right of the image) above, lordosis below.
-                let sag = patient.kyphosis * (PI * (t / 0.7).min(1.0)).sin() - patient.lordosis * (PI * ((t - 0.65) / 0.35).clamp(0.0, 1.0)).sin();
+                let sag = patient.kyphosis * (PI * (t / 0.7).min(1.0)).sin()
+                    - patient.lordosis * (PI * ((t - 0.65) / 0.35).clamp(0.0, 1.0)).sin();
                 let x = w * 0.52 + sag * length;
                 (x, 0.0)
             }
@@ -140,7 +141,11 @@ fn draw_anatomy(c: &mut Canvas, spine: &Spine, shot: &Shot, w: f32, h: f32, rng:
             }
             // Clavicles.
             for s in [-1.0f32, 1.0] {
-                c.polyline(&[(w / 2.0 + s * w * 0.03, h * 0.085), (w / 2.0 + s * w * 0.13, h * 0.075), (w / 2.0 + s * w * 0.24, h * 0.06)], h * 0.006, 0.28);
+                c.polyline(
+                    &[(w / 2.0 + s * w * 0.03, h * 0.085), (w / 2.0 + s * w * 0.13, h * 0.075), (w / 2.0 + s * w * 0.24, h * 0.06)],
+                    h * 0.006,
+                    0.28,
+                );
             }
             // Ribs from T1..T12.
             for k in 0..12 {
@@ -303,7 +308,12 @@ fn draw_hardware(c: &mut Canvas, spine: &Spine, shot: &Shot, w: f32, h: f32, rng
         }
         Phase::Tether => {
             // Screws in the vertebral bodies on the convex side of the main curve, joined by a cord.
-            let apex = spine.bodies.iter().enumerate().max_by(|a, b| (a.1.0 - w / 2.0).abs().total_cmp(&(b.1.0 - w / 2.0).abs())).map_or(8, |(i, _)| i);
+            let apex = spine
+                .bodies
+                .iter()
+                .enumerate()
+                .max_by(|a, b| (a.1.0 - w / 2.0).abs().total_cmp(&(b.1.0 - w / 2.0).abs()))
+                .map_or(8, |(i, _)| i);
             let convex = if spine.bodies[apex].0 >= w / 2.0 { 1.0 } else { -1.0 };
             let n = 5 + rng.below(4);
             let from = apex.saturating_sub(n / 2).min(LEVELS - n);

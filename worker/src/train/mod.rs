@@ -333,13 +333,12 @@ fn run(
     let mut model: Classifier = models::build(spec.model.arch, 1, classes, spec.model.dropout, device).model;
     let mut state = checkpoint::State::default();
     let mut resumed = false;
-    if resume
-        && let Some((m, opt_record, s)) = checkpoints.load_last(model.clone())? {
-            model = m;
-            optim = optim.load_record(opt_record);
-            state = s;
-            resumed = true;
-        }
+    if resume && let Some((m, opt_record, s)) = checkpoints.load_last(model.clone())? {
+        model = m;
+        optim = optim.load_record(opt_record);
+        state = s;
+        resumed = true;
+    }
     if !resumed && let Some(path) = &spec.model.pretrained {
         let report = models::pretrained::load(&mut model, std::path::Path::new(path))?;
         tracing::info!(path, loaded = report.loaded, naming = report.naming, adapted = ?report.adapted, "pretrained weights loaded");
@@ -405,12 +404,19 @@ fn run(
         let images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
         // Validation on the inner (non-autodiff) backend: BatchNorm uses running statistics.
-        let scored = score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, &eval_device, Some(&val_loss_fn))?;
+        let scored =
+            score(&model.valid(), &data.classes, val_items.clone(), cache.clone(), &val_config, size, &eval_device, Some(&val_loss_fn))?;
         skipped.extend(scored.skipped);
         let total = data.train.len() + data.val.len();
         if skipped.len() as f64 > MAX_SKIPPED_FRACTION * total as f64 {
             let first: Vec<String> = skipped.iter().take(3).map(|(p, why)| format!("{} ({why})", p.display())).collect();
-            return Err(TrainError::TooManySkipped { epoch, skipped: skipped.len(), total, limit: MAX_SKIPPED_FRACTION * 100.0, first: first.join("; ") });
+            return Err(TrainError::TooManySkipped {
+                epoch,
+                skipped: skipped.len(),
+                total,
+                limit: MAX_SKIPPED_FRACTION * 100.0,
+                first: first.join("; "),
+            });
         }
         let (confusion, val_loss_sum, val_seen) = (scored.confusion, scored.loss_sum, scored.seen);
         if val_seen == 0 {
@@ -450,9 +456,10 @@ fn run(
         checkpoints.save_last(&model, &optim, &state)?;
         reporter.epoch(&epoch_report);
         if let Some(es) = &t.early_stopping
-            && state.since_improvement >= es.patience as usize {
-                return Ok(state.into_outcome(Finish::Completed { epochs: epoch + 1, early_stopped: true }));
-            }
+            && state.since_improvement >= es.patience as usize
+        {
+            return Ok(state.into_outcome(Finish::Completed { epochs: epoch + 1, early_stopped: true }));
+        }
     }
     Ok(state.into_outcome(Finish::Completed { epochs: t.epochs as usize, early_stopped: false }))
 }
