@@ -21,9 +21,10 @@ pub struct Cli {
     /// API token (else DATA_DIR/admin.token, written by the server's first start).
     #[arg(long, global = true, env = "COBB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Where a local server keeps its data (and admin.token).
-    #[arg(long, global = true, env = "COBB_DATA_DIR", default_value = "cobb-data")]
-    pub data_dir: PathBuf,
+    /// Where a local server keeps its data (and admin.token) [default: `data_dir` of
+    /// cobb.toml, else cobb-data].
+    #[arg(long, global = true, env = "COBB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -158,13 +159,28 @@ fn restore_sigpipe() {
     }
 }
 
+/// The data dir: `--data-dir` (or COBB_DATA_DIR), else `data_dir` of cobb.toml (or the
+/// file COBB_CONFIG names), else `cobb-data`.
+pub fn data_dir(flag: Option<&std::path::Path>) -> Result<PathBuf, Failure> {
+    match flag {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(server::ServerConfig::load(serde_json::json!({}))
+            .map_err(|e| Failure::Input(anyhow::anyhow!("invalid configuration: {e}")))?
+            .data_dir),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), Failure> {
-    let client = || Client::new(&cli.server, cli.token.clone(), &cli.data_dir);
+    let flag = cli.data_dir.as_deref();
+    let client = || match &cli.token {
+        Some(_) => Client::new(&cli.server, cli.token.clone(), std::path::Path::new("")),
+        None => Client::new(&cli.server, None, &data_dir(flag)?),
+    };
     match &cli.command {
-        Command::Demo(args) => commands::worker::demo(args, &cli.data_dir).await,
-        Command::Up(args) => commands::worker::up(args, &cli.data_dir).await,
-        Command::Worker(args) => commands::worker::worker(args, &cli.server, cli.token.clone(), &cli.data_dir).await,
-        Command::Server(args) => commands::server::run(args, &cli.data_dir).await,
+        Command::Demo(args) => commands::worker::demo(args, flag).await,
+        Command::Up(args) => commands::worker::up(args, flag).await,
+        Command::Worker(args) => commands::worker::worker(args, &cli.server, cli.token.clone(), &data_dir(flag)?).await,
+        Command::Server(args) => commands::server::run(args, flag).await,
         Command::Submit(args) => commands::submit::run(args, &client()?, cli.json).await,
         Command::Runs(args) => commands::runs::list(args, &client()?, cli.json).await,
         Command::Show { run } => commands::runs::show(*run, &client()?, cli.json).await,
@@ -173,8 +189,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
         Command::Workers => commands::runs::workers(&client()?, cli.json).await,
         Command::Promote { run, reason, wait_secs, evaluate_here } => {
-            let here = evaluate_here.then_some(cli.data_dir.as_path());
-            commands::promote::promote(&client()?, *run, reason, *wait_secs, here, cli.json).await
+            let here = if *evaluate_here { Some(data_dir(flag)?) } else { None };
+            commands::promote::promote(&client()?, *run, reason, *wait_secs, here.as_deref(), cli.json).await
         }
         Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,

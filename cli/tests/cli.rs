@@ -102,6 +102,72 @@ fn a_closed_pipe_ends_cobb_quietly() {
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
 
+/// Waits up to 60 s for `path` to exist.
+fn appears(path: &Path) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn cobb_toml_sets_the_data_dir_and_a_flag_overrides_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("cobb.toml"), "data_dir = \"from-toml\"\nbind = \"127.0.0.1:0\"\n").expect("toml");
+    // cobb.toml's data_dir, not the flag's default, when no flag is given.
+    let server = Server(
+        Command::new(COBB).arg("server").current_dir(dir.path()).env_remove("COBB_DATA_DIR").stderr(Stdio::null()).spawn().expect("server"),
+    );
+    assert!(appears(&dir.path().join("from-toml/admin.token")), "the server used cobb.toml's data_dir");
+    assert!(!dir.path().join("cobb-data").exists());
+    drop(server);
+    // A flag beats the file.
+    let server = Server(
+        Command::new(COBB)
+            .args(["server", "--data-dir", "from-flag"])
+            .current_dir(dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server"),
+    );
+    assert!(appears(&dir.path().join("from-flag/admin.token")), "--data-dir overrides cobb.toml");
+    drop(server);
+    // An unknown key is an error that names it.
+    std::fs::write(dir.path().join("cobb.toml"), "data_dri = \"x\"\n").expect("toml");
+    let out = Command::new(COBB).arg("server").current_dir(dir.path()).output().expect("server");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    assert!(text(&out).1.contains("data_dri"), "{}", text(&out).1);
+}
+
+#[test]
+fn the_server_logs_every_refused_request_with_its_status_and_latency() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+    let server = Server(
+        Command::new(COBB)
+            .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .env_remove("COBB_LOG")
+            .env_remove("RUST_LOG")
+            .stderr(log)
+            .spawn()
+            .expect("server"),
+    );
+    assert!(appears(&dir.path().join("cobb-data/admin.token")));
+    let url = format!("http://127.0.0.1:{port}");
+    let out = Command::new(COBB).args(["runs", "--token", "cobb_wrong"]).env("COBB_SERVER", &url).output().expect("runs");
+    assert!(!out.status.success(), "a wrong token is refused");
+    drop(server);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let line = log.lines().find(|l| l.contains("request refused")).unwrap_or_else(|| panic!("no refused request in:\n{log}"));
+    assert!(line.contains("status=401") && line.contains("ms=") && line.contains("GET") && line.contains("/api/v1/runs"), "{line}");
+}
+
 #[test]
 fn dry_run_prints_the_expanded_runs_without_a_server() {
     let dir = tempfile::tempdir().expect("tmp");

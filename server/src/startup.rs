@@ -42,6 +42,7 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|e, _| error::request_error(format!("bad path: {e}"))))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| error::request_error(format!("bad query: {e}"))))
                 .wrap(actix_web::middleware::Compress::default())
+                .wrap(actix_web::middleware::from_fn(crate::telemetry::request_span))
                 .configure(crate::routes::api)
                 .configure(crate::ui::routes)
         })

@@ -17,5 +17,37 @@ pub fn init(default: &str) {
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours on a terminal only: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+}
+
+/// One span per HTTP request (method and path, never the query: it may carry a lease id)
+/// and one event when it ends, with its status and latency: 5xx at error, 4xx at info (a
+/// refused request is worth seeing in the log), the rest at debug (metric batches arrive
+/// thousands a second). Handlers' own events carry the span.
+pub async fn request_span(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.path());
+    let started = std::time::Instant::now();
+    let result = next.call(req).instrument(span.clone()).await;
+    let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let _inside = span.enter();
+    match &result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            if status >= 500 {
+                tracing::error!(status, ms, "request failed");
+            } else if status >= 400 {
+                tracing::info!(status, ms, "request refused");
+            } else {
+                tracing::debug!(status, ms, "request");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, ms, "request failed"),
+    }
+    result
 }

@@ -21,16 +21,24 @@ pub struct ServerArgs {
     pub artifacts: Option<String>,
 }
 
+/// The flags that were given: each overrides cobb.toml and `COBB_*`; a flag left out leaves
+/// them in force.
 #[derive(Serialize)]
 struct Overrides<'a> {
-    data_dir: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<&'a Path>,
     #[serde(flatten)]
     args: &'a ServerArgs,
 }
 
-pub async fn run(args: &ServerArgs, data_dir: &Path) -> Result<(), Failure> {
-    let config = server::ServerConfig::load(Overrides { data_dir, args })
-        .map_err(|e| Failure::Input(anyhow::anyhow!("invalid configuration: {e}")))?;
+/// The server's configuration: defaults, cobb.toml (or COBB_CONFIG), `COBB_*`, then the
+/// flags given (`data_dir` and the server flags).
+pub fn config(args: &ServerArgs, data_dir: Option<&Path>) -> Result<server::ServerConfig, Failure> {
+    server::ServerConfig::load(Overrides { data_dir, args }).map_err(|e| Failure::Input(anyhow::anyhow!("invalid configuration: {e}")))
+}
+
+pub async fn run(args: &ServerArgs, data_dir: Option<&Path>) -> Result<(), Failure> {
+    let config = config(args, data_dir)?;
     let data_dir: PathBuf = config.data_dir.clone();
     let app = server::Application::build(config.clone()).await.context("while starting the server")?;
     let token_file = data_dir.join("admin.token");

@@ -212,20 +212,27 @@ pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub bind: String,
+    /// Address to listen on [default: `bind` of cobb.toml, else 127.0.0.1:8080, else any
+    /// free port].
+    #[arg(long)]
+    pub bind: Option<String>,
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
-/// A server on SQLite under `data_dir` in this process; returns its URL and admin token.
-async fn local_server(data_dir: &Path, bind: &str) -> Result<(String, String), Failure> {
-    let mut config = server::ServerConfig { data_dir: data_dir.to_path_buf(), bind: bind.to_owned(), ..server::ServerConfig::default() };
+/// A server in this process, configured like `cobb server` (cobb.toml, `COBB_*`, then the
+/// flags given); returns its URL, admin token and data dir. When no address was asked for
+/// and the default port is taken, any free port will do on a laptop.
+async fn local_server(data_dir: Option<&Path>, bind: Option<&str>) -> Result<(String, String, PathBuf), Failure> {
+    let args = super::server::ServerArgs { database_url: None, bind: bind.map(str::to_owned), artifacts: None };
+    let mut config = super::server::config(&args, data_dir)?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("while creating {}", data_dir.display()))?;
     let app = match server::Application::build(config.clone()).await {
         Ok(app) => app,
-        Err(_) if bind.ends_with(":8080") => {
+        Err(_) if bind.is_none() && config.bind.ends_with(":8080") => {
             // The default port is taken: any free port will do on a laptop.
             config.bind = "127.0.0.1:0".to_owned();
             server::Application::build(config).await.context("while starting the server")?
@@ -238,7 +245,7 @@ async fn local_server(data_dir: &Path, bind: &str) -> Result<(String, String), F
         .with_context(|| format!("while reading {}", data_dir.join("admin.token").display()))?
         .trim()
         .to_owned();
-    Ok((url, token))
+    Ok((url, token, data_dir))
 }
 
 /// A worker token for local workers (created once, kept next to the admin token).
@@ -253,10 +260,11 @@ async fn worker_token(client: &Client, data_dir: &Path) -> Result<String, Failur
     Ok(created.token)
 }
 
-pub async fn up(args: &UpArgs, data_dir: &Path) -> Result<(), Failure> {
+pub async fn up(args: &UpArgs, data_dir: Option<&Path>) -> Result<(), Failure> {
     let choice: DeviceChoice = args.device.parse().map_err(Failure::input)?;
     device::probe(choice).map_err(|e| Failure::Runtime(e.into()))?;
-    let (url, admin) = local_server(data_dir, &args.bind).await?;
+    let (url, admin, data_dir) = local_server(data_dir, args.bind.as_deref()).await?;
+    let data_dir = data_dir.as_path();
     let client = Client::new(&url, Some(admin), data_dir)?;
     let token = worker_token(&client, data_dir).await?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -284,10 +292,10 @@ pub struct DemoArgs {
 
 const DEMO_SPEC: &str = include_str!("../../../experiments/demo.yaml");
 
-pub async fn demo(args: &DemoArgs, data_dir: &Path) -> Result<(), Failure> {
+pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(data_dir).with_context(|| format!("while creating {}", data_dir.display()))?;
-    let (url, admin) = local_server(data_dir, "127.0.0.1:8080").await?;
+    let (url, admin, data_dir) = local_server(data_dir, None).await?;
+    let data_dir = data_dir.as_path();
     let client = Client::new(&url, Some(admin.clone()), data_dir)?;
 
     // 1. Phantoms (once per data dir).
