@@ -210,7 +210,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
             3,
         ),
         ("compare", "/ui/compare?runs=1,2", &["Precision and recall per class", "Roll-up by view", "Confusion-matrix difference"], 2),
-        ("audit", "/ui/audit", &["Hash chain verified", "test_evaluated", "promote"], 0),
+        ("audit", "/ui/audit", &["Hash chain verified", "evaluation.succeed", "promotion.create"], 0),
         ("promotion", "/ui/promotions/1", &["Sealed test split", "macro avg", "weighted avg", "Download CSV"], 0),
     ];
     for (name, path, needles, charts) in pages {

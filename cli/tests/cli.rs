@@ -493,7 +493,7 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     let out = cobb(dir.path(), &url, &["audit", "--verify"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    for action in ["promote", "test_evaluation_started", "test_evaluated"] {
+    for action in ["promotion.create", "evaluation.start", "evaluation.succeed"] {
         assert!(stdout.contains(action), "{stdout}");
     }
     assert!(stderr.contains("audit chain verified"), "{stderr}");

@@ -20,4 +20,4 @@ pub mod time;
 
 pub use error::ErrorBody;
 pub use spec::{ExperimentSpec, SpecError};
-pub use status::{JobKind, JobStatus, Role, RunStatus, Split};
+pub use status::{AuditAction, JobKind, JobStatus, Role, RunStatus, Split};

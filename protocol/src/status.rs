@@ -72,6 +72,26 @@ string_enum!(
 );
 
 string_enum!(
+    /// What an audit event records, in one grammar: `object.verb`. (Events written before
+    /// this grammar keep their old names -- `promote`, `test_evaluation_started`,
+    /// `test_evaluated`, `test_evaluation_retry`, `test_evaluation_failed` -- as the hash
+    /// chain covers them.)
+    AuditAction {
+        TokenCreate => "token.create",
+        DatasetRegister => "dataset.register",
+        ExperimentSubmit => "experiment.submit",
+        RunCancel => "run.cancel",
+        SweepCancel => "sweep.cancel",
+        PromotionCreate => "promotion.create",
+        EvaluationStart => "evaluation.start",
+        EvaluationSucceed => "evaluation.succeed",
+        EvaluationRetry => "evaluation.retry",
+        EvaluationFail => "evaluation.fail",
+        EvaluationCancel => "evaluation.cancel",
+    }
+);
+
+string_enum!(
     /// viewer < submitter < reviewer < admin; `worker` is separate and only speaks the
     /// worker protocol. Admin may do everything.
     Role {

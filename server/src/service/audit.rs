@@ -13,7 +13,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 pub struct Event<'a> {
     pub actor: &'a str,
-    pub action: &'a str,
+    pub action: protocol::AuditAction,
     pub experiment: Option<&'a str>,
     pub run_id: Option<i64>,
     pub details: Value,
@@ -52,8 +52,9 @@ pub async fn append(conn: &impl ConnectionTrait, event: Event<'_>) -> Result<(),
     let prev = store::audit::last_hash(conn).await?.unwrap_or_else(|| GENESIS.to_owned());
     let at = now_ms();
     let details = event.details.to_string();
-    let hash = event_hash(&prev, at, event.actor, event.action, event.experiment, event.run_id, &details);
-    store::audit::insert(conn, at, event.actor, event.action, event.experiment, event.run_id, &details, &prev, &hash).await
+    let action = event.action.as_str();
+    let hash = event_hash(&prev, at, event.actor, action, event.experiment, event.run_id, &details);
+    store::audit::insert(conn, at, event.actor, action, event.experiment, event.run_id, &details, &prev, &hash).await
 }
 
 /// Recomputes the chain over every event, oldest first, and reports the first broken link.

@@ -120,7 +120,7 @@ pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Re
         &tx,
         super::audit::Event {
             actor,
-            action: "dataset.register",
+            action: protocol::AuditAction::DatasetRegister,
             experiment: None,
             run_id: None,
             details: json!({"dataset": req.name, "version": version, "number": number, "items": req.items.len(),

@@ -129,7 +129,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
         &tx,
         super::audit::Event {
             actor,
-            action: "experiment.submit",
+            action: protocol::AuditAction::ExperimentSubmit,
             experiment: Some(&parsed.name),
             run_id: None,
             details: json!({"sweep_id": sweep_id, "runs": runs.len(), "file": req.file,

@@ -11,7 +11,7 @@
 
 use protocol::api::{ArtifactInfo, Complete, EvaluateWork, MetricPoint, PromotionInfo, TestReport};
 use protocol::metrics::ConfusionMatrix;
-use protocol::{JobKind, JobStatus, RunStatus, Split};
+use protocol::{AuditAction, JobKind, JobStatus, RunStatus, Split};
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -132,7 +132,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
         &tx,
         Event {
             actor: &who.name,
-            action: "promote",
+            action: AuditAction::PromotionCreate,
             experiment: Some(&run.experiment),
             run_id: Some(run_id),
             details: json!({
@@ -221,7 +221,7 @@ pub(crate) async fn evaluation_started(conn: &impl ConnectionTrait, who: &Princi
         conn,
         Event {
             actor: &who.name,
-            action: "test_evaluation_started",
+            action: AuditAction::EvaluationStart,
             experiment: Some(&promotion.experiment),
             run_id: Some(job.run_id),
             details: json!({"promotion": promotion.id, "job": job.id, "worker": worker, "attempt": job.attempt,
@@ -286,7 +286,7 @@ pub(crate) async fn evaluation_ended(
             conn,
             Event {
                 actor: &actor,
-                action: "test_evaluated",
+                action: AuditAction::EvaluationSucceed,
                 experiment: Some(&row.experiment),
                 run_id: Some(row.run_id),
                 details: json!({
@@ -305,9 +305,9 @@ pub(crate) async fn evaluation_ended(
         return Ok(());
     }
     let action = match status {
-        JobStatus::Queued => "test_evaluation_retry",
-        JobStatus::Cancelled => "test_evaluation_cancelled",
-        _ => "test_evaluation_failed",
+        JobStatus::Queued => AuditAction::EvaluationRetry,
+        JobStatus::Cancelled => AuditAction::EvaluationCancel,
+        _ => AuditAction::EvaluationFail,
     };
     audit::append(
         conn,
@@ -338,7 +338,7 @@ pub(crate) async fn evaluation_expired(
         conn,
         Event {
             actor: "server",
-            action: if status == JobStatus::Queued { "test_evaluation_retry" } else { "test_evaluation_failed" },
+            action: if status == JobStatus::Queued { AuditAction::EvaluationRetry } else { AuditAction::EvaluationFail },
             experiment: Some(&job.experiment),
             run_id: Some(job.run_id),
             details: json!({"promotion": id, "job": job.id, "attempt": job.attempt, "worker": worker,

@@ -158,8 +158,8 @@ pub async fn cancel(state: &AppState, actor: &str, scope: RunScope, id: i64) -> 
     let cancelled = store::jobs::cancel_queued(&tx, scope, id, now).await?;
     let stopping = store::jobs::request_cancel(&tx, scope, id, now).await?;
     let action = match scope {
-        RunScope::Run => "run.cancel",
-        RunScope::Sweep => "sweep.cancel",
+        RunScope::Run => protocol::AuditAction::RunCancel,
+        RunScope::Sweep => protocol::AuditAction::SweepCancel,
     };
     super::audit::append(
         &tx,

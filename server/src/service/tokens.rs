@@ -31,7 +31,7 @@ pub async fn create(state: &AppState, actor: &str, req: CreateToken) -> Result<C
         &tx,
         super::audit::Event {
             actor,
-            action: "token.create",
+            action: protocol::AuditAction::TokenCreate,
             experiment: None,
             run_id: None,
             details: json!({"name": req.name, "role": req.role}),

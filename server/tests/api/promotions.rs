@@ -146,10 +146,10 @@ async fn a_promoted_run_is_evaluated_once_on_the_sealed_test_split(app: TestApp)
     assert_eq!(log["chain"]["ok"], true);
     let events = log["events"].as_array().expect("events");
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
-    for action in ["promote", "test_evaluation_started", "test_evaluated"] {
+    for action in ["promotion.create", "evaluation.start", "evaluation.succeed"] {
         assert!(actions.contains(&action), "{actions:?}");
     }
-    let promote = events.iter().find(|e| e["action"] == "promote").expect("promote event");
+    let promote = events.iter().find(|e| e["action"] == "promotion.create").expect("promote event");
     assert_eq!(promote["actor"], "dr-reviewer");
     for key in ["checkpoint_sha256", "dataset_version", "config_hash", "code_version", "reason"] {
         assert!(promote["details"][key].is_string(), "{key} missing: {promote}");
