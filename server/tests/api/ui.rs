@@ -151,7 +151,7 @@ async fn the_dashboards_show_real_numbers_behind_a_login(app: TestApp) {
     let response = reqwest::Client::new().get(format!("{}/ui/audit", browser.root)).bearer_auth(&viewer).send().await.expect("get");
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.text().await.expect("body");
-    assert!(body.contains("promote") && !body.contains(XSS), "{body}");
+    assert!(body.contains("promotion.create") && !body.contains(XSS), "{body}");
     // Logging out ends the session.
     let csrf = csrf_of(&browser.page("/ui/audit").await);
     assert_eq!(browser.post("/ui/logout", &[("csrf", &csrf)]).await.status(), StatusCode::SEE_OTHER);
