@@ -1,9 +1,9 @@
 //! Training on CPU with tiny models and images: learning, determinism, resume, cancel.
 
+use data::manifest::{self, ScanOptions};
+use data::split;
 use protocol::spec::{self, ExperimentSpec};
 use std::path::Path;
-use worker::data::manifest::{self, ScanOptions};
-use worker::data::split;
 use worker::device::DeviceChoice;
 use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
 
@@ -19,15 +19,15 @@ fn spec(extra: &str) -> ExperimentSpec {
 
 /// Phantoms split the way `cobb dataset register` splits them.
 fn phantom_data(dir: &Path, count: usize) -> TrainData {
-    let options = worker::phantoms::Options {
+    let options = data::phantoms::Options {
         count,
         size: 64,
         seed: 11,
-        format: worker::phantoms::Format::Png,
-        balance: worker::phantoms::Balance::Uniform,
+        format: data::phantoms::Format::Png,
+        balance: data::phantoms::Balance::Uniform,
     };
     let root = dir.join("ph");
-    worker::phantoms::generate(&root, &options).expect("phantoms");
+    data::phantoms::generate(&root, &options).expect("phantoms");
     let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
     let scan = ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: false };
     let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");

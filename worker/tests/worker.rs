@@ -58,18 +58,18 @@ impl Server {
     /// split, before registration, hashes updated) by bytes that are no image: files that
     /// are in the version but cannot be decoded.
     async fn register_phantoms_with(&self, root: &std::path::Path, name: &str, corrupt: usize) {
-        let options = worker::phantoms::Options {
+        let options = data::phantoms::Options {
             count: 100,
             size: 48,
             seed: 2,
-            format: worker::phantoms::Format::Png,
-            balance: worker::phantoms::Balance::Uniform,
+            format: data::phantoms::Format::Png,
+            balance: data::phantoms::Balance::Uniform,
         };
-        worker::phantoms::generate(root, &options).expect("phantoms");
+        data::phantoms::generate(root, &options).expect("phantoms");
         let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
-        let scan = worker::data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
-        let scanned = worker::data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
-        let mut items = worker::data::split::freeze(scanned.items, [70, 15, 15], 0, true);
+        let scan = data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
+        let scanned = data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
+        let mut items = data::split::freeze(scanned.items, [70, 15, 15], 0, true);
         for item in items.iter_mut().filter(|i| i.split == protocol::Split::Train).take(corrupt) {
             let bytes = format!("not an image: {}", item.path).into_bytes();
             std::fs::write(root.join(&item.path), &bytes).expect("corrupt");

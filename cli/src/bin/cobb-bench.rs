@@ -755,8 +755,8 @@ fn parallel(n: usize, threads: usize, f: impl Fn(usize) + Sync) -> f64 {
 }
 
 fn data_bench(args: &DataArgs) -> Result<()> {
-    use worker::data::{cache::ImageCache, decode, loader};
-    use worker::phantoms::{self, render};
+    use data::phantoms::{self, render};
+    use data::{cache::ImageCache, decode, loader};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir()?;
     println!("data benchmarks on {threads} threads (release build expected)");
@@ -815,7 +815,7 @@ fn data_bench(args: &DataArgs) -> Result<()> {
         .filter_map(|l| l.split(',').next())
         .map(|rel| {
             let path = dir.path().join("ph").join(rel);
-            let sha256 = worker::data::manifest::hash_file(&path).map(|h| h.0).unwrap_or_default();
+            let sha256 = data::manifest::hash_file(&path).map(|h| h.0).unwrap_or_default();
             loader::LoaderItem { path, sha256, label: 0 }
         })
         .collect();

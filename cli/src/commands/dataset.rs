@@ -1,10 +1,10 @@
 use anyhow::Context;
 use clap::Subcommand;
+use data::manifest;
+use data::split;
 use protocol::api::{DatasetVersionInfo, GroupBy, InstallationSalt, ItemList, RegisterDataset};
 use protocol::classes::{SCOLIOSIS_CLASSES, SMALL_CLASS_THRESHOLD};
 use std::path::PathBuf;
-use worker::data::manifest;
-use worker::data::split;
 
 use crate::client::Client;
 use crate::failure::Failure;

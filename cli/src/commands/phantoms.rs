@@ -1,8 +1,8 @@
 use anyhow::Context;
 use clap::Args;
+use data::phantoms::{self, Balance, Format, Options};
 use protocol::classes::SCOLIOSIS_CLASSES;
 use std::path::PathBuf;
-use worker::phantoms::{self, Balance, Format, Options};
 
 use crate::failure::Failure;
 use crate::output;

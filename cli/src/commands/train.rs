@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use clap::Args;
+use data::manifest::{self, ScanOptions};
+use data::split;
 use protocol::classes::SCOLIOSIS_CLASSES;
 use protocol::{plan, spec};
 use std::path::PathBuf;
-use worker::data::manifest::{self, ScanOptions};
-use worker::data::split;
 use worker::device::{self, DeviceChoice};
 use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
 

@@ -302,14 +302,14 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
     let phantoms: PathBuf = data_dir.join("phantoms");
     if !phantoms.join("manifest.csv").exists() {
         eprintln!("1/4 generating {} spine radiograph phantoms (64 px, 10 classes) in {}", args.images, phantoms.display());
-        let options = worker::phantoms::Options {
+        let options = data::phantoms::Options {
             count: args.images,
             size: 64,
             seed: 42,
-            format: worker::phantoms::Format::Png,
-            balance: worker::phantoms::Balance::Uniform,
+            format: data::phantoms::Format::Png,
+            balance: data::phantoms::Balance::Uniform,
         };
-        tokio::task::spawn_blocking(move || worker::phantoms::generate(&phantoms, &options))
+        tokio::task::spawn_blocking(move || data::phantoms::generate(&phantoms, &options))
             .await
             .map_err(|e| Failure::Runtime(e.into()))?
             .context("while generating phantoms")?;

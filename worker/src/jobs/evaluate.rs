@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::context::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
 use crate::client::Client;
-use crate::data::cache::ImageCache;
-use crate::data::loader::LoaderItem;
 use crate::train::{self, TrainError};
+use data::cache::ImageCache;
+use data::loader::LoaderItem;
 
 fn failed(error: String, retryable: bool) -> Complete {
     Complete { outcome: Outcome::Failed, error: Some(error), retryable, best_epoch: None, confusion: None, skipped: Vec::new() }

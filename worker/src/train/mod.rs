@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::data::cache::{ImageCache, LoadError};
-use crate::data::loader::{Batch, Batches, LoaderConfig, LoaderItem};
 use crate::models::{self, Classifier};
+use data::cache::{ImageCache, LoadError};
+use data::loader::{Batch, Batches, LoaderConfig, LoaderItem};
 
 /// Gradients are clipped to this global norm (a fixed choice; see docs/training.md).
 pub const CLIP_NORM: f32 = 5.0;

@@ -1,9 +1,15 @@
-//! Data: manifests of labelled files and the frozen split.
+//! cobb's dataset library, with no Burn in it: manifests of labelled files (`manifest`),
+//! decoding DICOM/PNG/JPEG to grayscale (`decode`), the frozen patient-grouped split
+//! (`split`), the input pipeline's decoded-image cache, augmentations and prefetching loader
+//! (`cache`, `transforms`, `loader`; the worker turns its batches into tensors), and the
+//! spine radiograph phantom generator (`phantoms`). `cobb dataset register` and `cobb
+//! phantoms` use it without going near the training code.
 
 pub mod cache;
 pub mod decode;
 pub mod loader;
 pub mod manifest;
+pub mod phantoms;
 pub mod split;
 pub mod transforms;
 

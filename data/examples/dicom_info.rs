@@ -1,4 +1,4 @@
-//! Prints how dicom-rs sees a DICOM file's pixel data: `cargo run -p worker --example dicom_info -- FILE`.
+//! Prints how dicom-rs sees a DICOM file's pixel data: `cargo run -p data --example dicom_info -- FILE`.
 use dicom_pixeldata::PixelDecoder;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

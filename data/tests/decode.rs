@@ -2,8 +2,8 @@
 //! broken files:
 //! each either decodes to a sensible grayscale image or gives a clear error, never a panic.
 
+use data::decode::{DecodeError, Gray, decode_file};
 use std::path::{Path, PathBuf};
-use worker::data::decode::{DecodeError, Gray, decode_file};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")
@@ -143,14 +143,14 @@ fn broken_files_are_errors_not_panics() {
 #[test]
 fn phantom_dicoms_round_trip_with_monochrome1_inverted() {
     let dir = tempfile::tempdir().expect("tmp");
-    let options = worker::phantoms::Options {
+    let options = data::phantoms::Options {
         count: 30,
         size: 64,
         seed: 9,
-        format: worker::phantoms::Format::Dicom,
-        balance: worker::phantoms::Balance::Uniform,
+        format: data::phantoms::Format::Dicom,
+        balance: data::phantoms::Balance::Uniform,
     };
-    let written = worker::phantoms::generate(dir.path(), &options).expect("phantoms");
+    let written = data::phantoms::generate(dir.path(), &options).expect("phantoms");
     assert_eq!(written.images, 30);
     let manifest = std::fs::read_to_string(&written.manifest).expect("manifest");
     let mut monochrome1 = 0;
