@@ -2,7 +2,6 @@
 //! crate's input pipeline, and the job loop (`jobs`) that leases work from the server and
 //! runs it by its kind.
 
-pub mod client;
 pub mod device;
 pub mod jobs;
 pub mod models;

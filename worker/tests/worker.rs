@@ -12,7 +12,7 @@ use worker::jobs::{self, Quiet, WorkerConfig};
 struct Server {
     url: String,
     token: String,
-    http: reqwest::Client,
+    api: client::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -35,18 +35,17 @@ impl Server {
         let url = format!("http://127.0.0.1:{}", app.port());
         let token = app.admin_token.clone().expect("admin token");
         tokio::spawn(app.run_until_stopped());
-        Self { url, token, http: reqwest::Client::new(), _dir: dir }
+        let api = client::Client::new(&url, Some(token.clone()));
+        Self { url, token, api, _dir: dir }
     }
 
     async fn post(&self, path: &str, body: &impl serde::Serialize) -> serde_json::Value {
-        let r = self.http.post(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).json(body).send().await.expect("post");
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap_or(serde_json::Value::Null)
+        let answer: Option<serde_json::Value> = self.api.post_maybe(path, body).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        answer.unwrap_or(serde_json::Value::Null)
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let r = self.http.get(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).send().await.expect("get");
-        r.json().await.expect("json")
+        self.api.get(path).await.unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     /// Phantoms registered the way the CLI registers them.

@@ -254,35 +254,24 @@ fn fresh_postgres(url: &str) -> Result<String> {
     Ok(format!("{base}/cobb_bench{query}"))
 }
 
+/// The API as the benchmarks drive it: JSON values through cobb's one client.
 #[derive(Clone)]
 struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    client: client::Client,
 }
 
 impl Api {
+    fn new(server: &str, token: String) -> Self {
+        Self { client: client::Client::new(server, Some(token)) }
+    }
+
+    /// POST; None for 204 (nothing to lease).
     async fn post(&self, path: &str, body: &Value) -> Result<Option<Value>> {
-        let response = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;
-        let status = response.status();
-        if status.as_u16() == 204 {
-            return Ok(None);
-        }
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("POST {path}: {status}: {text}");
-        }
-        Ok(Some(serde_json::from_str(&text)?))
+        Ok(self.client.post_maybe(path, body).await?)
     }
 
     async fn get(&self, path: &str) -> Result<Value> {
-        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text)?)
+        Ok(self.client.get(path).await?)
     }
 }
 
@@ -384,12 +373,11 @@ async fn train_like_workers_with(api: &Api, concurrency: usize, epochs: usize, k
 /// a worker-role client.
 async fn seeded_server(database_url: Option<&str>) -> Result<(ServerProcess, Api, Api)> {
     let server = start_server(database_url)?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let admin = Api { http: http.clone(), base: server.url.clone(), token: server.token.clone() };
+    let root = server.url.trim_end_matches("/api/v1");
+    let admin = Api::new(root, server.token.clone());
     setup(&admin).await?;
     let token = admin.post("/tokens", &json!({"name": "bench-worker", "role": "worker"})).await?;
-    let worker =
-        Api { http, base: server.url.clone(), token: token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default() };
+    let worker = Api::new(root, token.and_then(|t| t["token"].as_str().map(str::to_owned)).unwrap_or_default());
     Ok((server, admin, worker))
 }
 
@@ -654,7 +642,8 @@ async fn pages_bench(args: &PagesArgs) -> Result<()> {
     }
     for (label, url) in backends {
         let (server, admin, worker) = seeded_server(url.as_deref()).await?;
-        let http = admin.http.clone();
+        // The pages are HTML, not the API: timed with a plain HTTP client.
+        let http = reqwest::Client::new();
         let keys = metric_keys(35);
         let seeding = Instant::now();
         submit(&admin, "pages", args.sweep_runs).await?;

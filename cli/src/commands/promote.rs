@@ -23,7 +23,7 @@ async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i
         idle_poll: Duration::from_secs(1),
         exit_when_idle: true,
     };
-    let worker_client = worker::client::Client::new(&server, &token);
+    let worker_client = client::Client::patient(&server, Some(token.clone()), Duration::from_secs(300));
     // Evaluation jobs are handed out oldest first; run them until this promotion's is done.
     let kinds = [protocol::JobKind::Evaluate];
     while let Some(job) = worker_client.lease(&config.name, "cpu", &kinds).await.map_err(|e| Failure::Runtime(e.into()))? {

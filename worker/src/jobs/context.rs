@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::client::{Client, ClientError};
 use crate::device::DeviceChoice;
 use crate::train::EpochReport;
+use client::Client;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -76,8 +76,8 @@ pub(crate) fn heartbeats(client: &Client, job: &JobLease, flags: &LeaseFlags, sh
             match client.heartbeat(&lease_id, None).await {
                 Ok(reply) if reply.action == HeartbeatAction::Stop => flags.stop.store(true, Ordering::Relaxed),
                 Ok(_) => {}
-                Err(ClientError::LeaseLost(reason)) => {
-                    tracing::warn!(%reason, "lease lost; stopping");
+                Err(e) if e.is_lease_refusal() => {
+                    tracing::warn!(reason = %e, "lease lost; stopping");
                     flags.lost.store(true, Ordering::Relaxed);
                     flags.stop.store(true, Ordering::Relaxed);
                     break;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::context::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
-use crate::client::Client;
 use crate::train::{self, TrainError};
+use client::Client;
 use data::cache::ImageCache;
 use data::loader::LoaderItem;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 
-use crate::client::{Client, ClientError};
+use client::{Client, ClientError};
 
 mod context;
 pub mod evaluate;
@@ -29,7 +29,8 @@ pub async fn run_kinds(
     progress: Arc<dyn Progress>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), ClientError> {
-    let client = Client::new(&config.server, &config.token);
+    // A server restart must not lose a job: keep retrying for five minutes.
+    let client = Client::patient(&config.server, Some(config.token.clone()), std::time::Duration::from_secs(300));
     let device = config.device_name();
     tracing::info!(worker = %config.name, %device, "worker started");
     while !shutdown.load(Ordering::Relaxed) {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 use super::context::{LeaseFlags, Progress, WorkerConfig, heartbeats, sha256_of};
-use crate::client::{Client, ClientError};
 use crate::train::{self, EpochReport, Finish, Reporter, TrainData, TrainError, checkpoint};
+use client::{Client, ClientError};
 
 struct Channel {
     epochs: mpsc::UnboundedSender<EpochReport>,
@@ -140,7 +140,7 @@ pub(crate) async fn run(
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
-            if matches!(e, ClientError::LeaseLost(_)) {
+            if e.is_lease_refusal() {
                 lost.store(true, Ordering::Relaxed);
                 stop.store(true, Ordering::Relaxed);
             }
