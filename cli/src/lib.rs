@@ -184,17 +184,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Submit(args) => commands::submit::run(args, &client()?, cli.json).await,
         Command::Runs(args) => commands::runs::list(args, &client()?, cli.json).await,
         Command::Show { run } => commands::runs::show(*run, &client()?, cli.json).await,
-        Command::Compare { runs } => commands::runs::compare(runs, &client()?, cli.json).await,
+        Command::Compare { runs } => commands::compare::compare(runs, &client()?, cli.json).await,
         Command::Cancel { target } => commands::runs::cancel(target, &client()?, cli.json).await,
-        Command::Experiments => commands::runs::experiments(&client()?, cli.json).await,
-        Command::Workers => commands::runs::workers(&client()?, cli.json).await,
+        Command::Experiments => commands::listings::experiments(&client()?, cli.json).await,
+        Command::Workers => commands::listings::workers(&client()?, cli.json).await,
         Command::Promote { run, reason, wait_secs, evaluate_here } => {
             let here = if *evaluate_here { Some(data_dir(flag)?) } else { None };
             commands::promote::promote(&client()?, *run, reason, *wait_secs, here.as_deref(), cli.json).await
         }
         Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
-        Command::Audit { experiment, verify } => commands::runs::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,
+        Command::Audit { experiment, verify } => commands::audit::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Train(args) => commands::train::run(args, cli.json),

@@ -1,4 +1,7 @@
+pub mod audit;
+pub mod compare;
 pub mod dataset;
+pub mod listings;
 pub mod models;
 pub mod phantoms;
 pub mod promote;

@@ -390,6 +390,6 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
     if best.len() < 2 {
         return Ok(());
     }
-    super::runs::print_comparison(&super::runs::comparison(client, &best, None).await?);
+    super::compare::print_comparison(&super::compare::comparison(client, &best, None).await?);
     Ok(())
 }
