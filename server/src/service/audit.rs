@@ -95,7 +95,8 @@ pub async fn log(state: &crate::state::AppState, experiment: Option<&str>) -> Re
             action: r.action,
             experiment: r.experiment,
             run_id: r.run_id,
-            details: serde_json::from_str(&r.details_json).unwrap_or(serde_json::Value::Null),
+            // Stored text that is not JSON is shown as it is: the chain check says whether it was changed.
+            details: serde_json::from_str(&r.details_json).unwrap_or_else(|_| serde_json::Value::String(r.details_json.clone())),
             prev_hash: r.prev_hash,
             hash: r.hash,
         })

@@ -2,9 +2,7 @@
 //! never changed afterwards.
 
 use protocol::Split;
-use protocol::api::{
-    DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, IngestionIssue, RegisterDataset, SplitCount,
-};
+use protocol::api::{DatasetItem, DatasetSummary, DatasetVersionBrief, DatasetVersionInfo, GroupBy, RegisterDataset, SplitCount};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -137,7 +135,7 @@ pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Re
 
 pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: bool) -> Result<DatasetVersionInfo, ApiError> {
     let mut counts: BTreeMap<String, SplitCount> = BTreeMap::new();
-    let classes: Vec<String> = serde_json::from_str(&row.classes_json).unwrap_or_default();
+    let classes = row.classes()?;
     for class in &classes {
         counts.insert(class.clone(), SplitCount { label: class.clone(), train: 0, val: 0, test: 0 });
     }
@@ -152,7 +150,7 @@ pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: 
     // Classes in their registered order.
     let mut ordered: Vec<SplitCount> = classes.iter().filter_map(|c| counts.remove(c)).collect();
     ordered.extend(counts.into_values());
-    let report: Vec<IngestionIssue> = serde_json::from_str(&row.report_json).unwrap_or_default();
+    let report = row.report()?;
     Ok(DatasetVersionInfo {
         dataset: row.dataset,
         version: row.version,
@@ -229,11 +227,12 @@ pub async fn items(state: &AppState, name: &str, version: Option<&str>) -> Resul
 pub(crate) async fn item_list(conn: &impl ConnectionTrait, row: VersionRow, splits: &[Split]) -> Result<protocol::api::ItemList, ApiError> {
     let names: Vec<&str> = splits.iter().map(|s| s.as_str()).collect();
     let items = store::datasets::items(conn, row.id, &names).await?;
+    let classes = row.classes()?;
     Ok(protocol::api::ItemList {
         dataset: row.dataset,
         version: row.version,
         root: row.root,
-        classes: serde_json::from_str(&row.classes_json).unwrap_or_default(),
-        items: items.into_iter().map(crate::store::datasets::ItemRow::into_item).collect(),
+        classes,
+        items: items.into_iter().map(crate::store::datasets::ItemRow::into_item).collect::<Result<_, _>>()?,
     })
 }

@@ -14,7 +14,7 @@ use protocol::api::{
     ArtifactInfo, Complete, Heartbeat, HeartbeatAction, HeartbeatReply, ItemList, JobDetail, JobInfo, JobLease, LeaseInfo, LeaseRequest,
     Outcome, Release, TrainWork, Work,
 };
-use protocol::{ExperimentSpec, JobKind, JobStatus, Split};
+use protocol::{JobKind, JobStatus, Split};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 
 use crate::clock::now_ms;
@@ -125,8 +125,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    let config: ExperimentSpec = serde_json::from_str(&run.config_json)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("runs row {}: column `config_json`: {e}", run.id)))?;
+    let config = run.config()?;
     let work = match job.kind {
         JobKind::Train => Work::Train(train_work(conn, &run).await?),
         JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &job).await?),
@@ -163,8 +162,7 @@ async fn train_work(conn: &impl ConnectionTrait, run: &store::runs::RunRow) -> R
             resume_files.push(info(a));
         }
     }
-    let params = serde_json::from_str(&run.params_json)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("runs row {}: column `params_json`: {e}", run.id)))?;
+    let params = run.params()?;
     Ok(TrainWork { params, resume_from, resume_files })
 }
 

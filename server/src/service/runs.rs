@@ -2,7 +2,7 @@
 
 use protocol::api::{ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList};
 use protocol::metrics::ClassMetrics;
-use protocol::{ExperimentSpec, RunStatus, Split};
+use protocol::{RunStatus, Split};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -15,18 +15,19 @@ use crate::store::runs::{Filter, RunRow, RunScope, Sort};
 
 pub const MAX_PAGE: u64 = 10_000;
 
-pub(crate) fn run_info(row: RunRow) -> RunInfo {
-    RunInfo {
+pub(crate) fn run_info(row: RunRow) -> Result<RunInfo, ApiError> {
+    let (status, cancel_requested, params) = (row.status()?, row.cancel_requested()?, row.params()?);
+    Ok(RunInfo {
         id: row.id,
         name: row.name,
         experiment: row.experiment,
         sweep_id: row.sweep_id,
         index: row.idx as u32,
-        status: row.status.parse().unwrap_or(RunStatus::Failed),
-        cancel_requested: row.cancel_requested != 0,
+        status,
+        cancel_requested,
         attempt: row.attempt as u32,
         max_attempts: row.max_attempts as u32,
-        params: serde_json::from_str(&row.params_json).unwrap_or_default(),
+        params,
         created_at: row.created_at,
         started_at: row.started_at,
         finished_at: row.finished_at,
@@ -34,7 +35,7 @@ pub(crate) fn run_info(row: RunRow) -> RunInfo {
         error: row.error,
         best_epoch: row.best_epoch,
         sort_value: row.sort_value,
-    }
+    })
 }
 
 /// `sort` is `created`, `-created`, or a metric key; a leading `-` sorts descending
@@ -69,7 +70,7 @@ pub async fn list(state: &AppState, filter: Filter, sort: Sort, limit: u64, offs
     let conn = &state.db.read;
     let rows = store::runs::list(conn, &filter, &sort, limit, offset).await?;
     let total = store::runs::count(conn, &filter).await? as u64;
-    Ok(RunList { runs: rows.into_iter().map(run_info).collect(), total })
+    Ok(RunList { runs: rows.into_iter().map(run_info).collect::<Result<_, _>>()?, total })
 }
 
 pub(crate) async fn get(conn: &impl ConnectionTrait, id: i64) -> Result<RunRow, ApiError> {
@@ -106,7 +107,7 @@ pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
     let version = store::datasets::version_by_id(conn, row.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", row.dataset_version_id))?;
-    let config: ExperimentSpec = serde_json::from_str(&row.config_json).map_err(anyhow::Error::from)?;
+    let config = row.config()?;
     let latest =
         store::metrics::latest(conn, id).await?.into_iter().map(|m| (m.key, MetricValue { step: m.step, value: m.value })).collect();
     let class_results = class_results(conn, id, Split::Val, row.best_epoch).await?;
@@ -117,7 +118,7 @@ pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
         .collect();
     let leases = store::leases::of_run(conn, id).await?.into_iter().map(super::jobs::lease_info).collect::<Result<_, _>>()?;
     Ok(RunDetail {
-        run: run_info(row),
+        run: run_info(row)?,
         config,
         dataset: version.dataset,
         dataset_version: version.version,

@@ -44,17 +44,28 @@ pub struct ItemRow {
 }
 
 impl ItemRow {
-    pub fn into_item(self) -> DatasetItem {
-        DatasetItem {
+    pub fn into_item(self) -> Result<DatasetItem, DbErr> {
+        let split = super::decode_enum(&format!("dataset_items row `{}`", self.path), "split", &self.split)?;
+        Ok(DatasetItem {
             path: self.path,
             sha256: self.sha256,
             bytes: self.bytes as u64,
             label: self.label,
             patient: self.patient,
-            split: self.split.parse().unwrap_or(protocol::Split::Train),
+            split,
             view: self.view,
             acquired_at: self.acquired_at,
-        }
+        })
+    }
+}
+
+impl VersionRow {
+    pub fn classes(&self) -> Result<Vec<String>, DbErr> {
+        super::decode_json(&format!("dataset_versions row {}", self.id), "classes_json", &self.classes_json)
+    }
+
+    pub fn report(&self) -> Result<Vec<protocol::api::IngestionIssue>, DbErr> {
+        super::decode_json(&format!("dataset_versions row {}", self.id), "report_json", &self.report_json)
     }
 }
 

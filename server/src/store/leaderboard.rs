@@ -17,6 +17,12 @@ pub struct LeaderRun {
     pub finished_at: Option<i64>,
 }
 
+impl LeaderRun {
+    pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
+        super::decode_json(&format!("runs row {}", self.id), "params_json", &self.params_json)
+    }
+}
+
 /// The sweep's runs (of one status, if given), without their configs.
 pub async fn runs(conn: &impl ConnectionTrait, sweep_id: i64, status: Option<&str>) -> Result<Vec<LeaderRun>, DbErr> {
     let columns = "SELECT r.id, r.name, j.status, r.params_json, j.error, r.best_epoch, j.started_at, j.finished_at \

@@ -37,6 +37,26 @@ pub(crate) async fn exec(conn: &impl ConnectionTrait, sql: &str, values: Vec<Val
     Ok(conn.execute(statement(conn, sql, values)).await?.rows_affected())
 }
 
+/// Decodes a JSON column; a corrupt value is an error naming the row and column, never a
+/// silent default.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(row: &str, column: &str, text: &str) -> Result<T, DbErr> {
+    serde_json::from_str(text).map_err(|e| DbErr::Custom(format!("{row}: column `{column}`: {e}")))
+}
+
+/// Decodes a text column holding one of an enum's names (`protocol`'s string enums).
+pub(crate) fn decode_enum<T: std::str::FromStr<Err = String>>(row: &str, column: &str, text: &str) -> Result<T, DbErr> {
+    text.parse().map_err(|e: String| DbErr::Custom(format!("{row}: column `{column}`: {e}")))
+}
+
+/// Decodes a BIGINT 0/1 flag.
+pub(crate) fn decode_flag(row: &str, column: &str, value: i64) -> Result<bool, DbErr> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        n => Err(DbErr::Custom(format!("{row}: column `{column}`: {n} is not a flag (0 or 1)"))),
+    }
+}
+
 /// Decodes a stored confusion matrix (`classes_json`, `counts_json`); a corrupt one is an
 /// error naming its row (`what`), never an empty matrix.
 pub(crate) fn decode_matrix(what: &str, classes_json: &str, counts_json: &str) -> Result<protocol::metrics::ConfusionMatrix, DbErr> {

@@ -35,6 +35,28 @@ const RUN_FROM: &str = "FROM runs r JOIN experiments e ON e.id = r.experiment_id
 
 pub use super::jobs::RunScope;
 
+impl RunRow {
+    fn what(&self) -> String {
+        format!("runs row {}", self.id)
+    }
+
+    pub fn status(&self) -> Result<protocol::RunStatus, DbErr> {
+        super::decode_enum(&self.what(), "status", &self.status)
+    }
+
+    pub fn cancel_requested(&self) -> Result<bool, DbErr> {
+        super::decode_flag(&self.what(), "cancel_requested", self.cancel_requested)
+    }
+
+    pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
+        super::decode_json(&self.what(), "params_json", &self.params_json)
+    }
+
+    pub fn config(&self) -> Result<protocol::ExperimentSpec, DbErr> {
+        super::decode_json(&self.what(), "config_json", &self.config_json)
+    }
+}
+
 pub struct NewRun<'a> {
     pub experiment_id: i64,
     pub sweep_id: i64,

@@ -61,8 +61,16 @@ fn env() -> &'static Environment<'static> {
 }
 
 /// Renders `template` with `ctx`; the viewer's name and CSRF token are added for the layout.
-pub(crate) fn render(template: &str, viewer: Option<&Viewer>, ctx: serde_json::Value) -> HttpResponse {
-    let mut ctx = ctx;
+pub(crate) fn render(template: &str, viewer: Option<&Viewer>, view: &impl serde::Serialize) -> HttpResponse {
+    let mut ctx = match serde_json::to_value(view) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!(template, error = %e, "page view failed to serialise");
+            return HttpResponse::InternalServerError()
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("page failed to render: {e}"));
+        }
+    };
     if let (Some(v), Some(map)) = (viewer, ctx.as_object_mut()) {
         map.insert("me".into(), serde_json::json!({"name": v.principal.name, "role": v.principal.role, "csrf": v.csrf}));
     }
@@ -78,7 +86,7 @@ pub(crate) fn render(template: &str, viewer: Option<&Viewer>, ctx: serde_json::V
 /// An error as a page, with the API's status code and message.
 pub(crate) fn error_page(viewer: Option<&Viewer>, error: &ApiError) -> HttpResponse {
     use actix_web::ResponseError;
-    let mut page = render("error.html", viewer, serde_json::json!({"status": error.status_code().as_u16(), "message": error.to_string()}));
+    let mut page = render("error.html", viewer, &serde_json::json!({"status": error.status_code().as_u16(), "message": error.to_string()}));
     *page.status_mut() = error.status_code();
     page
 }
@@ -169,7 +177,7 @@ fn safe_next(next: Option<&str>) -> String {
 
 #[get("/ui/login")]
 async fn login_form(q: web::Query<NextQuery>) -> HttpResponse {
-    render("login.html", None, serde_json::json!({"next": safe_next(q.next.as_deref())}))
+    render("login.html", None, &serde_json::json!({"next": safe_next(q.next.as_deref())}))
 }
 
 #[derive(serde::Deserialize)]
@@ -190,7 +198,7 @@ async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpRe
         let mut page = render(
             "login.html",
             None,
-            serde_json::json!({"next": next, "error": "That token is not valid for the dashboards (unknown, revoked, or a worker token)."}),
+            &serde_json::json!({"next": next, "error": "That token is not valid for the dashboards (unknown, revoked, or a worker token)."}),
         );
         *page.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
         return page;

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use protocol::metrics::ConfusionMatrix;
 use protocol::{JobStatus, keys};
 use protocol::{Role, RunStatus};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{charts, check_csrf, error_page, render, viewer};
@@ -45,6 +45,21 @@ macro_rules! page {
     }};
 }
 
+/// The experiments page: one row per experiment.
+#[derive(Serialize)]
+struct ExperimentsPage {
+    rows: Vec<ExperimentRow>,
+}
+
+#[derive(Serialize)]
+struct ExperimentRow {
+    experiment: protocol::api::ExperimentSummary,
+    /// The succeeded run with the best validation macro-F1.
+    best: Option<protocol::api::RunInfo>,
+    /// The experiment's promoted model.
+    promoted: Option<protocol::api::PromotionInfo>,
+}
+
 #[get("/ui/experiments")]
 async fn experiments(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     page!(req, state, |v| {
@@ -52,14 +67,26 @@ async fn experiments(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         let promotions = service::promotions::list(&state, None).await?;
         let mut rows = Vec::new();
         for e in list {
-            let filter = store::runs::Filter { experiment: Some(e.name.clone()), sweep: None, status: Some("succeeded".into()) };
+            let filter = store::runs::Filter {
+                experiment: Some(e.name.clone()),
+                sweep: None,
+                status: Some(RunStatus::Succeeded.as_str().to_owned()),
+            };
             let sort = service::runs::parse_sort(Some("-val_macro_f1"), None)?;
             let best = service::runs::list(&state, filter, sort, 1, 0).await?.runs.into_iter().next();
             let promoted = promotions.iter().find(|p| p.experiment == e.name && p.superseded_by.is_none());
-            rows.push(json!({"e": e, "best": best, "promoted": promoted}));
+            rows.push(ExperimentRow { experiment: e, best, promoted: promoted.cloned() });
         }
-        Ok(render("experiments.html", Some(&v), json!({"rows": rows})))
+        Ok(render("experiments.html", Some(&v), &ExperimentsPage { rows }))
     })
+}
+
+/// One experiment: its sweeps, its frozen dataset version and its promotions.
+#[derive(Serialize)]
+struct ExperimentPage {
+    experiment: protocol::api::ExperimentDetail,
+    dataset: protocol::api::DatasetVersionInfo,
+    promotions: Vec<protocol::api::PromotionInfo>,
 }
 
 #[get("/ui/experiments/{name}")]
@@ -68,8 +95,60 @@ async fn experiment(req: HttpRequest, state: web::Data<AppState>, name: web::Pat
         let detail = service::experiments::show(&state, &name).await?;
         let dataset = service::datasets::show(&state, &detail.summary.dataset, Some(&detail.summary.dataset_version)).await?;
         let promotions = service::promotions::list(&state, Some(&name)).await?;
-        Ok(render("experiment.html", Some(&v), json!({"x": detail, "dataset": dataset, "promotions": promotions})))
+        Ok(render("experiment.html", Some(&v), &ExperimentPage { experiment: detail, dataset, promotions }))
     })
+}
+
+/// The sweep leaderboard: one row per run, sortable by any column.
+#[derive(Serialize)]
+struct SweepPage {
+    sweep: protocol::api::SweepInfo,
+    rows: Vec<SweepRow>,
+    /// The hyperparameters that differ between the sweep's runs (one column each).
+    varying: Vec<String>,
+    sort: String,
+    status: Option<String>,
+    statuses: &'static [RunStatus],
+}
+
+#[derive(Serialize)]
+struct SweepRow {
+    id: i64,
+    name: String,
+    status: String,
+    /// The values of the varying hyperparameters, in `varying` order.
+    params: Vec<String>,
+    val_accuracy: Option<f64>,
+    val_macro_f1: Option<f64>,
+    worst_recall: Option<f64>,
+    worst_class: Option<String>,
+    epochs: Option<i64>,
+    duration_s: Option<f64>,
+    error: Option<String>,
+}
+
+impl SweepRow {
+    /// The row's value in a numeric column (what the page sorts by).
+    fn number(&self, column: &str) -> Option<f64> {
+        match column {
+            "id" => Some(self.id as f64),
+            "val_accuracy" => self.val_accuracy,
+            "val_macro_f1" => self.val_macro_f1,
+            "worst_recall" => self.worst_recall,
+            "epochs" => self.epochs.map(|e| e as f64),
+            "duration_s" => self.duration_s,
+            _ => None,
+        }
+    }
+
+    /// The row's value in a text column.
+    fn text(&self, column: &str) -> &str {
+        match column {
+            "status" => &self.status,
+            "name" => &self.name,
+            _ => "",
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -96,7 +175,7 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             store::leaderboard::epochs(conn, id),
         );
         let (info, runs) = (info?, runs?);
-        let params: Vec<protocol::spec::Params> = runs.iter().map(|r| serde_json::from_str(&r.params_json).unwrap_or_default()).collect();
+        let params: Vec<protocol::spec::Params> = runs.iter().map(|r| r.params()).collect::<Result<_, _>>()?;
         let metrics: BTreeMap<(i64, String), f64> = best?.into_iter().map(|m| ((m.run_id, m.key), m.value)).collect();
         let worst: BTreeMap<i64, (String, f64)> = worst?.into_iter().map(|r| (r.run_id, (r.class, r.recall))).collect();
         let epochs: BTreeMap<i64, i64> = epochs?.into_iter().map(|e| (e.run_id, e.epochs)).collect();
@@ -108,18 +187,24 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             }
         }
         let varying: Vec<String> = seen.into_iter().filter(|(_, vals)| vals.len() > 1).map(|(k, _)| k.to_owned()).collect();
-        let mut rows: Vec<Value> = runs
+        let mut rows: Vec<SweepRow> = runs
             .iter()
             .zip(&params)
             .map(|(r, p)| {
-                let acc = metrics.get(&(r.id, keys::VAL_ACCURACY.to_owned()));
-                let f1 = metrics.get(&(r.id, keys::VAL_MACRO_F1.to_owned()));
                 let w = worst.get(&r.id);
-                json!({
-                    "id": r.id, "name": r.name, "status": r.status, "params": varying.iter().map(|k| p.get(k).map(|x| x.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
-                    "val_accuracy": acc, "val_macro_f1": f1, "worst_recall": w.map(|w| w.1), "worst_class": w.map(|w| w.0.clone()),
-                    "epochs": epochs.get(&r.id), "duration_s": r.finished_at.zip(r.started_at).map(|(f, s)| (f - s) as f64 / 1000.0), "error": r.error,
-                })
+                SweepRow {
+                    id: r.id,
+                    name: r.name.clone(),
+                    status: r.status.clone(),
+                    params: varying.iter().map(|k| p.get(k).map(|x| x.to_string()).unwrap_or_default()).collect(),
+                    val_accuracy: metrics.get(&(r.id, keys::VAL_ACCURACY.to_owned())).copied(),
+                    val_macro_f1: metrics.get(&(r.id, keys::VAL_MACRO_F1.to_owned())).copied(),
+                    worst_recall: w.map(|w| w.1),
+                    worst_class: w.map(|w| w.0.clone()),
+                    epochs: epochs.get(&r.id).copied(),
+                    duration_s: r.finished_at.zip(r.started_at).map(|(f, s)| (f - s) as f64 / 1000.0),
+                    error: r.error.clone(),
+                }
             })
             .collect();
         let sort = q.sort.clone().unwrap_or_else(|| "-val_macro_f1".to_owned());
@@ -128,9 +213,8 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             None => (sort.clone(), false),
         };
         rows.sort_by(|a, b| {
-            let (x, y) = (&a[&key], &b[&key]);
             // Missing values last, whatever the direction.
-            let ord = match (x.as_f64(), y.as_f64()) {
+            let ord = match (a.number(&key), b.number(&key)) {
                 (Some(p), Some(q)) => {
                     if descending {
                         q.total_cmp(&p)
@@ -140,15 +224,11 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
                 }
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => x.to_string().cmp(&y.to_string()),
+                (None, None) => a.text(&key).cmp(b.text(&key)),
             };
-            ord.then(a["id"].as_i64().cmp(&b["id"].as_i64()))
+            ord.then(a.id.cmp(&b.id))
         });
-        Ok(render(
-            "sweep.html",
-            Some(&v),
-            json!({"sweep": info, "rows": rows, "varying": varying, "sort": sort, "status": status, "statuses": ["queued", "running", "succeeded", "failed", "cancelled"]}),
-        ))
+        Ok(render("sweep.html", Some(&v), &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL }))
     })
 }
 
@@ -161,22 +241,83 @@ fn curves(series: &[protocol::api::MetricSeries], keys: &[&str]) -> Vec<(String,
 }
 
 /// A confusion matrix as rows of cells with a 0-1 shade (row-normalised), for the heatmap.
-fn heatmap(m: &ConfusionMatrix) -> Value {
-    let rows: Vec<Value> = m
+#[derive(Serialize)]
+struct Heatmap {
+    classes: Vec<String>,
+    rows: Vec<HeatmapRow>,
+}
+
+#[derive(Serialize)]
+struct HeatmapRow {
+    class: String,
+    cells: Vec<HeatmapCell>,
+    total: u64,
+}
+
+#[derive(Serialize)]
+struct HeatmapCell {
+    n: u64,
+    shade: f64,
+    /// On the diagonal (a correct prediction).
+    diag: bool,
+}
+
+fn heatmap(m: &ConfusionMatrix) -> Heatmap {
+    let rows = m
         .counts
         .iter()
         .enumerate()
         .map(|(t, row)| {
             let total: u64 = row.iter().sum();
-            let cells: Vec<Value> = row
+            let cells = row
                 .iter()
                 .enumerate()
-                .map(|(p, &n)| json!({"n": n, "shade": if total > 0 { n as f64 / total as f64 } else { 0.0 }, "diag": t == p}))
+                .map(|(p, &n)| HeatmapCell { n, shade: if total > 0 { n as f64 / total as f64 } else { 0.0 }, diag: t == p })
                 .collect();
-            json!({"class": m.classes[t], "cells": cells, "total": total})
+            HeatmapRow { class: m.classes[t].clone(), cells, total }
         })
         .collect();
-    json!({"classes": m.classes, "rows": rows})
+    Heatmap { classes: m.classes.clone(), rows }
+}
+
+/// One run: its charts, epochs, best-epoch results, artifacts, attempts and promotions.
+#[derive(Serialize)]
+struct RunPage {
+    detail: protocol::api::RunDetail,
+    charts: RunCharts,
+    epochs: Vec<EpochRow>,
+    confusion: Option<Heatmap>,
+    checkpoint: Option<protocol::api::ArtifactInfo>,
+    code_version: &'static str,
+    promotions: Vec<PromotionBrief>,
+    can_promote: bool,
+    has_test: bool,
+    /// Queued or running: the page refreshes itself.
+    live: bool,
+    /// The resolved config, pretty-printed.
+    config: String,
+}
+
+/// Inline SVG charts.
+#[derive(Serialize)]
+struct RunCharts {
+    loss: String,
+    quality: String,
+    lr: String,
+}
+
+#[derive(Serialize)]
+struct EpochRow {
+    epoch: i64,
+    metrics: BTreeMap<&'static str, f64>,
+}
+
+#[derive(Serialize)]
+struct PromotionBrief {
+    id: i64,
+    status: String,
+    actor: String,
+    superseded_by: Option<i64>,
 }
 
 #[get("/ui/runs/{id}")]
@@ -187,39 +328,44 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
         let loss = charts::lines("Loss", "cross-entropy", &curves(&series, &[keys::TRAIN_LOSS, keys::VAL_LOSS]));
         let quality = charts::lines("Validation", "score", &curves(&series, &[keys::VAL_MACRO_F1, keys::VAL_ACCURACY]));
         let lr = charts::lines("Learning rate", "lr", &curves(&series, &[keys::LR]));
-        let table: Vec<Value> = {
+        let epochs: Vec<EpochRow> = {
             let epoch_keys = [keys::TRAIN_LOSS, keys::VAL_LOSS, keys::VAL_ACCURACY, keys::VAL_MACRO_F1, keys::LR];
-            let mut by_epoch: BTreeMap<i64, BTreeMap<&str, f64>> = BTreeMap::new();
+            let mut by_epoch: BTreeMap<i64, BTreeMap<&'static str, f64>> = BTreeMap::new();
             for s in series.iter().filter(|s| epoch_keys.contains(&s.key.as_str())) {
                 for p in &s.points {
                     by_epoch.entry(p.step).or_default().insert(epoch_keys.iter().find(|k| **k == s.key).copied().unwrap_or(""), p.value);
                 }
             }
-            by_epoch.into_iter().map(|(epoch, m)| json!({"epoch": epoch, "m": m})).collect()
+            by_epoch.into_iter().map(|(epoch, metrics)| EpochRow { epoch, metrics }).collect()
         };
         let confusion = detail.class_results.as_ref().map(|c| heatmap(&c.confusion));
         let promotions = store::promotions::of_run(&state.db.read, *id).await?;
-        let checkpoint = detail.artifacts.iter().rev().find(|a| a.kind == "best_checkpoint");
+        let checkpoint = detail.artifacts.iter().rev().find(|a| a.kind == "best_checkpoint").cloned();
         let can_promote = detail.run.status == RunStatus::Succeeded && checkpoint.is_some() && v.principal.role.allows(Role::Reviewer);
-        let test = detail.latest.iter().filter(|(k, _)| keys::is_test_metric(k)).count() > 0;
-        Ok(render(
-            "run.html",
-            Some(&v),
-            json!({
-                "d": detail, "charts": {"loss": loss, "quality": quality, "lr": lr}, "epochs": table, "confusion": confusion,
-                "checkpoint": checkpoint, "code_version": service::promotions::CODE_VERSION,
-                "promotions": promotions.iter().map(|p| json!({"id": p.id, "status": p.status, "actor": p.actor, "superseded_by": p.superseded_by})).collect::<Vec<_>>(),
-                "can_promote": can_promote, "has_test": test,
-                "live": matches!(detail.run.status, RunStatus::Running | RunStatus::Queued),
-                "config": serde_json::to_string_pretty(&detail.config).unwrap_or_default(),
-            }),
-        ))
+        let has_test = detail.latest.keys().any(|k| keys::is_test_metric(k));
+        let page = RunPage {
+            charts: RunCharts { loss, quality, lr },
+            epochs,
+            confusion,
+            checkpoint,
+            code_version: service::promotions::CODE_VERSION,
+            promotions: promotions
+                .into_iter()
+                .map(|p| PromotionBrief { id: p.id, status: p.status, actor: p.actor, superseded_by: p.superseded_by })
+                .collect(),
+            can_promote,
+            has_test,
+            live: matches!(detail.run.status, RunStatus::Running | RunStatus::Queued),
+            config: serde_json::to_string_pretty(&detail.config).map_err(anyhow::Error::from)?,
+            detail,
+        };
+        Ok(render("run.html", Some(&v), &page))
     })
 }
 
 /// What the compare page shows: the comparison every client gets from
 /// `GET /api/v1/compare`, with the charts and the runs' colours.
-#[derive(serde::Serialize)]
+#[derive(Serialize)]
 struct ComparePage {
     cmp: protocol::compare::Comparison,
     /// `#rrggbb` per run, in the comparison's run order (the charts' colours).
@@ -258,8 +404,23 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             })
             .collect();
         let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp };
-        Ok(render("compare.html", Some(&v), serde_json::to_value(&page).map_err(anyhow::Error::from)?))
+        Ok(render("compare.html", Some(&v), &page))
     })
+}
+
+/// The audit log, newest first, with the chain's verification.
+#[derive(Serialize)]
+struct AuditPage {
+    chain: protocol::api::ChainCheck,
+    events: Vec<AuditRow>,
+    promotions: Vec<protocol::api::PromotionInfo>,
+}
+
+#[derive(Serialize)]
+struct AuditRow {
+    event: protocol::api::AuditEvent,
+    /// The details as one line of JSON.
+    details: String,
 }
 
 #[get("/ui/audit")]
@@ -267,18 +428,27 @@ async fn audit(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     page!(req, state, |v| {
         let log = service::audit::log(&state, None).await?;
         let promotions = service::promotions::list(&state, None).await?;
-        let events: Vec<Value> = log.events.iter().rev().map(|e| json!({"e": e, "details": e.details.to_string()})).collect();
-        Ok(render("audit.html", Some(&v), json!({"chain": log.chain, "events": events, "promotions": promotions})))
+        let events = log.events.into_iter().rev().map(|event| AuditRow { details: event.details.to_string(), event }).collect();
+        Ok(render("audit.html", Some(&v), &AuditPage { chain: log.chain, events, promotions }))
     })
+}
+
+/// A promotion and, once evaluated, its test report.
+#[derive(Serialize)]
+struct PromotionPage {
+    promotion: protocol::api::PromotionInfo,
+    report: Option<protocol::api::TestReport>,
+    /// The evaluation is still to come: the page refreshes itself.
+    live: bool,
 }
 
 #[get("/ui/promotions/{id}")]
 async fn promotion(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
     page!(req, state, |v| {
-        let p = service::promotions::get(&state, *id).await?;
-        let report = if p.status == JobStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
-        let live = matches!(p.status, JobStatus::Queued | JobStatus::Running);
-        Ok(render("promotion.html", Some(&v), json!({"p": p, "t": report, "live": live})))
+        let promotion = service::promotions::get(&state, *id).await?;
+        let report = if promotion.status == JobStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
+        let live = matches!(promotion.status, JobStatus::Queued | JobStatus::Running);
+        Ok(render("promotion.html", Some(&v), &PromotionPage { promotion, report, live }))
     })
 }
 
