@@ -15,6 +15,7 @@ crate::on_both_databases!(
     unknown_run_is_404,
     bad_json_is_400,
     invalid_dataset_manifest_is_400,
+    a_corrupt_stored_row_is_an_error_not_an_empty_value,
 );
 
 /// Registers a dataset and one experiment, so every test checks that a bad request
@@ -137,4 +138,22 @@ mod limits {
         assert!(body.message.contains("65536"), "{}", body.message);
         unchanged(&app, before).await;
     }
+}
+
+/// A row damaged in the database (here a run's parameters and a job's status) is an error
+/// (500, logged with the row and column), never shown as "no parameters" or a made-up status;
+/// the runs around it still read.
+async fn a_corrupt_stored_row_is_an_error_not_an_empty_value(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let submitted: Value = crate::helpers::ok(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let first = submitted["runs"][0]["run_id"].as_i64().expect("run id");
+    let second = submitted["runs"][1]["run_id"].as_i64().expect("run id");
+    let db = sea_orm::Database::connect(&app.database_url).await.expect("connect");
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!("UPDATE runs SET params_json = '{{not json' WHERE id = {first}")).await.expect("damage");
+    fails(app.get(&app.admin, &format!("/runs/{first}")).await, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    let fine: Value = app.read(&app.admin, &format!("/runs/{second}")).await;
+    assert_eq!(fine["run"]["id"], second);
+    db.execute_unprepared(&format!("UPDATE jobs SET status = 'exploded' WHERE run_id = {second}")).await.expect("damage");
+    fails(app.get(&app.admin, &format!("/runs/{second}")).await, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
 }
