@@ -69,7 +69,7 @@ CREATE TABLE jobs (
     finished_at BIGINT,
     updated_at BIGINT NOT NULL
 );
-CREATE INDEX jobs_queue ON jobs (status, priority, id);
+CREATE INDEX jobs_queue ON jobs (status, priority DESC, id);
 CREATE INDEX jobs_by_run ON jobs (run_id, kind);
 CREATE UNIQUE INDEX jobs_one_train_per_run ON jobs (run_id) WHERE kind = 'train';
 CREATE UNIQUE INDEX jobs_one_per_promotion ON jobs (promotion_id) WHERE promotion_id IS NOT NULL;

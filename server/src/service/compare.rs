@@ -1,6 +1,6 @@
 //! The per-class comparison of 2-20 runs (`GET /api/v1/compare`, the compare page and
 //! `cobb compare`): the runs' best-epoch validation rows and matrices read in three queries
-//! whatever their number, then `protocol::compare::compare`.
+//! whatever their number (side by side), then `protocol::compare::compare`.
 
 use protocol::compare::{Comparison, MAX_RUNS, RunResults};
 use protocol::metrics::{ClassMetrics, ConfusionMatrix};
@@ -40,8 +40,14 @@ pub async fn compare(state: &AppState, ids: &[i64], baseline: Option<i64>) -> Re
         )));
     }
     let conn = &state.db.read;
+    // Three independent reads, side by side on the read pool.
+    let (class_rows, matrix_rows, brief) = tokio::join!(
+        store::leaderboard::best_class_rows(conn, ids),
+        store::leaderboard::best_matrices(conn, ids),
+        store::leaderboard::brief(conn, ids),
+    );
     let mut rows: BTreeMap<i64, Vec<ClassMetrics>> = BTreeMap::new();
-    for r in store::leaderboard::best_class_rows(conn, ids).await? {
+    for r in class_rows? {
         rows.entry(r.run_id).or_default().push(ClassMetrics {
             class: r.class,
             precision: r.precision,
@@ -51,11 +57,10 @@ pub async fn compare(state: &AppState, ids: &[i64], baseline: Option<i64>) -> Re
         });
     }
     let mut matrices: BTreeMap<i64, ConfusionMatrix> = BTreeMap::new();
-    for m in store::leaderboard::best_matrices(conn, ids).await? {
+    for m in matrix_rows? {
         matrices.insert(m.run_id, m.decode()?);
     }
-    let mut brief: BTreeMap<i64, store::leaderboard::BriefRun> =
-        store::leaderboard::brief(conn, ids).await?.into_iter().map(|b| (b.id, b)).collect();
+    let mut brief: BTreeMap<i64, store::leaderboard::BriefRun> = brief?.into_iter().map(|b| (b.id, b)).collect();
     let mut runs = Vec::with_capacity(ids.len());
     for id in ids {
         let b = brief.remove(id).ok_or_else(|| ApiError::not_found("run", id))?;

@@ -104,35 +104,37 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         tx.commit().await?;
         return Ok(None);
     };
-    let Some(attempt) = store::jobs::claim(&tx, job_id, &lease_id, &req.worker, now).await? else {
+    let Some(claimed) = store::jobs::claim(&tx, job_id, &lease_id, &req.worker, now).await? else {
         // Taken between the select and the update: impossible under the lock, but the
         // guarded update makes it safe regardless.
         tx.rollback().await?;
         return Ok(None);
     };
-    let job = get(&tx, job_id).await?;
-    store::leases::insert(&tx, &lease_id, job.id, job.run_id, &req.worker, attempt, now, expires_at).await?;
-    store::workers::seen(&tx, &req.worker, req.device.as_deref(), Some(job.run_id), now).await?;
-    if job.kind == JobKind::Evaluate {
+    let (attempt, kind) = (claimed.attempt, claimed.kind(job_id)?);
+    store::leases::insert(&tx, &lease_id, job_id, claimed.run_id, &req.worker, attempt, now, expires_at).await?;
+    store::workers::seen(&tx, &req.worker, req.device.as_deref(), Some(claimed.run_id), now).await?;
+    if kind == JobKind::Evaluate {
+        let job = get(&tx, job_id).await?;
         super::promotions::evaluation_started(&tx, principal, &job, &req.worker).await?;
     }
     tx.commit().await?;
-    tracing::info!(job.id, job.kind = %job.kind, run.id = job.run_id, lease.id = %lease_id, worker = %req.worker, attempt,
+    tracing::info!(job.id = job_id, job.kind = %kind, run.id = claimed.run_id, lease.id = %lease_id, worker = %req.worker, attempt,
         by = %principal.name, "job leased");
 
-    let conn = &state.db.write;
-    let run = super::runs::get(conn, job.run_id).await?;
+    // Committed: the rest is reads, off SQLite's one write connection.
+    let conn = &state.db.read;
+    let run = super::runs::get(conn, claimed.run_id).await?;
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
     let config = run.config()?;
-    let work = match job.kind {
+    let work = match kind {
         JobKind::Train => Work::Train(train_work(conn, &run).await?),
-        JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &job).await?),
+        JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),
     };
     Ok(Some(JobLease {
         lease_id,
-        job_id: job.id,
+        job_id,
         run_id: run.id,
         run_name: run.name,
         experiment: run.experiment,
@@ -345,7 +347,7 @@ pub async fn complete(state: &AppState, lease_id: &str, req: Complete) -> Result
     store::workers::seen(&tx, &lease.worker, None, None, now).await?;
     tx.commit().await?;
     tracing::info!(job.id, job.kind = %job.kind, run.id = job.run_id, lease.id = %lease_id, %status, "job completed");
-    Ok(job_info(get(&state.db.write, job.id).await?))
+    Ok(job_info(get(&state.db.read, job.id).await?))
 }
 
 /// Gives a job back (worker shutting down): it is queued again at once (a training job
@@ -362,14 +364,14 @@ pub async fn release(state: &AppState, lease_id: &str, req: Release) -> Result<J
     store::workers::seen(&tx, &lease.worker, None, None, now).await?;
     tx.commit().await?;
     tracing::info!(job.id, run.id = job.run_id, lease.id = %lease_id, reason = %req.reason, "lease released");
-    Ok(job_info(get(&state.db.write, job.id).await?))
+    Ok(job_info(get(&state.db.read, job.id).await?))
 }
 
 /// Ends every expired lease: its job is requeued, failed (attempts used up) or cancelled
 /// (a cancel was pending). Returns how many leases were reaped.
 pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
     let now = now_ms();
-    let expired = store::leases::expired(&state.db.write, now).await?;
+    let expired = store::leases::expired(&state.db.read, now).await?;
     let mut reaped = 0;
     for lease in expired {
         let tx = state.db.write.begin().await?;

@@ -196,23 +196,32 @@ pub async fn next_queued(conn: &impl ConnectionTrait, kinds: &[JobKind]) -> Resu
     Ok(one::<Id>(conn, &sql, vals).await?.map(|r| r.id))
 }
 
+/// What a claim returns: enough to write the lease without reading the job again inside
+/// the write transaction (on SQLite every statement there holds the one write lock).
 #[derive(Debug, FromQueryResult)]
-struct Claimed {
-    attempt: i64,
+pub struct Claimed {
+    pub attempt: i64,
+    pub run_id: i64,
+    kind: String,
 }
 
-/// Moves a queued job to running under `lease_id`; its new attempt number, or None if
-/// someone else got it first.
-pub async fn claim(conn: &impl ConnectionTrait, id: i64, lease_id: &str, worker: &str, now: i64) -> Result<Option<i64>, DbErr> {
-    let claimed = one::<Claimed>(
+impl Claimed {
+    pub fn kind(&self, id: i64) -> Result<JobKind, DbErr> {
+        super::decode_enum(&format!("jobs row {id}"), "kind", &self.kind)
+    }
+}
+
+/// Moves a queued job to running under `lease_id`; its new attempt number, run and kind,
+/// or None if someone else got it first.
+pub async fn claim(conn: &impl ConnectionTrait, id: i64, lease_id: &str, worker: &str, now: i64) -> Result<Option<Claimed>, DbErr> {
+    one::<Claimed>(
         conn,
         "UPDATE jobs SET status = $1, attempt = attempt + 1, lease_id = $2, worker = $3, \
          started_at = COALESCE(started_at, $4), updated_at = $4 \
-         WHERE id = $5 AND status = $6 RETURNING attempt",
+         WHERE id = $5 AND status = $6 RETURNING attempt, run_id, kind",
         values![JobStatus::Running.as_str(), lease_id, worker, now, id, JobStatus::Queued.as_str()],
     )
-    .await?;
-    Ok(claimed.map(|c| c.attempt))
+    .await
 }
 
 /// Ends the job's current lease in the job row: its new status (queued again, or an end
