@@ -99,6 +99,7 @@ DROP TABLE promotions;
 ALTER TABLE promotions_v2 RENAME TO promotions;
 CREATE INDEX promotions_by_experiment ON promotions (experiment_id, id);
 CREATE INDEX promotions_by_run ON promotions (run_id, id);
+CREATE INDEX promotions_by_checkpoint ON promotions (checkpoint_sha256);
 
 DROP INDEX runs_queue;
 DROP INDEX runs_by_experiment;

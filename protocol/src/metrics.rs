@@ -52,7 +52,14 @@ pub enum MatrixError {
     RowLength { row: usize, len: usize, classes: usize },
     #[error("class index {index} is out of range for {classes} classes")]
     ClassIndex { index: usize, classes: usize },
+    #[error("class `{0}` appears twice in the confusion matrix")]
+    DuplicateClass(String),
+    #[error("the confusion matrix's counts add up to more than 2^53 (they would not be exact)")]
+    Overflow,
 }
+
+/// The largest total a matrix may hold: every count stays exact as an f64.
+const MAX_TOTAL: u64 = 1 << 53;
 
 fn ratio(numerator: u64, denominator: u64) -> f64 {
     if denominator == 0 { 0.0 } else { numerator as f64 / denominator as f64 }
@@ -76,6 +83,14 @@ impl ConfusionMatrix {
         }
         if let Some((row, r)) = counts.iter().enumerate().find(|(_, r)| r.len() != classes.len()) {
             return Err(MatrixError::RowLength { row, len: r.len(), classes: classes.len() });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(c) = classes.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(MatrixError::DuplicateClass(c.clone()));
+        }
+        let total = counts.iter().flatten().try_fold(0u64, |sum, &n| sum.checked_add(n));
+        if total.is_none_or(|t| t > MAX_TOTAL) {
+            return Err(MatrixError::Overflow);
         }
         Ok(Self { classes, counts })
     }

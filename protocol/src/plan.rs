@@ -27,8 +27,48 @@ pub struct Plan {
     pub runs: Vec<PlannedRun>,
 }
 
+/// The largest spec accepted: a spec is a few KB; this bounds the parser's work.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// The deepest nesting of flow collections (`[...]`, `{...}`) accepted. YAML parsing time
+/// grows with the square of that depth; a real spec nests two or three levels.
+pub const MAX_FLOW_DEPTH: usize = 32;
+
+/// Refuses, before any parsing, a source too large or nested too deep to be a spec.
+fn bounded(source: &str, file: &str) -> Result<(), SpecError> {
+    let error =
+        |line: usize, message: String| SpecError { file: file.to_owned(), line, column: 0, path: String::new(), message, hint: None };
+    if source.len() > MAX_SPEC_BYTES {
+        return Err(error(0, format!("the spec is {} KB; a spec is at most {} KB", source.len() / 1024, MAX_SPEC_BYTES / 1024)));
+    }
+    // Brackets inside quoted scalars do not count; a quote opens a scalar only where one can
+    // start (after a space, `:`, `,`, `[`, `{` or at a line's start), so an apostrophe in
+    // plain text cannot hide what follows it.
+    let (mut depth, mut line, mut quote, mut prev) = (0usize, 1usize, None::<char>, '\n');
+    for c in source.chars() {
+        let starts_scalar = matches!(prev, '\n' | ' ' | '\t' | ':' | ',' | '[' | '{');
+        prev = c;
+        match (quote, c) {
+            (_, '\n') => line += 1,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') if starts_scalar => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(error(line, format!("flow collections (`[`, `{{`) nest deeper than {MAX_FLOW_DEPTH} levels")));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses, checks and expands a spec. `file` names the source in error messages.
 pub fn parse(source: &str, file: &str) -> Result<Plan, SpecError> {
+    bounded(source, file)?;
     let spec = spec::deserialize(source, file)?;
     if let Some(issue) = spec::validate(&spec).into_iter().next() {
         return Err(spec::position(source, file, issue));
@@ -83,5 +123,23 @@ fn blame(params: &Params) -> String {
     match params.keys().next() {
         Some(first) if params.len() == 1 => format!("sweep.parameters.{first}"),
         _ => "sweep.parameters".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_flow_nesting_and_huge_specs_are_refused_before_parsing() {
+        let deep = format!("name: x\ndescription: it's {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let started = std::time::Instant::now();
+        let e = parse(&deep, "deep.yaml").expect_err("refused");
+        assert!(e.message.contains("nest deeper"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(200), "refused without parsing");
+        let quoted = format!("name: x\ndescription: \"{}\"\n", "[".repeat(100));
+        assert!(!parse(&quoted, "q.yaml").expect_err("not a full spec").message.contains("nest deeper"), "brackets in quotes do not count");
+        let huge = format!("name: x\ndescription: {}\n", "a".repeat(MAX_SPEC_BYTES));
+        assert!(parse(&huge, "huge.yaml").expect_err("refused").message.contains("at most 256 KB"));
     }
 }

@@ -29,6 +29,7 @@ impl Application {
         let artifacts = crate::artifacts::ArtifactStore::open(&config)?;
         let state = web::Data::new(AppState { db, artifacts, config: config.clone(), token_cache: RwLock::new(HashMap::new()) });
         let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
+        tighten_modes(&config.data_dir).with_context(|| format!("while restricting the modes of {}", config.data_dir.display()))?;
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("while binding {}", config.bind))?;
         let port = listener.local_addr()?.port();
@@ -61,4 +62,28 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// The files in a data dir that hold secrets or the database: readable by their owner only.
+const PRIVATE_FILES: [&str; 5] = ["admin.token", "worker.token", "cobb.db", "cobb.db-wal", "cobb.db-shm"];
+
+/// Data dir 0700 (so the artifact blobs under it are the owner's only) and the secrets and
+/// SQLite files in it 0600, on every start: a file left with a loose mode by an earlier
+/// version, a copy or a restore is fixed. SQLite creates its -wal and -shm files with the
+/// database's mode.
+fn tighten_modes(data_dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+        for name in PRIVATE_FILES {
+            let path = data_dir.join(name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (data_dir, PRIVATE_FILES);
+    Ok(())
 }

@@ -256,7 +256,7 @@ async fn worker_token(client: &Client, data_dir: &Path) -> Result<String, Failur
     }
     let name = format!("local-workers-{}", std::process::id());
     let created: CreatedToken = client.post("/tokens", &CreateToken { name, role: Role::Worker }).await?;
-    std::fs::write(&path, &created.token).with_context(|| format!("while writing {}", path.display()))?;
+    server::service::tokens::write_private(&path, &created.token).with_context(|| format!("while writing {}", path.display()))?;
     Ok(created.token)
 }
 

@@ -24,7 +24,13 @@ fn run_name(experiment: &str, sweep_id: Option<i64>, index: u32) -> String {
 
 pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Result<SubmitResult, ApiError> {
     let file = req.file.clone().unwrap_or_else(|| "experiment.yaml".to_owned());
-    let plan::Plan { spec: parsed, runs: planned } = plan::parse(&req.yaml, &file).map_err(|e| ApiError::InvalidSpec(Box::new(e)))?;
+    // Parsing is CPU work (bounded by plan::MAX_SPEC_BYTES and MAX_FLOW_DEPTH): off the
+    // request threads.
+    let (yaml, name) = (req.yaml.clone(), file.clone());
+    let parsed = tokio::task::spawn_blocking(move || plan::parse(&yaml, &name))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the spec parser crashed: {e}")))?;
+    let plan::Plan { spec: parsed, runs: planned } = parsed.map_err(|e| ApiError::InvalidSpec(Box::new(e)))?;
 
     let tx = state.db.write.begin().await?;
     let version = super::datasets::resolve(&tx, &parsed.dataset.name, parsed.dataset.version.as_deref()).await?;

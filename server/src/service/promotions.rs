@@ -10,7 +10,6 @@
 //! is an audit event.
 
 use protocol::api::{ArtifactInfo, Complete, EvaluateWork, MetricPoint, PromotionInfo, TestReport};
-use protocol::metrics::ConfusionMatrix;
 use protocol::{AuditAction, JobKind, JobStatus, RunStatus, Split};
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde_json::json;
@@ -99,8 +98,18 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     let version = store::datasets::version_by_id(&tx, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    // A model is evaluated on the test split once: a run promoted before keeps its result.
-    let evaluated = store::promotions::of_run(&tx, run_id).await?.into_iter().any(|p| p.status == JobStatus::Succeeded.as_str());
+    // A model (its best checkpoint, by sha256) is evaluated on the test split at most once,
+    // ever: a model evaluated before keeps its result; one whose evaluation is running waits
+    // for it (the test items are already out).
+    let earlier = store::promotions::by_checkpoint(&tx, &checkpoint.sha256).await?;
+    let evaluated = earlier.iter().any(|p| p.status == JobStatus::Succeeded.as_str());
+    if !evaluated && let Some(p) = earlier.iter().find(|p| p.job_id.is_some() && p.status == JobStatus::Running.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "run {run_id}'s model is being evaluated on the test split right now (promotion {}); promote it again when that \
+             evaluation has finished, and its result will be reused",
+            p.id
+        )));
+    }
     let now = now_ms();
     let config_hash = sha256_hex(&run.config_json);
     let id = store::promotions::insert(
@@ -127,6 +136,23 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     }
     if let Some(old) = &current {
         store::promotions::supersede(&tx, old.id, id, now).await?;
+        // The superseded model's evaluation, if still queued, will not run: test items leave
+        // the server only for the experiment's promoted model.
+        if let Some(job) = store::jobs::of_promotion(&tx, old.id).await?
+            && store::jobs::cancel_queued_job(&tx, job.id, &format!("superseded by promotion {id} before it started"), now).await? > 0
+        {
+            audit::append(
+                &tx,
+                Event {
+                    actor: &who.name,
+                    action: AuditAction::EvaluationCancel,
+                    experiment: Some(&run.experiment),
+                    run_id: Some(old.run_id),
+                    details: json!({"promotion": old.id, "job": job.id, "reason": format!("superseded by promotion {id}")}),
+                },
+            )
+            .await?;
+        }
     }
     audit::append(
         &tx,
@@ -272,8 +298,7 @@ pub(crate) async fn evaluation_ended(
                 "an evaluation completes with the test confusion matrix (`confusion`); without one it cannot succeed".into(),
             ));
         };
-        let matrix =
-            ConfusionMatrix::from_parts(confusion.classes, confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let matrix = super::worker_writes::version_matrix(conn, job.dataset_version_id, confusion).await?;
         if matrix.total() == 0 {
             return Err(ApiError::InvalidRequest("the test confusion matrix is empty".into()));
         }

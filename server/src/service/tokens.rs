@@ -57,7 +57,8 @@ pub async fn ensure_admin(state: &AppState, data_dir: &Path) -> anyhow::Result<O
     Ok(Some(created.token))
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a secret readable by its owner only (mode 0600 on Unix).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

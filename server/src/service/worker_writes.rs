@@ -34,9 +34,9 @@ pub async fn ingest_metrics(
         )));
     }
     for m in &batch.metrics {
-        if m.key.is_empty() || m.key.len() > 250 || m.step < 0 || !m.value.is_finite() {
+        if m.key.is_empty() || m.key.len() > 250 || m.step < 0 || m.step > MAX_STEP || !m.value.is_finite() {
             return Err(ApiError::InvalidRequest(format!(
-                "metric `{}` at step {}: keys are 1-250 characters, steps >= 0, values finite",
+                "metric `{}` at step {}: keys are 1-250 characters, steps 0-{MAX_STEP}, values finite",
                 m.key, m.step
             )));
         }
@@ -73,17 +73,50 @@ pub async fn ingest_metrics(
     Ok(accepted)
 }
 
+/// An epoch's validation confusion matrix: the lease is checked first, then the matrix must
+/// be over exactly the dataset version's classes, in order (nothing else is computed or
+/// stored, whatever its size).
 pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
-    let matrix =
-        ConfusionMatrix::from_parts(req.confusion.classes, req.confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if req.epoch < 0 {
-        return Err(ApiError::InvalidRequest("epoch must be >= 0".to_owned()));
+    if req.epoch < 0 || req.epoch > MAX_STEP {
+        return Err(ApiError::InvalidRequest(format!("epoch must be 0-{MAX_STEP}")));
     }
+    let (tx, _, job) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
+    let matrix = match version_matrix(&tx, job.dataset_version_id, req.confusion).await {
+        Ok(matrix) => matrix,
+        Err(e) => {
+            tx.rollback().await?;
+            return Err(e);
+        }
+    };
     let report = matrix.report();
-    let (tx, _, _) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
     store::results::upsert_epoch(&tx, run_id, req.epoch, Split::Val.as_str(), &matrix, &report).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The largest step (epoch) a metric or result may carry: far beyond any training run, and
+/// small enough that every page can do arithmetic on it.
+pub const MAX_STEP: i64 = 1_000_000;
+
+/// `confusion` as a matrix, when its classes are exactly the dataset version's (the same
+/// names in the same order): a worker cannot store a matrix of any other shape.
+pub(crate) async fn version_matrix(
+    conn: &impl sea_orm::ConnectionTrait,
+    version_id: i64,
+    confusion: ConfusionMatrix,
+) -> Result<ConfusionMatrix, ApiError> {
+    let version =
+        store::datasets::version_by_id(conn, version_id).await?.ok_or_else(|| ApiError::not_found("dataset version", version_id))?;
+    let classes = version.classes()?;
+    if confusion.classes != classes {
+        return Err(ApiError::InvalidRequest(format!(
+            "the confusion matrix's classes must be the dataset version's {} classes in their order ({}), not {} class(es)",
+            classes.len(),
+            classes.join(", "),
+            confusion.classes.len()
+        )));
+    }
+    ConfusionMatrix::from_parts(confusion.classes, confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
 pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact) -> Result<(), ApiError> {

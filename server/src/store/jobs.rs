@@ -245,6 +245,16 @@ pub async fn finish_lease(
     .await
 }
 
+/// Cancels one job if it is still queued (nobody has it); returns the rows changed.
+pub async fn cancel_queued_job(conn: &impl ConnectionTrait, id: i64, reason: &str, now: i64) -> Result<u64, DbErr> {
+    exec(
+        conn,
+        "UPDATE jobs SET status = $1, error = $2, finished_at = $3, updated_at = $3 WHERE id = $4 AND status = $5",
+        values![JobStatus::Cancelled.as_str(), reason, now, id, JobStatus::Queued.as_str()],
+    )
+    .await
+}
+
 /// A released lease does not count as an attempt.
 pub async fn forgive_attempt(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
     exec(conn, "UPDATE jobs SET attempt = attempt - 1 WHERE id = $1 AND attempt > 0", values![id]).await?;

@@ -102,6 +102,11 @@ pub async fn list(conn: &impl ConnectionTrait, experiment_id: Option<i64>) -> Re
     }
 }
 
+/// Promotions of the model with this best-checkpoint sha256 (any run), oldest first.
+pub async fn by_checkpoint(conn: &impl ConnectionTrait, sha256: &str) -> Result<Vec<PromotionRow>, DbErr> {
+    all(conn, &format!("SELECT {COLUMNS} {FROM} WHERE p.checkpoint_sha256 = $1 ORDER BY p.id"), values![sha256]).await
+}
+
 /// Promotions of one run, oldest first.
 pub async fn of_run(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<PromotionRow>, DbErr> {
     all(conn, &format!("SELECT {COLUMNS} {FROM} WHERE p.run_id = $1 ORDER BY p.id"), values![run_id]).await

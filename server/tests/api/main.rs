@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod datasets;
 mod experiments;
+mod hardening;
 mod leases;
 mod migration;
 mod promotions;

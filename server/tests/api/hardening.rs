@@ -1,0 +1,103 @@
+//! Regression tests for the hardening issue: each failed before its fix.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, CLASSES, GRID_2X2, TestApp, fails, ok, spawn_app, spec};
+use crate::promotions::finish_a_run;
+
+crate::on_both_databases!(
+    a_worker_can_store_only_matrices_over_the_versions_classes,
+    a_huge_or_deeply_nested_spec_is_refused_before_parsing,
+    a_model_is_evaluated_on_the_test_split_at_most_once,
+);
+
+async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease: Value = ok(app.post(&app.admin, "/leases", &json!({"worker": "w"})).await).await;
+    let (id, run) = (lease["lease_id"].as_str().expect("lease"), lease["run_id"].as_i64().expect("run"));
+    // 1,000 classes (a 2 MB body) made the next view of the run page abort the server.
+    let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let bomb = json!({"lease_id": id, "epoch": 0, "confusion": {"classes": names, "counts": vec![vec![0u64; 1000]; 1000]}});
+    let body = fails(app.post(&app.admin, &format!("/runs/{run}/results"), &bomb).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert!(body.message.contains("dataset version's 3 classes"), "{}", body.message);
+    let renamed =
+        json!({"lease_id": id, "epoch": 0, "confusion": {"classes": ["a", "b", "c"], "counts": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}});
+    fails(app.post(&app.admin, &format!("/runs/{run}/results"), &renamed).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // A made-up lease is refused as such, whatever the matrix.
+    let stranger = json!({"lease_id": "made-up", "epoch": 0, "confusion": {"classes": names, "counts": vec![vec![0u64; 1000]; 1000]}});
+    fails(app.post(&app.admin, &format!("/runs/{run}/results"), &stranger).await, StatusCode::CONFLICT, "lease_lost").await;
+    let overflow =
+        json!({"lease_id": id, "epoch": 0, "confusion": {"classes": CLASSES, "counts": [[u64::MAX, 1, 0], [0, 0, 0], [0, 0, 0]]}});
+    fails(app.post(&app.admin, &format!("/runs/{run}/results"), &overflow).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let fine = json!({"lease_id": id, "epoch": 0, "confusion": {"classes": CLASSES, "counts": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}});
+    assert_eq!(app.post(&app.admin, &format!("/runs/{run}/results"), &fine).await.status(), StatusCode::NO_CONTENT);
+    // A metric at step i64::MAX made the sweep page answer 500 forever.
+    let far = json!({"lease_id": id, "metrics": [{"key": "val_loss", "step": i64::MAX, "value": 1.0}]});
+    fails(app.post(&app.admin, &format!("/runs/{run}/metrics"), &far).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    assert_eq!(detail["class_results"]["per_class"].as_array().map(Vec::len), Some(3));
+}
+
+async fn a_huge_or_deeply_nested_spec_is_refused_before_parsing(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let started = std::time::Instant::now();
+    let deep = format!("name: e\ndescription: {}{}\n", "[".repeat(80_000), "]".repeat(80_000));
+    let body = fails(app.post(&app.admin, "/experiments", &json!({"yaml": deep})).await, StatusCode::BAD_REQUEST, "invalid_spec").await;
+    assert!(body.message.contains("nest deeper"), "{}", body.message);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "refused without parsing: {:?}", started.elapsed());
+    let long = spec("e", "d", "").replace("name: e\n", &format!("name: e\ndescription: {}\n", "x".repeat(300 * 1024)));
+    let body = fails(app.post(&app.admin, "/experiments", &json!({"yaml": long})).await, StatusCode::BAD_REQUEST, "invalid_spec").await;
+    assert!(body.message.contains("at most 256 KB"), "{}", body.message);
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+}
+
+/// The run ids of every evaluation job a worker can lease now (each left running).
+async fn lease_all_evaluations(app: &TestApp, worker: &str) -> Vec<i64> {
+    let mut runs = Vec::new();
+    loop {
+        let response = app.post(worker, "/leases", &json!({"worker": "w9", "kinds": ["evaluate"]})).await;
+        if response.status() == StatusCode::NO_CONTENT {
+            return runs;
+        }
+        let job: Value = ok(response).await;
+        runs.push(job["run_id"].as_i64().expect("run"));
+    }
+}
+
+async fn a_model_is_evaluated_on_the_test_split_at_most_once(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let worker = app.token("w", "worker").await;
+    let (a, b) = (finish_a_run(&app, &worker).await, finish_a_run(&app, &worker).await);
+    let why = json!({"reason": "r"});
+    // Promote a, then b (a's queued evaluation is cancelled), then a again.
+    ok::<Value>(app.post(&app.admin, &format!("/runs/{a}/promote"), &why).await).await;
+    ok::<Value>(app.post(&app.admin, &format!("/runs/{b}/promote"), &why).await).await;
+    let again: Value = ok(app.post(&app.admin, &format!("/runs/{a}/promote"), &why).await).await;
+    assert_eq!(again["status"], "queued");
+    assert_eq!(lease_all_evaluations(&app, &worker).await, vec![a], "run a's model is handed out once, b's not at all");
+    // While a's evaluation runs, promoting b then a again waits for it instead of a second one.
+    ok::<Value>(app.post(&app.admin, &format!("/runs/{b}/promote"), &why).await).await;
+    let body = fails(app.post(&app.admin, &format!("/runs/{a}/promote"), &why).await, StatusCode::CONFLICT, "conflict").await;
+    assert!(body.message.contains("being evaluated"), "{}", body.message);
+    assert_eq!(lease_all_evaluations(&app, &worker).await, vec![b]);
+    let log: Value = app.read(&app.admin, "/audit?experiment=e").await;
+    let cancels = log["events"].as_array().expect("events").iter().filter(|e| e["action"] == "evaluation.cancel").count();
+    assert_eq!(cancels, 2, "each superseded queued evaluation is cancelled, with an audit event");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_its_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite app");
+    let db = app.database_url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
+    let db = std::path::Path::new(&db);
+    let dir = db.parent().expect("data dir");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700, "data dir");
+    assert_eq!(mode(&dir.join("admin.token")), 0o600, "admin.token");
+    assert_eq!(mode(db), 0o600, "cobb.db");
+}
