@@ -46,6 +46,13 @@ impl Client {
         Ok(self.inner.post(path, body).await?)
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.inner
+            .send::<(), T>(reqwest::Method::DELETE, path, None)
+            .await?
+            .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("empty answer from {path}")))
+    }
+
     /// The body of a successful GET as text (CSV downloads).
     pub async fn get_text(&self, path: &str) -> Result<String, Failure> {
         Ok(self.inner.get_text(path).await?)

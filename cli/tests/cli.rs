@@ -259,6 +259,23 @@ fn register_submit_and_list_against_a_real_server() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("needs the submitter role"), "{}", text(&out).1);
+
+    // Listing and revoking tokens: the revoked one stops working at once.
+    let out = cobb(dir.path(), &url, &["token", "create", "--role", "viewer", "--name", "temp", "--expires-in", "1d"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let list = text(&cobb(dir.path(), &url, &["token", "list"])).0;
+    assert!(list.contains("ann") && list.contains("temp") && list.contains("valid until"), "{list}");
+    assert!(!list.contains(&token), "the list never shows a token");
+    let out = cobb(dir.path(), &url, &["token", "revoke", "ann"]);
+    assert!(out.status.success() && text(&out).0.contains("revoked viewer token `ann`"), "{:?}", text(&out));
+    let out = Command::new(COBB)
+        .args(["runs"])
+        .current_dir(dir.path())
+        .env("COBB_SERVER", &url)
+        .env("COBB_TOKEN", &token)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success() && text(&out).1.contains("revoked"), "{}", text(&out).1);
 }
 
 #[test]

@@ -32,6 +32,7 @@ mod m001_initial;
 mod m002_promotions;
 mod m003_sessions;
 mod m004_jobs;
+mod m005_token_expiry;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m002_promotions::Migration),
             Box::new(m003_sessions::Migration),
             Box::new(m004_jobs::Migration),
+            Box::new(m005_token_expiry::Migration),
         ]
     }
 }

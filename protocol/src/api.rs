@@ -16,6 +16,21 @@ pub type Millis = i64;
 pub struct CreateToken {
     pub name: String,
     pub role: Role,
+    /// The token stops working this many seconds after its creation (never when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A token as `GET /tokens` lists it (never the token or its hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub revoked_at: Option<Millis>,
+    pub expires_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +39,8 @@ pub struct CreatedToken {
     pub role: Role,
     /// Shown once; the server keeps only its hash.
     pub token: String,
+    #[serde(default)]
+    pub expires_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

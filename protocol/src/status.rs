@@ -78,6 +78,7 @@ string_enum!(
     /// chain covers them.)
     AuditAction {
         TokenCreate => "token.create",
+        TokenRevoke => "token.revoke",
         DatasetRegister => "dataset.register",
         ExperimentSubmit => "experiment.submit",
         RunCancel => "run.cancel",

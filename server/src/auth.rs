@@ -28,14 +28,20 @@ impl FromRequest for Principal {
             let state = state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("state missing")))?;
             let token = token.ok_or_else(|| ApiError::Unauthorized("no bearer token: send `Authorization: Bearer TOKEN`".to_owned()))?;
             let hash = hash_token(&token);
-            if let Some(principal) = state.token_cache.read().ok().and_then(|c| c.get(&hash).cloned()) {
+            let now = std::time::Instant::now();
+            let cached = state.token_cache.read().ok().and_then(|c| c.get(&hash).filter(|(_, until)| *until > now).map(|(p, _)| p.clone()));
+            if let Some(principal) = cached {
                 return Ok(principal);
             }
-            let principal = store::tokens::find_by_hash(&state.db.read, &hash)
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("the token is not valid (unknown or revoked)".to_owned()))?;
+            let Some(principal) = store::tokens::find_by_hash(&state.db.read, &hash, crate::clock::now_ms()).await? else {
+                if let Ok(mut cache) = state.token_cache.write() {
+                    cache.remove(&hash);
+                }
+                tracing::info!("a request with an unknown, revoked or expired token was refused");
+                return Err(ApiError::Unauthorized("the token is not valid (unknown, revoked or expired)".to_owned()));
+            };
             if let Ok(mut cache) = state.token_cache.write() {
-                cache.insert(hash, principal.clone());
+                cache.insert(hash, (principal.clone(), now + crate::state::TOKEN_CACHE_TTL));
             }
             Ok(principal)
         })

@@ -13,6 +13,12 @@ pub struct AppState {
     pub db: Db,
     pub artifacts: crate::artifacts::ArtifactStore,
     pub config: ServerConfig,
-    /// token hash -> principal, filled on first use.
-    pub token_cache: RwLock<HashMap<String, Principal>>,
+    /// token hash -> principal and until when the entry may be used (a few seconds, so a
+    /// revocation or expiry reaches every server at once or within [`TOKEN_CACHE_TTL`]).
+    pub token_cache: RwLock<HashMap<String, (Principal, std::time::Instant)>>,
 }
+
+/// How long a resolved token is trusted without asking the database again. A revocation on
+/// this server evicts the entry at once; one made through another server (two servers on one
+/// PostgreSQL) or an expiry takes effect within this time.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);

@@ -255,7 +255,7 @@ async fn worker_token(client: &Client, data_dir: &Path) -> Result<String, Failur
         return Ok(token.trim().to_owned());
     }
     let name = format!("local-workers-{}", std::process::id());
-    let created: CreatedToken = client.post("/tokens", &CreateToken { name, role: Role::Worker }).await?;
+    let created: CreatedToken = client.post("/tokens", &CreateToken { name, role: Role::Worker, expires_in_secs: None }).await?;
     server::service::tokens::write_private(&path, &created.token).with_context(|| format!("while writing {}", path.display()))?;
     Ok(created.token)
 }

@@ -36,7 +36,7 @@ pub async fn find(conn: &impl ConnectionTrait, id_hash: &str, now: i64) -> Resul
     let row = one::<SessionRow>(
         conn,
         "SELECT t.name, t.role, s.csrf FROM sessions s JOIN api_tokens t ON t.token_hash = s.token_hash \
-         WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
+         WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)",
         values![id_hash, now],
     )
     .await?;

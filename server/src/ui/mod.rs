@@ -126,7 +126,9 @@ pub(crate) fn url_encode(s: &str) -> String {
 /// to the login page, or 403 for a worker token.
 pub(crate) async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, HttpResponse> {
     let found = if let Some(token) = bearer(req) {
-        store::tokens::find_by_hash(&state.db.read, &hash_token(&token)).await.map(|p| p.map(|principal| Viewer { principal, csrf: None }))
+        store::tokens::find_by_hash(&state.db.read, &hash_token(&token), now_ms())
+            .await
+            .map(|p| p.map(|principal| Viewer { principal, csrf: None }))
     } else if let Some(session) = cookie(req, SESSION_COOKIE) {
         store::sessions::find(&state.db.read, &hash_token(&session), now_ms())
             .await
@@ -190,7 +192,7 @@ struct LoginForm {
 async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpResponse {
     let next = safe_next(form.next.as_deref());
     let token_hash = hash_token(form.token.trim());
-    let principal = match store::tokens::find_by_hash(&state.db.read, &token_hash).await {
+    let principal = match store::tokens::find_by_hash(&state.db.read, &token_hash, now_ms()).await {
         Ok(p) => p,
         Err(e) => return error_page(None, &e.into()),
     };

@@ -10,6 +10,8 @@ crate::on_both_databases!(
     a_worker_can_store_only_matrices_over_the_versions_classes,
     a_huge_or_deeply_nested_spec_is_refused_before_parsing,
     a_model_is_evaluated_on_the_test_split_at_most_once,
+    a_revoked_token_stops_working_at_once,
+    an_expired_token_stops_working,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -100,4 +102,43 @@ async fn the_data_dir_and_its_secrets_are_private() {
     assert_eq!(mode(dir), 0o700, "data dir");
     assert_eq!(mode(&dir.join("admin.token")), 0o600, "admin.token");
     assert_eq!(mode(db), 0o600, "cobb.db");
+}
+
+async fn a_revoked_token_stops_working_at_once(app: TestApp) {
+    let second: Value = ok(app.post(&app.admin, "/tokens", &json!({"name": "ops", "role": "admin"})).await).await;
+    let ops = second["token"].as_str().expect("token").to_owned();
+    let viewer = app.token("v", "viewer").await;
+    // Used once (and so cached) before it is revoked.
+    let me: Value = app.read(&ops, "/whoami").await;
+    assert_eq!(me["name"], "ops");
+    fails(app.get(&viewer, "/tokens").await, StatusCode::FORBIDDEN, "forbidden").await;
+    let listed: Vec<Value> = app.read(&app.admin, "/tokens").await;
+    assert!(listed.iter().all(|t| t.get("token").is_none() && t.get("token_hash").is_none()), "never the token or its hash");
+    let revoked: Value = app
+        .http
+        .delete(format!("{}/tokens/ops", app.base))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .expect("delete")
+        .json()
+        .await
+        .expect("json");
+    assert!(revoked["revoked_at"].is_i64(), "{revoked}");
+    // The revoked admin token can neither read nor make a new admin token.
+    fails(app.get(&ops, "/whoami").await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    fails(app.post(&ops, "/tokens", &json!({"name": "backdoor", "role": "admin"})).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let again = app.http.delete(format!("{}/tokens/ops", app.base)).bearer_auth(&app.admin).send().await.expect("delete");
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let log: Value = app.read(&app.admin, "/audit").await;
+    assert!(log["events"].as_array().expect("events").iter().any(|e| e["action"] == "token.revoke" && e["details"]["name"] == "ops"));
+}
+
+async fn an_expired_token_stops_working(app: TestApp) {
+    let made: Value = ok(app.post(&app.admin, "/tokens", &json!({"name": "brief", "role": "viewer", "expires_in_secs": 1})).await).await;
+    assert!(made["expires_at"].is_i64(), "{made}");
+    let brief = made["token"].as_str().expect("token").to_owned();
+    let _: Value = app.read(&brief, "/whoami").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200) + server::state::TOKEN_CACHE_TTL).await;
+    fails(app.get(&brief, "/whoami").await, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
