@@ -221,10 +221,18 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     })
 }
 
+/// A CSV cell: quoted when it holds a separator, a quote or a line break, and defused when a
+/// spreadsheet would read it as a formula (`=`, `+`, `-`, `@`, tab or carriage return first:
+/// a class name such as `=HYPERLINK(...)` is shown as text, prefixed with `'`).
+pub fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_owned() };
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+}
+
 /// The report as CSV: one row per class, then the averages and the roll-ups.
 pub fn report_csv(t: &TestReport) -> String {
     let mut out = String::from("section,class,precision,recall,f1,support\n");
-    let quote = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() };
+    let quote = |s: &str| csv_cell(s);
     for (section, report) in [("class", &t.report), ("view", &t.by_view), ("phase", &t.by_phase)] {
         for c in &report.per_class {
             out.push_str(&format!("{section},{},{:.4},{:.4},{:.4},{}\n", quote(&c.class), c.precision, c.recall, c.f1, c.support));
@@ -371,4 +379,19 @@ pub(crate) async fn evaluation_expired(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn csv_cells_are_quoted_and_never_formulas() {
+        assert_eq!(csv_cell("ap_preop"), "ap_preop");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=HYPERLINK(\"http://x\")"), "\"'=HYPERLINK(\"\"http://x\"\")\"");
+        assert_eq!(csv_cell("+1"), "'+1");
+        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
+    }
 }

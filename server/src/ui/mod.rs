@@ -24,7 +24,7 @@ pub const SESSION_COOKIE: &str = "cobb_session";
 const SESSION_HOURS: i64 = 12;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(index).service(login_form).service(login).service(logout).configure(pages::routes);
+    cfg.service(index).service(ui_root).service(ui_root_slash).service(login_form).service(login).service(logout).configure(pages::routes);
 }
 
 macro_rules! templates {
@@ -159,9 +159,24 @@ pub(crate) fn check_csrf(viewer: &Viewer, sent: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `/`, `/ui` and `/ui/` (what the README and the demo print) lead to the experiments page.
+fn to_experiments() -> HttpResponse {
+    HttpResponse::SeeOther().insert_header((header::LOCATION, "/ui/experiments")).finish()
+}
+
 #[get("/")]
 async fn index() -> HttpResponse {
-    HttpResponse::SeeOther().insert_header((header::LOCATION, "/ui/experiments")).finish()
+    to_experiments()
+}
+
+#[get("/ui")]
+async fn ui_root() -> HttpResponse {
+    to_experiments()
+}
+
+#[get("/ui/")]
+async fn ui_root_slash() -> HttpResponse {
+    to_experiments()
 }
 
 #[derive(serde::Deserialize)]
@@ -170,9 +185,11 @@ struct NextQuery {
 }
 
 /// Only local paths are followed after login.
+/// Where to go after logging in: a dashboard path only (no other site, no control
+/// characters that would break the redirect header), else the experiments page.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui") && !n.starts_with("//") => n.to_owned(),
+        Some(n) if n.starts_with("/ui") && !n.starts_with("//") && !n.chars().any(|c| c.is_control()) => n.to_owned(),
         _ => "/ui/experiments".to_owned(),
     }
 }

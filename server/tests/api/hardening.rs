@@ -12,6 +12,7 @@ crate::on_both_databases!(
     a_model_is_evaluated_on_the_test_split_at_most_once,
     a_revoked_token_stops_working_at_once,
     an_expired_token_stops_working,
+    dashboards_send_security_headers_and_redirect_safely,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -141,4 +142,27 @@ async fn an_expired_token_stops_working(app: TestApp) {
     let _: Value = app.read(&brief, "/whoami").await;
     tokio::time::sleep(std::time::Duration::from_millis(1200) + server::state::TOKEN_CACHE_TTL).await;
     fails(app.get(&brief, "/whoami").await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+async fn dashboards_send_security_headers_and_redirect_safely(app: TestApp) {
+    let root = app.base.trim_end_matches("/api/v1").to_owned();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    // What the README and the demo print.
+    for path in ["/ui", "/ui/"] {
+        let r = http.get(format!("{root}{path}")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.headers()["location"], "/ui/experiments", "{path}");
+    }
+    let r = http.get(format!("{root}/ui/login")).send().await.expect("get");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let csp = r.headers()["content-security-policy"].to_str().expect("csp").to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let api = http.get(format!("{}/health", app.base)).send().await.expect("get");
+    assert_eq!(api.headers()["x-content-type-options"], "nosniff");
+    // CR/LF in `next` gave a 500 after storing a session; now it falls back to a safe page.
+    let form = [("token", app.admin.as_str()), ("next", "/ui/audit\r\nSet-Cookie: evil=1")];
+    let r = http.post(format!("{root}/ui/login")).form(&form).send().await.expect("login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/ui/experiments");
 }
