@@ -33,6 +33,7 @@ mod m002_promotions;
 mod m003_sessions;
 mod m004_jobs;
 mod m005_token_expiry;
+mod m006_lease_holder;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m003_sessions::Migration),
             Box::new(m004_jobs::Migration),
             Box::new(m005_token_expiry::Migration),
+            Box::new(m006_lease_holder::Migration),
         ]
     }
 }

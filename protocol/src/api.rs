@@ -279,7 +279,9 @@ pub struct MetricValue {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseInfo {
-    pub id: String,
+    /// Shown to workers and admins only: a lease id is a write credential of its holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The job the lease was handed for, and its kind.
     pub job_id: Option<i64>,
     pub kind: Option<JobKind>,

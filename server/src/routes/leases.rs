@@ -41,7 +41,7 @@ async fn upload(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, *run, &q.lease_id, &q.kind, body).await?))
+    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, &who, *run, &q.lease_id, &q.kind, body).await?))
 }
 
 #[get("/blobs/{sha256}")]
@@ -69,7 +69,7 @@ async fn heartbeat(
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
     let beat = body.map(|b| b.into_inner()).unwrap_or_default();
-    Ok(HttpResponse::Ok().json(service::jobs::heartbeat(&state, &id, beat).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::heartbeat(&state, &who, &id, beat).await?))
 }
 
 #[post("/leases/{id}/complete")]
@@ -80,7 +80,7 @@ async fn complete(
     body: web::Json<Complete>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::jobs::complete(&state, &id, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::complete(&state, &who, &id, body.into_inner()).await?))
 }
 
 #[post("/leases/{id}/release")]
@@ -91,13 +91,13 @@ async fn release(
     body: web::Json<Release>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::jobs::release(&state, &id, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::release(&state, &who, &id, body.into_inner()).await?))
 }
 
 #[get("/leases/{id}/items")]
 async fn items(state: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Ok().json(service::jobs::items(&state, &id).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::items(&state, &who, &id).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -124,5 +124,5 @@ async fn jobs(state: web::Data<AppState>, who: Principal, q: web::Query<JobQuery
 #[get("/jobs/{id}")]
 async fn job(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Viewer)?;
-    Ok(HttpResponse::Ok().json(service::jobs::show(&state, *id).await?))
+    Ok(HttpResponse::Ok().json(service::jobs::show(&state, *id, who.role.allows(Role::Worker)).await?))
 }

@@ -45,7 +45,7 @@ async fn list(state: web::Data<AppState>, who: Principal, q: web::Query<ListQuer
 #[get("/runs/{id}")]
 async fn show(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Viewer)?;
-    Ok(HttpResponse::Ok().json(service::runs::show(&state, *id).await?))
+    Ok(HttpResponse::Ok().json(service::runs::show(&state, *id, who.role.allows(Role::Worker)).await?))
 }
 
 #[post("/runs/{id}/cancel")]
@@ -80,7 +80,7 @@ async fn ingest_metrics(
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
     let header = req.headers().get("Cobb-Lease").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let accepted = service::worker_writes::ingest_metrics(&state, *id, header, body.into_inner()).await?;
+    let accepted = service::worker_writes::ingest_metrics(&state, &who, *id, header, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(accepted))
 }
 
@@ -92,7 +92,7 @@ async fn results(
     body: web::Json<EpochResults>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    service::worker_writes::record_results(&state, *id, body.into_inner()).await?;
+    service::worker_writes::record_results(&state, &who, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -104,7 +104,7 @@ async fn artifacts(
     body: web::Json<RecordArtifact>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    service::worker_writes::record_artifact(&state, *id, body.into_inner()).await?;
+    service::worker_writes::record_artifact(&state, &who, *id, body.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

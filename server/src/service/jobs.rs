@@ -49,7 +49,8 @@ pub(crate) fn job_info(job: Job) -> JobInfo {
     }
 }
 
-pub(crate) fn lease_info(l: store::leases::LeaseWithKind) -> Result<LeaseInfo, ApiError> {
+/// A lease for the attempt history; its id only when `reveal` (a worker or admin asks).
+pub(crate) fn lease_info(l: store::leases::LeaseWithKind, reveal: bool) -> Result<LeaseInfo, ApiError> {
     let kind = l
         .kind
         .as_deref()
@@ -57,7 +58,7 @@ pub(crate) fn lease_info(l: store::leases::LeaseWithKind) -> Result<LeaseInfo, A
         .transpose()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("lease `{}`: job kind {e}", l.id)))?;
     Ok(LeaseInfo {
-        id: l.id,
+        id: reveal.then_some(l.id),
         job_id: l.job_id,
         kind,
         worker: l.worker,
@@ -81,10 +82,10 @@ pub async fn list(state: &AppState, filter: Filter, limit: u64) -> Result<Vec<Jo
 }
 
 /// One job with every lease it was handed.
-pub async fn show(state: &AppState, id: i64) -> Result<JobDetail, ApiError> {
+pub async fn show(state: &AppState, id: i64, reveal_lease_ids: bool) -> Result<JobDetail, ApiError> {
     let conn = &state.db.read;
     let job = get(conn, id).await?;
-    let leases = store::leases::of_job(conn, id).await?.into_iter().map(lease_info).collect::<Result<_, _>>()?;
+    let leases = store::leases::of_job(conn, id).await?.into_iter().map(|l| lease_info(l, reveal_lease_ids)).collect::<Result<_, _>>()?;
     Ok(JobDetail { job: job_info(job), leases })
 }
 
@@ -111,7 +112,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         return Ok(None);
     };
     let (attempt, kind) = (claimed.attempt, claimed.kind(job_id)?);
-    store::leases::insert(&tx, &lease_id, job_id, claimed.run_id, &req.worker, attempt, now, expires_at).await?;
+    store::leases::insert(&tx, &lease_id, job_id, claimed.run_id, &principal.name, &req.worker, attempt, now, expires_at).await?;
     store::workers::seen(&tx, &req.worker, req.device.as_deref(), Some(claimed.run_id), now).await?;
     if kind == JobKind::Evaluate {
         let job = get(&tx, job_id).await?;
@@ -192,11 +193,22 @@ enum Refusal {
 }
 
 /// The live lease `lease_id` and its job, read inside `conn` (a write transaction, so the
-/// answer holds until it commits), or why it may not write.
-async fn fenced(conn: &impl ConnectionTrait, lease_id: &str, expect: Expect) -> Result<Result<(LeaseRow, Job), Refusal>, ApiError> {
+/// answer holds until it commits), or why `who` may not write with it.
+async fn fenced(
+    conn: &impl ConnectionTrait,
+    who: &Principal,
+    lease_id: &str,
+    expect: Expect,
+) -> Result<Result<(LeaseRow, Job), Refusal>, ApiError> {
     let Some(lease) = store::leases::get_for_write(conn, lease_id).await? else {
         return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` does not exist"))));
     };
+    // A lease is its token's: another token that learned the id cannot use it.
+    if let Some(holder) = &lease.holder
+        && *holder != who.name
+    {
+        return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` was handed to another token, not to `{}`", who.name))));
+    }
     if let Some(run_id) = expect.run
         && lease.run_id != run_id
     {
@@ -253,11 +265,12 @@ async fn refuse(state: &AppState, refusal: Refusal) -> ApiError {
 /// not write.
 pub(crate) async fn begin_fenced(
     state: &AppState,
+    who: &Principal,
     lease_id: &str,
     expect: Expect,
 ) -> Result<(DatabaseTransaction, LeaseRow, Job), ApiError> {
     let tx = state.db.write.begin().await?;
-    match fenced(&tx, lease_id, expect).await? {
+    match fenced(&tx, who, lease_id, expect).await? {
         Ok((lease, job)) => Ok((tx, lease, job)),
         Err(refusal) => {
             tx.rollback().await?;
@@ -267,8 +280,8 @@ pub(crate) async fn begin_fenced(
 }
 
 /// Extends the lease; the answer says whether to continue or stop (the job was cancelled).
-pub async fn heartbeat(state: &AppState, lease_id: &str, _beat: Heartbeat) -> Result<HeartbeatReply, ApiError> {
-    let (tx, lease, job) = begin_fenced(state, lease_id, Expect::ANY).await?;
+pub async fn heartbeat(state: &AppState, who: &Principal, lease_id: &str, _beat: Heartbeat) -> Result<HeartbeatReply, ApiError> {
+    let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
     let expires_at = now + ttl_ms(state);
     store::leases::extend(&tx, lease_id, now, expires_at).await?;
@@ -280,8 +293,8 @@ pub async fn heartbeat(state: &AppState, lease_id: &str, _beat: Heartbeat) -> Re
 
 /// The items the lease's job works on: train and validation for training, test for a
 /// promoted run's evaluation -- the only way test items leave the server.
-pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiError> {
-    let (tx, _, job) = begin_fenced(state, lease_id, Expect::ANY).await?;
+pub async fn items(state: &AppState, who: &Principal, lease_id: &str) -> Result<ItemList, ApiError> {
+    let (tx, _, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     tx.commit().await?;
     let splits: &[Split] = match job.kind {
         JobKind::Train => &[Split::Train, Split::Val],
@@ -296,13 +309,13 @@ pub async fn items(state: &AppState, lease_id: &str) -> Result<ItemList, ApiErro
 
 /// Ends the lease with the worker's outcome. A retryable failure with attempts left
 /// queues the job again; a cancel requested meanwhile wins over any outcome.
-pub async fn complete(state: &AppState, lease_id: &str, req: Complete) -> Result<JobInfo, ApiError> {
+pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Complete) -> Result<JobInfo, ApiError> {
     if req.confusion.is_some() && req.best_epoch.is_some() {
         return Err(ApiError::InvalidRequest(
             "a completion carries a best epoch (training) or a confusion matrix (evaluation), not both".to_owned(),
         ));
     }
-    let (tx, lease, job) = begin_fenced(state, lease_id, Expect::ANY).await?;
+    let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
     let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts;
     let status = if job.cancel_requested {
@@ -352,8 +365,8 @@ pub async fn complete(state: &AppState, lease_id: &str, req: Complete) -> Result
 
 /// Gives a job back (worker shutting down): it is queued again at once (a training job
 /// resumes from its last checkpoint); the attempt is not held against it.
-pub async fn release(state: &AppState, lease_id: &str, req: Release) -> Result<JobInfo, ApiError> {
-    let (tx, lease, job) = begin_fenced(state, lease_id, Expect::ANY).await?;
+pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Release) -> Result<JobInfo, ApiError> {
+    let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
     let status = if job.cancel_requested { JobStatus::Cancelled } else { JobStatus::Queued };
     store::leases::end(&tx, lease_id, "released", now).await?;

@@ -101,7 +101,8 @@ pub(crate) async fn class_results(
     Ok(Some(EpochClassResults { epoch: matrix.epoch, split, per_class, confusion }))
 }
 
-pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
+/// One run in full; lease ids only when `reveal_lease_ids` (a worker or admin asks).
+pub async fn show(state: &AppState, id: i64, reveal_lease_ids: bool) -> Result<RunDetail, ApiError> {
     let conn = &state.db.read;
     let row = get(conn, id).await?;
     let version = store::datasets::version_by_id(conn, row.dataset_version_id)
@@ -116,7 +117,11 @@ pub async fn show(state: &AppState, id: i64) -> Result<RunDetail, ApiError> {
         .into_iter()
         .map(|a| ArtifactInfo { kind: a.kind, uri: a.uri, sha256: a.sha256, bytes: a.bytes as u64, created_at: a.created_at })
         .collect();
-    let leases = store::leases::of_run(conn, id).await?.into_iter().map(super::jobs::lease_info).collect::<Result<_, _>>()?;
+    let leases = store::leases::of_run(conn, id)
+        .await?
+        .into_iter()
+        .map(|l| super::jobs::lease_info(l, reveal_lease_ids))
+        .collect::<Result<_, _>>()?;
     Ok(RunDetail {
         run: run_info(row)?,
         config,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::jobs::{Expect, begin_fenced};
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::principal::Principal;
 use crate::state::AppState;
 use crate::store;
 
@@ -23,6 +24,7 @@ fn lease_of(header: Option<String>, body: Option<String>) -> Result<String, ApiE
 
 pub async fn ingest_metrics(
     state: &AppState,
+    who: &Principal,
     run_id: i64,
     header_lease: Option<String>,
     batch: MetricsBatch,
@@ -58,16 +60,16 @@ pub async fn ingest_metrics(
     let accepted = MetricsAccepted { accepted: points.len() as u64 };
     if points.is_empty() {
         // Nothing to write, but the lease must still be live.
-        let (tx, _, _) = begin_fenced(state, &lease_id, Expect::training_of(run_id)).await?;
+        let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
         tx.commit().await?;
         return Ok(accepted);
     }
     // Hot path: one fenced statement for an ordinary batch.
-    if points.len() <= 1000 && store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &points, now_ms()).await? > 0 {
+    if points.len() <= 1000 && store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await? > 0 {
         return Ok(accepted);
     }
     // Large batches, and refusals (which say why), go through a fenced transaction.
-    let (tx, _, _) = begin_fenced(state, &lease_id, Expect::training_of(run_id)).await?;
+    let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
     store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
     tx.commit().await?;
     Ok(accepted)
@@ -76,11 +78,11 @@ pub async fn ingest_metrics(
 /// An epoch's validation confusion matrix: the lease is checked first, then the matrix must
 /// be over exactly the dataset version's classes, in order (nothing else is computed or
 /// stored, whatever its size).
-pub async fn record_results(state: &AppState, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
+pub async fn record_results(state: &AppState, who: &Principal, run_id: i64, req: EpochResults) -> Result<(), ApiError> {
     if req.epoch < 0 || req.epoch > MAX_STEP {
         return Err(ApiError::InvalidRequest(format!("epoch must be 0-{MAX_STEP}")));
     }
-    let (tx, _, job) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
+    let (tx, _, job) = begin_fenced(state, who, &req.lease_id, Expect::training_of(run_id)).await?;
     let matrix = match version_matrix(&tx, job.dataset_version_id, req.confusion).await {
         Ok(matrix) => matrix,
         Err(e) => {
@@ -119,11 +121,11 @@ pub(crate) async fn version_matrix(
     ConfusionMatrix::from_parts(confusion.classes, confusion.counts).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact) -> Result<(), ApiError> {
+pub async fn record_artifact(state: &AppState, who: &Principal, run_id: i64, req: RecordArtifact) -> Result<(), ApiError> {
     if req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()) || req.kind.is_empty() || req.uri.is_empty() {
         return Err(ApiError::InvalidRequest("an artifact needs a kind, a uri and a 64-digit sha256".to_owned()));
     }
-    let (tx, _, _) = begin_fenced(state, &req.lease_id, Expect::training_of(run_id)).await?;
+    let (tx, _, _) = begin_fenced(state, who, &req.lease_id, Expect::training_of(run_id)).await?;
     store::artifacts::insert(&tx, run_id, &req.lease_id, &req.kind, &req.uri, &req.sha256, req.bytes as i64, now_ms()).await?;
     tx.commit().await?;
     Ok(())
@@ -133,12 +135,19 @@ pub async fn record_artifact(state: &AppState, run_id: i64, req: RecordArtifact)
 /// records it as an artifact of `kind`, fenced by the lease before and after the upload. A
 /// newer `last_*` artifact replaces the run's older one of that kind, and the older blob is
 /// deleted unless something else still names it.
-pub async fn upload_blob(state: &AppState, run_id: i64, lease_id: &str, kind: &str, bytes: bytes::Bytes) -> Result<ArtifactInfo, ApiError> {
+pub async fn upload_blob(
+    state: &AppState,
+    who: &Principal,
+    run_id: i64,
+    lease_id: &str,
+    kind: &str,
+    bytes: bytes::Bytes,
+) -> Result<ArtifactInfo, ApiError> {
     if kind.is_empty() || kind.len() > 100 || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)) {
         return Err(ApiError::InvalidRequest("an artifact kind is 1-100 letters, digits, '_', '-', '.' or '/'".to_owned()));
     }
     // Nothing is stored for a lease that is not live.
-    let (tx, _, _) = begin_fenced(state, lease_id, Expect::training_of(run_id)).await?;
+    let (tx, _, _) = begin_fenced(state, who, lease_id, Expect::training_of(run_id)).await?;
     tx.commit().await?;
     let size = bytes.len() as i64;
     let sha256 = state
@@ -148,7 +157,7 @@ pub async fn upload_blob(state: &AppState, run_id: i64, lease_id: &str, kind: &s
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)))?;
     let uri = crate::artifacts::uri(&sha256);
     let now = now_ms();
-    let (tx, _, _) = begin_fenced(state, lease_id, Expect::training_of(run_id)).await?;
+    let (tx, _, _) = begin_fenced(state, who, lease_id, Expect::training_of(run_id)).await?;
     store::artifacts::insert(&tx, run_id, lease_id, kind, &uri, &sha256, size, now).await?;
     let replaced = if kind.starts_with("last_") { store::artifacts::delete_older(&tx, run_id, kind).await? } else { Vec::new() };
     tx.commit().await?;

@@ -8,6 +8,8 @@ pub struct LeaseRow {
     pub run_id: i64,
     /// None only for leases that ended before jobs existed (migration m004).
     pub job_id: Option<i64>,
+    /// The name of the token that took the lease (None for leases from before m006).
+    pub holder: Option<String>,
     pub worker: String,
     pub attempt: i64,
     pub created_at: i64,
@@ -23,6 +25,7 @@ pub async fn insert(
     id: &str,
     job_id: i64,
     run_id: i64,
+    holder: &str,
     worker: &str,
     attempt: i64,
     now: i64,
@@ -30,9 +33,9 @@ pub async fn insert(
 ) -> Result<(), DbErr> {
     exec(
         conn,
-        "INSERT INTO leases (id, job_id, run_id, worker, attempt, created_at, heartbeat_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
-        values![id, job_id, run_id, worker, attempt, now, expires_at],
+        "INSERT INTO leases (id, job_id, run_id, holder, worker, attempt, created_at, heartbeat_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        values![id, job_id, run_id, holder, worker, attempt, now, expires_at],
     )
     .await?;
     Ok(())

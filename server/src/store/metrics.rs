@@ -36,6 +36,7 @@ pub async fn upsert_fenced(
     conn: &impl ConnectionTrait,
     run_id: i64,
     lease_id: &str,
+    holder: &str,
     points: &[MetricPoint],
     now: i64,
 ) -> Result<u64, DbErr> {
@@ -48,18 +49,20 @@ pub async fn upsert_fenced(
     let sql = format!(
         "INSERT INTO metrics (run_id, key, step, value, recorded_at) SELECT * FROM (VALUES {}) AS v \
          WHERE EXISTS (SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id AND j.kind = 'train' \
-           WHERE l.id = ${} AND l.run_id = ${} AND l.ended_at IS NULL AND l.expires_at >= ${}{lock}) \
+           WHERE l.id = ${} AND l.run_id = ${} AND l.ended_at IS NULL AND l.expires_at >= ${} \
+             AND (l.holder IS NULL OR l.holder = ${}){lock}) \
          ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
         placeholders(points.len(), WIDTH),
         n + 1,
         n + 2,
-        n + 3
+        n + 3,
+        n + 4
     );
-    let mut vals: Vec<Value> = Vec::with_capacity(n + 3);
+    let mut vals: Vec<Value> = Vec::with_capacity(n + 4);
     for p in points {
         vals.extend(values![run_id, p.key.clone(), p.step, p.value, now]);
     }
-    vals.extend(values![lease_id, run_id, now]);
+    vals.extend(values![lease_id, run_id, now, holder]);
     exec(conn, &sql, vals).await
 }
 

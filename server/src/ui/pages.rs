@@ -323,7 +323,7 @@ struct PromotionBrief {
 #[get("/ui/runs/{id}")]
 async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
     page!(req, state, |v| {
-        let detail = service::runs::show(&state, *id).await?;
+        let detail = service::runs::show(&state, *id, false).await?;
         let series = service::runs::metrics(&state, *id, None).await?;
         let loss = charts::lines("Loss", "cross-entropy", &curves(&series, &[keys::TRAIN_LOSS, keys::VAL_LOSS]));
         let quality = charts::lines("Validation", "score", &curves(&series, &[keys::VAL_MACRO_F1, keys::VAL_ACCURACY]));

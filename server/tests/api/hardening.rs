@@ -13,6 +13,7 @@ crate::on_both_databases!(
     a_revoked_token_stops_working_at_once,
     an_expired_token_stops_working,
     dashboards_send_security_headers_and_redirect_safely,
+    a_lease_is_its_tokens_and_viewers_never_see_lease_ids,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -165,4 +166,33 @@ async fn dashboards_send_security_headers_and_redirect_safely(app: TestApp) {
     let r = http.post(format!("{root}/ui/login")).form(&form).send().await.expect("login");
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/ui/experiments");
+}
+
+async fn a_lease_is_its_tokens_and_viewers_never_see_lease_ids(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let (mine, other, viewer) = (app.token("w1", "worker").await, app.token("w2", "worker").await, app.token("v", "viewer").await);
+    let lease: Value = ok(app.post(&mine, "/leases", &json!({"worker": "box-1"})).await).await;
+    let (id, run) = (lease["lease_id"].as_str().expect("lease").to_owned(), lease["run_id"].as_i64().expect("run"));
+    // Another worker token that learned the id can do nothing with it.
+    let batch = json!({"lease_id": id, "metrics": [{"key": "val_loss", "step": 0, "value": 1.0}]});
+    fails(app.post(&other, &format!("/runs/{run}/metrics"), &batch).await, StatusCode::CONFLICT, "lease_lost").await;
+    fails(app.post(&other, &format!("/leases/{id}/heartbeat"), &json!({})).await, StatusCode::CONFLICT, "lease_lost").await;
+    fails(app.get(&other, &format!("/leases/{id}/items")).await, StatusCode::CONFLICT, "lease_lost").await;
+    let done = json!({"outcome": "succeeded", "best_epoch": 0});
+    fails(app.post(&other, &format!("/leases/{id}/complete"), &done).await, StatusCode::CONFLICT, "lease_lost").await;
+    // Its holder goes on.
+    let accepted: Value = app.write(&mine, &format!("/runs/{run}/metrics"), &batch).await;
+    assert_eq!(accepted["accepted"], 1);
+    // Viewers see the attempt history without lease ids; workers and admins see them.
+    let seen: Value = app.read(&viewer, &format!("/runs/{run}")).await;
+    assert!(seen["leases"][0].get("id").is_none(), "{}", seen["leases"]);
+    assert_eq!(seen["leases"][0]["worker"], "box-1");
+    let admin: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    assert_eq!(admin["leases"][0]["id"], id.as_str());
+    let page = crate::helpers::ok::<Value>(app.get(&viewer, &format!("/jobs?run={run}")).await).await;
+    let job = page[0]["id"].as_i64().expect("job");
+    let history: Value = app.read(&viewer, &format!("/jobs/{job}")).await;
+    assert!(history["leases"][0].get("id").is_none(), "{history}");
+    let _: Value = app.write(&mine, &format!("/leases/{id}/complete"), &done).await;
 }
