@@ -59,6 +59,21 @@ pub enum GroupBy {
     None,
 }
 
+/// Checks an item path: relative to the dataset root and staying under it (no `..`, no
+/// leading `/` or `\\`, no drive, no empty part, no control character), whatever the OS.
+pub fn check_item_path(path: &str) -> Result<(), String> {
+    let leaves = || Err(format!("item path `{}` leaves the dataset root: item paths are relative paths under it", path.escape_debug()));
+    if path.is_empty() || path.starts_with(['/', '\\']) || path.chars().any(char::is_control) {
+        return leaves();
+    }
+    for part in path.split(['/', '\\']) {
+        if part.is_empty() || part == ".." || part.contains(':') {
+            return leaves();
+        }
+    }
+    Ok(())
+}
+
 /// One file of a dataset version, as computed by `cobb dataset register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetItem {

@@ -33,7 +33,7 @@ fn phantom_data(dir: &Path, count: usize) -> TrainData {
     let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");
     let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
 
-    TrainData::from_items(&root, classes, &items, dir.join("cache"), "v")
+    TrainData::from_items(&root, classes, &items, dir.join("cache"), "v").expect("items under the root")
 }
 
 #[derive(Default)]

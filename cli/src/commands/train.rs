@@ -87,7 +87,7 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
         eprintln!("skipped {}: {}", issue.path, issue.reason);
     }
     let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
-    let data = TrainData::from_items(&args.data, classes, &items, args.out.join("cache"), "local");
+    let data = TrainData::from_items(&args.data, classes, &items, args.out.join("cache"), "local").map_err(Failure::input)?;
     eprintln!(
         "training {} at {} px on {} train / {} val images ({} epochs, {})",
         config.model.arch,

@@ -68,6 +68,7 @@ fn check(req: &RegisterDataset) -> Result<(), ApiError> {
         if item.path.is_empty() || !paths.insert(item.path.as_str()) {
             return bad(format!("item path `{}` is empty or repeated", item.path));
         }
+        protocol::api::check_item_path(&item.path).map_err(ApiError::InvalidRequest)?;
         if item.sha256.len() != 64 || !item.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return bad(format!("item `{}` has an invalid sha256", item.path));
         }

@@ -14,6 +14,7 @@ crate::on_both_databases!(
     an_expired_token_stops_working,
     dashboards_send_security_headers_and_redirect_safely,
     a_lease_is_its_tokens_and_viewers_never_see_lease_ids,
+    item_paths_that_leave_the_dataset_root_are_refused,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -195,4 +196,16 @@ async fn a_lease_is_its_tokens_and_viewers_never_see_lease_ids(app: TestApp) {
     let history: Value = app.read(&viewer, &format!("/jobs/{job}")).await;
     assert!(history["leases"][0].get("id").is_none(), "{history}");
     let _: Value = app.write(&mine, &format!("/leases/{id}/complete"), &done).await;
+}
+
+async fn item_paths_that_leave_the_dataset_root_are_refused(app: TestApp) {
+    for path in ["../../etc/passwd", "/etc/passwd", "a/../../b.png", "C:\\x.png", "a//b.png"] {
+        let item = json!({"path": path, "sha256": "ab".repeat(32), "bytes": 1, "label": CLASSES[0], "split": "train"});
+        let request = json!({"name": "evil", "root": "/data", "split": "70/15/15", "seed": 0, "group_by": "none",
+            "classes": CLASSES, "items": [item], "report": []});
+        let body = fails(app.post(&app.admin, "/datasets", &request).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(body.message.contains("leaves the dataset root"), "{path}: {}", body.message);
+    }
+    let datasets: Vec<Value> = app.read(&app.admin, "/datasets").await;
+    assert!(datasets.is_empty(), "nothing was registered");
 }

@@ -76,14 +76,15 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
         Err(e) => return failed(format!("could not fetch the test items: {e}"), true),
     };
     let root = PathBuf::from(&items.root);
-    let loader_items: Vec<LoaderItem> = items
-        .items
-        .iter()
-        .filter_map(|item| {
-            let label = items.classes.iter().position(|c| *c == item.label)?;
-            Some(LoaderItem { path: root.join(&item.path), sha256: item.sha256.clone(), label })
-        })
-        .collect();
+    let mut loader_items: Vec<LoaderItem> = Vec::with_capacity(items.items.len());
+    for item in &items.items {
+        let Some(label) = items.classes.iter().position(|c| *c == item.label) else { continue };
+        match data::resolve_item(&root, &item.path) {
+            Ok(path) => loader_items.push(LoaderItem { path, sha256: item.sha256.clone(), label }),
+            // Nothing outside the dataset root is read; a dataset that points there is bad data.
+            Err(refused) => return failed(refused, false),
+        }
+    }
     let (spec, classes, device) = (job.config.clone(), items.classes.clone(), config.device);
     let size = spec.model.resolved_image_size() as usize;
     let cache = ImageCache::new(&config.work_dir.join("cache"), &items.version, size);

@@ -88,8 +88,24 @@ pub(crate) async fn run(
             return;
         }
     };
-    let data =
-        TrainData::from_items(Path::new(&items.root), items.classes.clone(), &items.items, config.work_dir.join("cache"), &items.version);
+    let data = match TrainData::from_items(
+        Path::new(&items.root),
+        items.classes.clone(),
+        &items.items,
+        config.work_dir.join("cache"),
+        &items.version,
+    ) {
+        Ok(data) => data,
+        Err(refused) => {
+            // A dataset that points outside its root is bad data: not retried.
+            let complete = Complete { outcome: Outcome::Failed, error: Some(refused), ..training_complete() };
+            match client.complete(&lease.lease_id, &complete).await {
+                Ok(run) => progress.finished(&lease, run.status.as_str(), run.error.as_deref().unwrap_or("")),
+                Err(e) => tracing::warn!(error = %e, "could not complete the run"),
+            }
+            return;
+        }
+    };
     let ckpt_dir = config.work_dir.join("checkpoints").join(format!("run-{}", lease.run_id));
     let last_dir = checkpoint::Store::new(&ckpt_dir).last_dir();
     let fetched = match fetch_last(client, &work, &last_dir).await {

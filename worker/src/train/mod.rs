@@ -43,25 +43,30 @@ pub struct TrainData {
 
 impl TrainData {
     /// The train and validation items of a dataset version (test items are dropped here,
-    /// whatever the caller passes), with labels indexed by `classes`.
+    /// whatever the caller passes), with labels indexed by `classes`. An item whose path
+    /// leaves `root` (or links out of it) is an error naming it: nothing outside the dataset
+    /// root is ever read.
     pub fn from_items(
         root: &std::path::Path,
         classes: Vec<String>,
         items: &[protocol::api::DatasetItem],
         cache_root: PathBuf,
         version: &str,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let mut data = TrainData { classes, train: Vec::new(), val: Vec::new(), cache_root, version: version.to_owned() };
         for item in items {
             let Some(label) = data.classes.iter().position(|c| *c == item.label) else { continue };
-            let entry = LoaderItem { path: root.join(&item.path), sha256: item.sha256.clone(), label };
+            if item.split == protocol::Split::Test {
+                continue;
+            }
+            let entry = LoaderItem { path: data::resolve_item(root, &item.path)?, sha256: item.sha256.clone(), label };
             match item.split {
                 protocol::Split::Train => data.train.push(entry),
                 protocol::Split::Val => data.val.push(entry),
                 protocol::Split::Test => {}
             }
         }
-        data
+        Ok(data)
     }
 }
 
