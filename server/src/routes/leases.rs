@@ -19,7 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(blob)
         .service(jobs)
         .service(job)
-        .service(web::resource("/runs/{run}/blobs").app_data(web::PayloadConfig::new(MAX_BLOB_BYTES)).route(web::put().to(upload)));
+        .service(web::resource("/runs/{run}/blobs").route(web::put().to(upload)));
 }
 
 /// The largest file a worker may upload (a B7 checkpoint with its optimizer state is well
@@ -32,16 +32,23 @@ struct UploadQuery {
     kind: String,
 }
 
-/// A file of a run (checkpoint parts), content-addressed in the artifact store.
+/// A file of a run (checkpoint parts), content-addressed in the artifact store. The lease is
+/// checked before a byte of the body is read: a made-up lease costs the server nothing.
 async fn upload(
     state: web::Data<AppState>,
     who: Principal,
     run: web::Path<i64>,
     q: web::Query<UploadQuery>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
-    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, &who, *run, &q.lease_id, &q.kind, body).await?))
+    service::worker_writes::check_upload(&state, &who, *run, &q.lease_id, &q.kind).await?;
+    let bytes = body
+        .to_bytes_limited(MAX_BLOB_BYTES)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit: MAX_BLOB_BYTES })?
+        .map_err(|e| ApiError::InvalidRequest(format!("the upload broke off: {e}")))?;
+    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, &who, *run, &q.lease_id, &q.kind, bytes).await?))
 }
 
 #[get("/blobs/{sha256}")]

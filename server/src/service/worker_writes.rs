@@ -135,6 +135,17 @@ pub async fn record_artifact(state: &AppState, who: &Principal, run_id: i64, req
 /// records it as an artifact of `kind`, fenced by the lease before and after the upload. A
 /// newer `last_*` artifact replaces the run's older one of that kind, and the older blob is
 /// deleted unless something else still names it.
+/// Whether an upload may start: a valid kind and a live training lease of the run held by
+/// `who` (checked again when the file is recorded).
+pub async fn check_upload(state: &AppState, who: &Principal, run_id: i64, lease_id: &str, kind: &str) -> Result<(), ApiError> {
+    if kind.is_empty() || kind.len() > 100 || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)) {
+        return Err(ApiError::InvalidRequest("an artifact kind is 1-100 letters, digits, '_', '-', '.' or '/'".to_owned()));
+    }
+    let (tx, _, _) = begin_fenced(state, who, lease_id, Expect::training_of(run_id)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub async fn upload_blob(
     state: &AppState,
     who: &Principal,

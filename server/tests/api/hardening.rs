@@ -15,6 +15,7 @@ crate::on_both_databases!(
     dashboards_send_security_headers_and_redirect_safely,
     a_lease_is_its_tokens_and_viewers_never_see_lease_ids,
     item_paths_that_leave_the_dataset_root_are_refused,
+    an_upload_on_a_made_up_lease_is_refused_before_its_body_is_read,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -208,4 +209,29 @@ async fn item_paths_that_leave_the_dataset_root_are_refused(app: TestApp) {
     }
     let datasets: Vec<Value> = app.read(&app.admin, "/datasets").await;
     assert!(datasets.is_empty(), "nothing was registered");
+}
+
+async fn an_upload_on_a_made_up_lease_is_refused_before_its_body_is_read(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let worker = app.token("w", "worker").await;
+    // Announce 1 GiB, send 64 KiB, and wait for the answer: the server must not wait for
+    // (or hold) the rest before refusing the lease.
+    let address = app.base.trim_start_matches("http://").split('/').next().expect("host:port").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let head = format!(
+        "PUT /api/v1/runs/1/blobs?lease_id=made-up&kind=last_checkpoint HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {worker}\r\nContent-Length: 1073741824\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket.write_all(&vec![0u8; 64 * 1024]).await.expect("some body");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("answered without the rest of the body")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 409"), "{text}");
+    assert!(text.contains("lease_lost"), "{text}");
 }
