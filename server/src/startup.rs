@@ -27,7 +27,13 @@ impl Application {
             format!("while connecting to the database ({})", if url.starts_with("postgres") { "postgres" } else { &url })
         })?;
         let artifacts = crate::artifacts::ArtifactStore::open(&config)?;
-        let state = web::Data::new(AppState { db, artifacts, config: config.clone(), token_cache: RwLock::new(HashMap::new()) });
+        let state = web::Data::new(AppState {
+            db,
+            artifacts,
+            config: config.clone(),
+            token_cache: RwLock::new(HashMap::new()),
+            login_failures: std::sync::Mutex::new(HashMap::new()),
+        });
         let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
         tighten_modes(&config.data_dir).with_context(|| format!("while restricting the modes of {}", config.data_dir.display()))?;
 

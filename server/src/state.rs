@@ -16,6 +16,9 @@ pub struct AppState {
     /// token hash -> principal and until when the entry may be used (a few seconds, so a
     /// revocation or expiry reaches every server at once or within [`TOKEN_CACHE_TTL`]).
     pub token_cache: RwLock<HashMap<String, (Principal, std::time::Instant)>>,
+    /// Recent failed dashboard logins by client address: (count, first failure), to slow
+    /// token guessing down.
+    pub login_failures: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
 }
 
 /// How long a resolved token is trusted without asking the database again. A revocation on

@@ -159,6 +159,9 @@ pub(crate) fn check_csrf(viewer: &Viewer, sent: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Failed logins from one address are counted over this window.
+const LOGIN_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// `/`, `/ui` and `/ui/` (what the README and the demo print) lead to the experiments page.
 fn to_experiments() -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, "/ui/experiments")).finish()
@@ -205,8 +208,37 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// Whether a form POST comes from this site's own pages: a browser sends `Origin` (or at
+/// least `Referer`) with a form; one from another site is refused (login CSRF). A request
+/// with neither (a script) is let through: it cannot ride on a victim's browser.
+fn same_origin(req: &HttpRequest) -> bool {
+    let host = req.connection_info().host().to_owned();
+    let from = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    match from(header::ORIGIN).or_else(|| from(header::REFERER)) {
+        None => true,
+        Some(origin) => {
+            let rest = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
+            rest.split('/').next() == Some(host.as_str())
+        }
+    }
+}
+
+/// How long a login answer waits after `failures` recent failures from one address: none for
+/// the first three, then 250 ms more each, up to 3 s (guessing tokens gets slow; a typo does not).
+fn login_delay(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(failures.saturating_sub(3)).saturating_mul(250).min(3_000))
+}
+
 #[post("/ui/login")]
-async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpResponse {
+async fn login(req: HttpRequest, state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpResponse {
+    if !same_origin(&req) {
+        tracing::info!("a login form posted from another site was refused");
+        let mut page =
+            render("error.html", None, &serde_json::json!({"status": 403, "message": "This login form was sent from another site."}));
+        *page.status_mut() = actix_web::http::StatusCode::FORBIDDEN;
+        return page;
+    }
+    let address = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     let next = safe_next(form.next.as_deref());
     let token_hash = hash_token(form.token.trim());
     let principal = match store::tokens::find_by_hash(&state.db.read, &token_hash, now_ms()).await {
@@ -214,6 +246,17 @@ async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpRe
         Err(e) => return error_page(None, &e.into()),
     };
     let Some(principal) = principal.filter(|p| p.role.allows(Role::Viewer)) else {
+        let failures = state.login_failures.lock().map_or(0, |mut f| {
+            let now = std::time::Instant::now();
+            let entry = f.entry(address.clone()).or_insert((0, now));
+            if now.duration_since(entry.1) > LOGIN_FAILURE_WINDOW {
+                *entry = (0, now);
+            }
+            entry.0 += 1;
+            entry.0
+        });
+        tracing::info!(from = %address, failures, "a dashboard login with an invalid token was refused");
+        tokio::time::sleep(login_delay(failures)).await;
         let mut page = render(
             "login.html",
             None,
@@ -229,6 +272,9 @@ async fn login(state: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpRe
         store::sessions::insert(&state.db.write, &hash_token(&session), &token_hash, &csrf, now, now + SESSION_HOURS * 3_600_000).await
     {
         return error_page(None, &e.into());
+    }
+    if let Ok(mut f) = state.login_failures.lock() {
+        f.remove(&address);
     }
     tracing::info!(token = %principal.name, "dashboard login");
     HttpResponse::SeeOther()
@@ -263,4 +309,14 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>, form: web::Form<Cs
         .insert_header((header::LOCATION, "/ui/login"))
         .insert_header((header::SET_COOKIE, format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")))
         .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failed_logins_slow_down_after_three() {
+        assert_eq!(super::login_delay(3).as_millis(), 0);
+        assert_eq!(super::login_delay(5).as_millis(), 500);
+        assert_eq!(super::login_delay(1_000).as_millis(), 3_000);
+    }
 }

@@ -16,6 +16,7 @@ crate::on_both_databases!(
     a_lease_is_its_tokens_and_viewers_never_see_lease_ids,
     item_paths_that_leave_the_dataset_root_are_refused,
     an_upload_on_a_made_up_lease_is_refused_before_its_body_is_read,
+    logins_from_other_sites_are_refused_and_guessing_slows_down,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -234,4 +235,26 @@ async fn an_upload_on_a_made_up_lease_is_refused_before_its_body_is_read(app: Te
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 409"), "{text}");
     assert!(text.contains("lease_lost"), "{text}");
+}
+
+async fn logins_from_other_sites_are_refused_and_guessing_slows_down(app: TestApp) {
+    let root = app.base.trim_end_matches("/api/v1").to_owned();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let login = |origin: &str, token: &str| {
+        let form = [("token", token.to_owned()), ("next", "/ui/audit".to_owned())];
+        http.post(format!("{root}/ui/login")).header("Origin", origin.to_owned()).form(&form).send()
+    };
+    // Login CSRF: a form posted from another site does not log the browser in.
+    let r = login("http://evil.example", &app.admin).await.expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = login(&root, &app.admin).await.expect("post");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Guessing tokens: the first failures answer at once, later ones more and more slowly.
+    for _ in 0..5 {
+        assert_eq!(login(&root, "cobb_guess").await.expect("post").status(), StatusCode::UNAUTHORIZED);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(login(&root, "cobb_guess").await.expect("post").status(), StatusCode::UNAUTHORIZED);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700), "the sixth failure waits: {:?}", started.elapsed());
 }
