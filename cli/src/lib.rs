@@ -98,6 +98,11 @@ pub enum Command {
         experiment: Option<String>,
         #[arg(long)]
         verify: bool,
+        /// A head hash printed by an earlier `--verify` (kept with a backup): fails unless
+        /// the verified chain still holds that event, i.e. nothing up to it was rewritten
+        /// and re-chained since. Implies --verify.
+        #[arg(long, value_name = "HASH")]
+        anchor: Option<String>,
     },
     /// Register and inspect frozen dataset versions.
     #[command(subcommand)]
@@ -194,7 +199,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
-        Command::Audit { experiment, verify } => commands::audit::audit(&client()?, experiment.as_deref(), *verify, cli.json).await,
+        Command::Audit { experiment, verify, anchor } => {
+            commands::audit::audit(&client()?, experiment.as_deref(), *verify || anchor.is_some(), anchor.as_deref(), cli.json).await
+        }
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Train(args) => commands::train::run(args, cli.json),

@@ -514,4 +514,12 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
         assert!(stdout.contains(action), "{stdout}");
     }
     assert!(stderr.contains("audit chain verified"), "{stderr}");
+    // The head hash anchors the chain: checked later, it proves nothing up to it was re-chained.
+    let head = stderr.split("head hash ").nth(1).and_then(|r| r.split_whitespace().next()).expect("head hash").to_owned();
+    assert_eq!(head.len(), 64, "{stderr}");
+    let out = cobb(dir.path(), &url, &["audit", "--anchor", &head]);
+    assert!(out.status.success() && text(&out).1.contains("anchor"), "{:?}", text(&out));
+    let out = cobb(dir.path(), &url, &["audit", "--anchor", &"0".repeat(64)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("not in the chain"), "{}", text(&out).1);
 }

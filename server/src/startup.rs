@@ -95,14 +95,15 @@ fn tighten_modes(data_dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Headers on every answer: no MIME sniffing, no framing (clickjacking), no referrer, and a
+/// Headers on every answer: no MIME sniffing, no framing (clickjacking), no referrer to other
+/// sites (same-origin: with `no-referrer` browsers send `Origin: null` on the login form), and a
 /// content security policy that allows no script at all (the pages use none) and only this
 /// site for forms.
 fn security_headers() -> actix_web::middleware::DefaultHeaders {
     actix_web::middleware::DefaultHeaders::new()
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Referrer-Policy", "same-origin"))
         .add((
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",

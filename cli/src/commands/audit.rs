@@ -1,4 +1,9 @@
-//! `cobb audit [--experiment E] [--verify]`: the hash-chained audit log.
+//! `cobb audit [--experiment E] [--verify] [--anchor HASH]`: the hash-chained audit log.
+//!
+//! The chain is unkeyed: someone who can write to the database could rewrite an event and
+//! recompute every hash after it. An anchor closes that: `--verify` prints the head hash;
+//! kept outside the database (with each backup, in a ticket), it is later checked with
+//! `--anchor HASH`, which fails if the chain no longer holds that event.
 
 use protocol::api::AuditLog;
 
@@ -6,7 +11,7 @@ use crate::client::Client;
 use crate::failure::Failure;
 use crate::output;
 
-pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, json: bool) -> Result<(), Failure> {
+pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, anchor: Option<&str>, json: bool) -> Result<(), Failure> {
     let path = match experiment {
         Some(e) => format!("/audit?experiment={}", super::runs::encode(e)),
         None => "/audit".to_owned(),
@@ -34,7 +39,21 @@ pub async fn audit(client: &Client, experiment: Option<&str>, verify: bool, json
     }
     if verify {
         if log.chain.ok {
-            eprintln!("audit chain verified: {} events, no broken link", log.chain.events);
+            // The head and the anchor are read from the whole chain, not the filtered list.
+            let all: AuditLog = if experiment.is_some() { client.get("/audit").await? } else { log };
+            let head = all.events.iter().max_by_key(|e| e.id).map_or("-", |e| e.hash.as_str()).to_owned();
+            if let Some(anchor) = anchor
+                && !all.events.iter().any(|e| e.hash == anchor)
+            {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "audit anchor {anchor} is not in the chain: the log was rewritten and re-chained since that hash was taken"
+                )));
+            }
+            eprintln!(
+                "audit chain verified: {} events, no broken link{}; head hash {head} (keep it outside the database and check it later with `cobb audit --anchor HASH`)",
+                all.chain.events,
+                anchor.map(|a| format!(", anchor {} found", output::short(a))).unwrap_or_default()
+            );
         } else {
             return Err(Failure::Runtime(anyhow::anyhow!(
                 "audit chain broken at event {}: {}",
