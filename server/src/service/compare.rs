@@ -64,15 +64,15 @@ pub async fn compare(state: &AppState, ids: &[i64], baseline: Option<i64>) -> Re
     let mut runs = Vec::with_capacity(ids.len());
     for id in ids {
         let b = brief.remove(id).ok_or_else(|| ApiError::not_found("run", id))?;
-        let corrupt = |column: &str, e: String| ApiError::Internal(anyhow::anyhow!("runs row {id}: column `{column}`: {e}"));
+        let (status, params) = (b.status()?, b.params()?);
         runs.push((
             b.dataset_version_id,
             RunResults {
                 id: b.id,
                 name: b.name,
-                status: b.status.parse().map_err(|e| corrupt("status", e))?,
+                status,
                 best_epoch: b.best_epoch,
-                params: serde_json::from_str(&b.params_json).map_err(|e| corrupt("params_json", e.to_string()))?,
+                params,
                 per_class: rows.remove(id).unwrap_or_default(),
                 confusion: matrices.remove(id),
             },

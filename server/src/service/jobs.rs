@@ -51,12 +51,7 @@ pub(crate) fn job_info(job: Job) -> JobInfo {
 
 /// A lease for the attempt history; its id only when `reveal` (a worker or admin asks).
 pub(crate) fn lease_info(l: store::leases::LeaseWithKind, reveal: bool) -> Result<LeaseInfo, ApiError> {
-    let kind = l
-        .kind
-        .as_deref()
-        .map(str::parse::<JobKind>)
-        .transpose()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("lease `{}`: job kind {e}", l.id)))?;
+    let kind = l.kind()?;
     Ok(LeaseInfo {
         id: reveal.then_some(l.id),
         job_id: l.job_id,

@@ -49,7 +49,7 @@ pub async fn create(state: &AppState, actor: &str, req: CreateToken) -> Result<C
 }
 
 fn token_info(t: store::tokens::ListedToken) -> Result<TokenInfo, ApiError> {
-    let role = t.role.parse().map_err(|e| ApiError::Internal(anyhow::anyhow!("api_tokens row {}: column `role`: {e}", t.id)))?;
+    let role = t.role()?;
     Ok(TokenInfo {
         id: t.id,
         name: t.name,

@@ -154,12 +154,9 @@ pub async fn upload_blob(
     kind: &str,
     bytes: bytes::Bytes,
 ) -> Result<ArtifactInfo, ApiError> {
-    if kind.is_empty() || kind.len() > 100 || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)) {
-        return Err(ApiError::InvalidRequest("an artifact kind is 1-100 letters, digits, '_', '-', '.' or '/'".to_owned()));
-    }
-    // Nothing is stored for a lease that is not live.
-    let (tx, _, _) = begin_fenced(state, who, lease_id, Expect::training_of(run_id)).await?;
-    tx.commit().await?;
+    // Nothing is stored for a lease that is not live (checked again: it may have ended while
+    // the body was read).
+    check_upload(state, who, run_id, lease_id, kind).await?;
     let size = bytes.len() as i64;
     let sha256 = state
         .artifacts

@@ -57,15 +57,11 @@ impl TryFrom<JobRow> for Job {
     type Error = DbErr;
 
     fn try_from(row: JobRow) -> Result<Self, DbErr> {
-        let corrupt = |column: &str, e: String| DbErr::Custom(format!("jobs row {}: column `{column}`: {e}", row.id));
+        let what = format!("jobs row {}", row.id);
         Ok(Job {
-            kind: row.kind.parse().map_err(|e| corrupt("kind", e))?,
-            status: row.status.parse().map_err(|e| corrupt("status", e))?,
-            cancel_requested: match row.cancel_requested {
-                0 => false,
-                1 => true,
-                n => return Err(corrupt("cancel_requested", format!("{n} is not a flag (0 or 1)"))),
-            },
+            kind: super::decode_enum(&what, "kind", &row.kind)?,
+            status: super::decode_enum(&what, "status", &row.status)?,
+            cancel_requested: super::decode_flag(&what, "cancel_requested", row.cancel_requested)?,
             id: row.id,
             run_id: row.run_id,
             run_name: row.run_name,

@@ -142,6 +142,16 @@ pub struct BriefRun {
     pub dataset_version_id: i64,
 }
 
+impl BriefRun {
+    pub fn status(&self) -> Result<protocol::RunStatus, DbErr> {
+        super::decode_enum(&format!("runs row {}", self.id), "status", &self.status)
+    }
+
+    pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
+        super::decode_json(&format!("runs row {}", self.id), "params_json", &self.params_json)
+    }
+}
+
 /// Names, statuses, parameters, best epochs and dataset versions of the given runs.
 pub async fn brief(conn: &impl ConnectionTrait, run_ids: &[i64]) -> Result<Vec<BriefRun>, DbErr> {
     let (marks, vals) = id_list(run_ids);

@@ -78,6 +78,13 @@ pub async fn of_job(conn: &impl ConnectionTrait, job_id: i64) -> Result<Vec<Leas
     .await
 }
 
+impl LeaseWithKind {
+    /// Its job's kind (None for leases that ended before jobs existed).
+    pub fn kind(&self) -> Result<Option<protocol::JobKind>, DbErr> {
+        self.kind.as_deref().map(|k| super::decode_enum(&format!("leases row `{}`", self.id), "job kind", k)).transpose()
+    }
+}
+
 /// A lease for the attempt history, with its job's kind.
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct LeaseWithKind {

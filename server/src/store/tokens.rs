@@ -62,6 +62,12 @@ pub struct ListedToken {
     pub token_hash: String,
 }
 
+impl ListedToken {
+    pub fn role(&self) -> Result<protocol::Role, DbErr> {
+        super::decode_enum(&format!("api_tokens row {}", self.id), "role", &self.role)
+    }
+}
+
 pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<ListedToken>, DbErr> {
     all(conn, "SELECT id, name, role, created_at, created_by, revoked_at, expires_at, token_hash FROM api_tokens ORDER BY id", vec![]).await
 }
