@@ -35,7 +35,16 @@ fn wait_for(port: u16) {
 }
 
 fn cobb(dir: &Path, url: &str, args: &[&str]) -> String {
-    let out = Command::new(COBB).args(args).current_dir(dir).env("COBB_SERVER", url).env_remove("COBB_TOKEN").output().expect("cobb");
+    let key = dir.join("site.key");
+    data::pseudonym::PseudonymKey::load_or_create(&key).expect("site key");
+    let out = Command::new(COBB)
+        .args(args)
+        .current_dir(dir)
+        .env("COBB_SERVER", url)
+        .env("COBB_PSEUDONYM_KEY_FILE", &key)
+        .env_remove("COBB_TOKEN")
+        .output()
+        .expect("cobb");
     assert!(out.status.success(), "cobb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

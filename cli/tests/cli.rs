@@ -10,8 +10,22 @@ fn experiments() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../experiments"))
 }
 
+/// Runs cobb in `dir` as one site: its pseudonym key is `dir/site.key` (made when missing).
 fn cobb(dir: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(COBB).args(args).current_dir(dir).env("COBB_SERVER", server).env_remove("COBB_TOKEN").output().expect("cobb runs")
+    let key = dir.join("site.key");
+    data::pseudonym::PseudonymKey::load_or_create(&key).expect("site key");
+    cobb_with_key(dir, server, &key, args)
+}
+
+fn cobb_with_key(dir: &Path, server: &str, key: &Path, args: &[&str]) -> Output {
+    Command::new(COBB)
+        .args(args)
+        .current_dir(dir)
+        .env("COBB_SERVER", server)
+        .env("COBB_PSEUDONYM_KEY_FILE", key)
+        .env_remove("COBB_TOKEN")
+        .output()
+        .expect("cobb runs")
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -59,20 +73,34 @@ fn phantoms_register_with_no_patient_in_two_splits() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("wrote 200 phantoms"), "{stdout}");
     let (_server, url) = start_server(dir.path());
-    let out = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph", "--json"]);
+    // Pseudonyms need the site's key; without one the registration stops and says how to make it.
+    let missing = dir.path().join("keys").join("pseudonym.key");
+    let out = cobb_with_key(dir.path(), &url, &missing, &["dataset", "register", "phantoms", "ph"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("cobb dataset key init"), "{stderr}");
+    let out = cobb_with_key(dir.path(), &url, &missing, &["dataset", "key", "init", "--json"]);
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(!cobb_with_key(dir.path(), &url, &missing, &["dataset", "key", "init"]).status.success(), "a key is never replaced");
+    let out = cobb_with_key(dir.path(), &url, &missing, &["dataset", "register", "phantoms", "ph", "--json"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let info: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(info["pseudonym_key"], made["id"], "the version records the key's id");
+    assert!(!stdout.contains(&std::fs::read_to_string(&missing).expect("key").trim().to_owned()), "never the key");
     assert_eq!(info["items"], 200);
     assert!(info["report"].as_array().expect("report").is_empty(), "{stdout}");
     let counts = info["counts"].as_array().expect("counts");
     assert_eq!(counts.len(), 10);
     assert!(counts.iter().all(|c| c["train"].as_u64() > Some(10) && c["val"].as_u64() > Some(0)), "{stdout}");
     // Same content, same version.
-    let again = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph", "--json"]);
+    let again = cobb_with_key(dir.path(), &url, &missing, &["dataset", "register", "phantoms", "ph", "--json"]);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
     assert_eq!(again["version"], info["version"]);
     assert_eq!(again["created"], false);
+    // Another key gives other pseudonyms: a new version of the dataset with it is refused.
+    let out = cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph", "--seed", "9"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("registered with the pseudonym key"), "{stderr}");
     // No patient in two splits, checked on the stored items.
     let out = cobb(dir.path(), &url, &["dataset", "show", "phantoms", "--items", "--json"]);
     let (stdout, stderr) = text(&out);

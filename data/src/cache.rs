@@ -48,15 +48,16 @@ impl ImageCache {
     }
 
     /// The fitted `size` x `size` image of `source` (values 0..1), from the cache or
-    /// decoded now and cached.
-    pub fn load(&self, source: &Path, sha256: &str) -> Result<Vec<f32>, LoadError> {
+    /// decoded now and cached. Errors name the item as `name` (its registered relative
+    /// path), never a path of this machine: they reach the server, where viewers read them.
+    pub fn load(&self, source: &Path, name: &str, sha256: &str) -> Result<Vec<f32>, LoadError> {
         let entry = self.entry(sha256);
         if let Ok(bytes) = std::fs::read(&entry)
             && bytes.len() == self.size * self.size * 2
         {
             return Ok(bytes.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])) / 65535.0).collect());
         }
-        let display = source.display().to_string();
+        let display = name.to_owned();
         let io = |source: std::io::Error| LoadError::Io { path: display.clone(), source };
         let raw = std::fs::read(source).map_err(io)?;
         let actual = hex::encode(Sha256::digest(&raw));
@@ -66,7 +67,7 @@ impl ImageCache {
         let (img, _) = decode::decode_file(source).map_err(|e| LoadError::Decode { path: display.clone(), source: e })?;
         let fitted = decode::fit_square(&img, self.size);
         let parent = entry.parent().unwrap_or(&self.dir).to_path_buf();
-        let io_entry = |source: std::io::Error| LoadError::Io { path: entry.display().to_string(), source };
+        let io_entry = |source: std::io::Error| LoadError::Io { path: format!("the image cache entry of {name}"), source };
         std::fs::create_dir_all(&parent).map_err(io_entry)?;
         // A name of its own per writer: several loaders may fill the same entry at once.
         static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

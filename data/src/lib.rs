@@ -10,6 +10,7 @@ pub mod decode;
 pub mod loader;
 pub mod manifest;
 pub mod phantoms;
+pub mod pseudonym;
 pub mod split;
 pub mod transforms;
 

@@ -16,7 +16,11 @@ use super::transforms;
 
 #[derive(Debug, Clone)]
 pub struct LoaderItem {
+    /// The file on this machine.
     pub path: PathBuf,
+    /// The item as registered (its path relative to the dataset root): every message about
+    /// the item names this, never where the file is on this machine.
+    pub name: String,
     pub sha256: String,
     pub label: usize,
 }
@@ -40,7 +44,8 @@ pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<usize>,
     /// Images left out of this batch and why.
-    pub skipped: Vec<(PathBuf, String)>,
+    /// (item name, why) of the images that could not be read.
+    pub skipped: Vec<(String, String)>,
 }
 
 impl Batch {
@@ -70,7 +75,7 @@ fn make_batch(items: &[LoaderItem], indices: &[usize], cache: &ImageCache, confi
     let mut batch = Batch { images: Vec::with_capacity(indices.len() * size * size), ..Batch::default() };
     for &i in indices {
         let item = &items[i];
-        match cache.load(&item.path, &item.sha256) {
+        match cache.load(&item.path, &item.name, &item.sha256) {
             Ok(img) => {
                 let img = match &config.augment {
                     Some(spec) => {
@@ -82,7 +87,7 @@ fn make_batch(items: &[LoaderItem], indices: &[usize], cache: &ImageCache, confi
                 batch.images.extend_from_slice(&img);
                 batch.labels.push(item.label);
             }
-            Err(e) if !e.is_fatal() => batch.skipped.push((item.path.clone(), e.to_string())),
+            Err(e) if !e.is_fatal() => batch.skipped.push((item.name.clone(), e.to_string())),
             Err(e) => return Err(e),
         }
     }
@@ -172,7 +177,7 @@ mod tests {
                     .save(&path)
                     .expect("png");
                 let sha256 = hex::encode(Sha256::digest(std::fs::read(&path).expect("read")));
-                LoaderItem { path, sha256, label: i % 3 }
+                LoaderItem { name: format!("{i}.png"), path, sha256, label: i % 3 }
             })
             .collect()
     }
@@ -212,14 +217,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut list = dataset(dir.path(), 6);
         std::fs::write(dir.path().join("bad.png"), b"not a png").expect("write");
-        list.push(LoaderItem { path: dir.path().join("bad.png"), sha256: hex::encode(Sha256::digest(b"not a png")), label: 0 });
+        list.push(LoaderItem {
+            path: dir.path().join("bad.png"),
+            name: "bad.png".to_owned(),
+            sha256: hex::encode(Sha256::digest(b"not a png")),
+            label: 0,
+        });
         let items = Arc::new(list);
         let cache = Arc::new(ImageCache::new(&dir.path().join("cache"), "v1", 16));
         let batches: Vec<Batch> = Batches::new(items.clone(), cache.clone(), config(2), 0).map(|b| b.expect("batch")).collect();
         assert_eq!(batches.iter().map(Batch::len).sum::<usize>(), 6);
-        let skipped: Vec<&(PathBuf, String)> = batches.iter().flat_map(|b| &b.skipped).collect();
+        let skipped: Vec<&(String, String)> = batches.iter().flat_map(|b| &b.skipped).collect();
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].1.contains("not an image"), "{}", skipped[0].1);
+        assert_eq!(skipped[0].0, "bad.png");
+        let root = dir.path().display().to_string();
+        assert!(!skipped[0].1.contains(&root), "no path of this machine in a reason: {}", skipped[0].1);
 
         // Change a registered file: the next epoch that has to read it refuses.
         let fresh = Arc::new(ImageCache::new(&dir.path().join("cache2"), "v1", 16));
@@ -228,5 +241,6 @@ mod tests {
         let err = result.expect_err("changed file");
         assert!(matches!(err, LoadError::Changed { .. }), "{err}");
         assert!(err.to_string().contains("changed since the dataset version was registered"));
+        assert!(err.to_string().starts_with("2.png ") && !err.to_string().contains(&root), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //! Files that cannot be taken (unknown label, missing, unreadable, not an image, corrupt
 //! or unsupported pixel data, too small, duplicate content) become lines of the ingestion
 //! report; they never stop the scan. With `decode` on, every file is decoded once (in
-//! parallel) and DICOM PatientIDs fill in missing patient ids, hashed with the salt.
+//! parallel) and DICOM PatientIDs fill in missing patient ids, pseudonymised with the site's key
+//! (`pseudonym`).
 
 use protocol::api::IngestionIssue;
 use sha2::{Digest, Sha256};
@@ -23,7 +24,7 @@ pub struct ScannedItem {
     pub sha256: String,
     pub bytes: u64,
     pub label: String,
-    /// Salted hash of the patient id.
+    /// The patient id's pseudonym (keyed HMAC, `pseudonym`).
     pub patient: Option<String>,
     pub view: Option<String>,
     pub acquired_at: Option<String>,
@@ -33,8 +34,8 @@ pub struct ScannedItem {
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
     pub classes: Vec<String>,
-    /// Installation salt for patient ids.
-    pub salt: String,
+    /// The site's key patient ids are pseudonymised with.
+    pub key: crate::pseudonym::PseudonymKey,
     /// Decode every image (reporting the ones that fail) and read DICOM patient ids.
     pub decode: bool,
 }
@@ -43,15 +44,6 @@ pub struct ScanOptions {
 pub struct Scanned {
     pub items: Vec<ScannedItem>,
     pub report: Vec<IngestionIssue>,
-}
-
-/// Hashes a patient id with the installation salt; only this ever leaves the machine.
-pub fn hash_patient(salt: &str, patient_id: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(salt.as_bytes());
-    h.update([0]);
-    h.update(patient_id.trim().as_bytes());
-    hex::encode(&h.finalize()[..12])
 }
 
 /// sha256 and size of a file.
@@ -114,7 +106,7 @@ fn inspect(path: &Path, options: &ScanOptions) -> Inspected {
     let mut patient = None;
     if options.decode {
         let (_, ids) = super::decode::decode_file(path).map_err(|e| e.to_string())?;
-        patient = ids.patient_id.map(|p| hash_patient(&options.salt, &p));
+        patient = ids.patient_id.map(|p| options.key.pseudonym(&p));
     }
     Ok((sha256, bytes, patient))
 }
@@ -245,7 +237,7 @@ pub fn read_manifest(root: &Path, csv_path: &Path, options: &ScanOptions) -> Res
             out.report.push(IngestionIssue { path: rel, reason: "not an image (expected .png, .jpg, .jpeg or .dcm)".to_owned() });
             continue;
         }
-        let patient = field(patient_col).map(|p| hash_patient(&options.salt, &p));
+        let patient = field(patient_col).map(|p| options.key.pseudonym(&p));
         candidates.push(Candidate { path, rel, label, patient, view: field(view_col), acquired_at: field(time_col) });
     }
     take_all(candidates, options, &mut out);
@@ -260,8 +252,8 @@ mod tests {
         vec!["ap_preop".to_owned(), "lat_preop".to_owned()]
     }
 
-    fn options(salt: &str, decode: bool) -> ScanOptions {
-        ScanOptions { classes: classes(), salt: salt.to_owned(), decode }
+    fn options(key: u8, decode: bool) -> ScanOptions {
+        ScanOptions { classes: classes(), key: crate::pseudonym::PseudonymKey::from_bytes([key; 32]), decode }
     }
 
     fn write(root: &Path, rel: &str, bytes: &[u8]) {
@@ -281,7 +273,7 @@ mod tests {
         write(dir.path(), "other/d.png", b"four");
         write(dir.path(), "stray.png", b"five");
         write(dir.path(), "ap_preop/empty.png", b"");
-        let scanned = scan_folder(dir.path(), &options("s", false)).expect("scan");
+        let scanned = scan_folder(dir.path(), &options(1, false)).expect("scan");
         let paths: Vec<&str> = scanned.items.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["ap_preop/a.png", "ap_preop/sub/b.dcm", "lat_preop/c.jpg"]);
         assert_eq!(scanned.items[0].sha256, hex::encode(Sha256::digest(b"one")));
@@ -304,16 +296,16 @@ mod tests {
             "path,label,patient_id,view\nx/1.png,ap_preop,PAT-001,ap\nx/2.png,cat,PAT-002,ap\nx/3.png,lat_preop,PAT-003,lat\nx/1.png,ap_preop,PAT-001,ap\n../m.csv,ap_preop,P,ap\n/etc/passwd,ap_preop,P,ap\n",
         )
         .expect("csv");
-        let scanned = read_manifest(dir.path(), &csv, &options("salt", false)).expect("read");
+        let scanned = read_manifest(dir.path(), &csv, &options(1, false)).expect("read");
         assert_eq!(scanned.items.len(), 1);
         let item = &scanned.items[0];
-        assert_eq!(item.patient.as_deref(), Some(hash_patient("salt", "PAT-001").as_str()));
+        assert_eq!(item.patient.as_deref(), Some(options(1, false).key.pseudonym("PAT-001").as_str()));
         assert!(!item.patient.as_deref().unwrap_or_default().contains("PAT"), "never the raw id");
         assert_eq!(item.view.as_deref(), Some("ap"));
         assert_eq!(scanned.report.len(), 5);
         assert!(scanned.report.iter().any(|r| r.path == "../m.csv" && r.reason.contains("leaves the dataset root")));
         assert!(scanned.report.iter().any(|r| r.path == "/etc/passwd" && r.reason.contains("leaves the dataset root")));
-        assert_ne!(hash_patient("salt", "PAT-001"), hash_patient("pepper", "PAT-001"));
+        assert_ne!(options(1, false).key.pseudonym("PAT-001"), options(2, false).key.pseudonym("PAT-001"));
     }
 
     #[test]
@@ -325,7 +317,7 @@ mod tests {
         image::GrayImage::new(1, 1).save(dir.path().join("ap_preop/dot.png")).expect("png");
         write(dir.path(), "ap_preop/text.png", b"this is not a png");
         write(dir.path(), "ap_preop/trunc.png", &std::fs::read(dir.path().join("ap_preop/good.png")).expect("read")[..40]);
-        let scanned = scan_folder(dir.path(), &options("s", true)).expect("scan");
+        let scanned = scan_folder(dir.path(), &options(1, true)).expect("scan");
         assert_eq!(scanned.items.len(), 1);
         let reasons: BTreeMap<String, String> = scanned.report.into_iter().map(|r| (r.path, r.reason)).collect();
         assert!(reasons["ap_preop/dot.png"].contains("at least 16x16"), "{reasons:?}");
@@ -338,7 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let csv = dir.path().join("m.csv");
         std::fs::write(&csv, "file,class\na.png,ap_preop\n").expect("csv");
-        let err = read_manifest(dir.path(), &csv, &options("s", false)).expect_err("bad header");
+        let err = read_manifest(dir.path(), &csv, &options(1, false)).expect_err("bad header");
         assert!(err.to_string().contains("`path` and `label`"), "{err}");
     }
 }

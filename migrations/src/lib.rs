@@ -34,6 +34,8 @@ mod m003_sessions;
 mod m004_jobs;
 mod m005_token_expiry;
 mod m006_lease_holder;
+mod m007_spec_once;
+mod m008_keyed_pseudonyms;
 
 pub struct Migrator;
 
@@ -47,6 +49,8 @@ impl MigratorTrait for Migrator {
             Box::new(m004_jobs::Migration),
             Box::new(m005_token_expiry::Migration),
             Box::new(m006_lease_holder::Migration),
+            Box::new(m007_spec_once::Migration),
+            Box::new(m008_keyed_pseudonyms::Migration),
         ]
     }
 }

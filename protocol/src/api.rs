@@ -122,6 +122,11 @@ pub struct RegisterDataset {
     pub items: Vec<DatasetItem>,
     #[serde(default)]
     pub report: Vec<IngestionIssue>,
+    /// The id of the site key the patient pseudonyms were made with (never the key). A
+    /// dataset's versions that carry one must all carry the same; none means the patients
+    /// were pseudonymised some other way (older clients).
+    #[serde(default)]
+    pub pseudonym_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +154,10 @@ pub struct DatasetVersionInfo {
     pub report: Vec<IngestionIssue>,
     pub created_at: Millis,
     pub created_by: String,
+    /// The id of the site key its patient pseudonyms were made with (none: older versions,
+    /// pseudonymised with the unkeyed salted hash).
+    #[serde(default)]
+    pub pseudonym_key: Option<String>,
     /// False when the same content was registered before (the existing version is returned).
     #[serde(default)]
     pub created: bool,
@@ -166,12 +175,6 @@ pub struct DatasetVersionBrief {
     pub number: i64,
     pub items: u64,
     pub created_at: Millis,
-}
-
-/// The installation salt patient ids are hashed with before they leave the machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstallationSalt {
-    pub salt: String,
 }
 
 // ---- experiments and sweeps --------------------------------------------------------

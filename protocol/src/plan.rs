@@ -98,25 +98,41 @@ fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
     if combos.len() > MAX_SWEEP_RUNS {
         return Err(vec![Issue::new("sweep", format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"))]);
     }
-    let mut base_json = serde_json::to_value(spec).map_err(|e| vec![Issue::new("", e.to_string())])?;
-    if let Value::Object(map) = &mut base_json {
-        map.remove("sweep");
-    }
     let mut runs = Vec::with_capacity(combos.len());
     for (index, params) in combos.into_iter().enumerate() {
-        let mut json = base_json.clone();
-        for (path, value) in &params {
-            set_path(&mut json, path, value.clone());
-        }
-        let config: ExperimentSpec = serde_json::from_value(json)
-            .map_err(|e| vec![Issue::new(blame(&params), format!("run {index} ({}): {e}", describe(&params)))])?;
-        if let Some(issue) = spec::validate(&config).into_iter().next() {
-            let path = if params.contains_key(&issue.path) { format!("sweep.parameters.{}", issue.path) } else { issue.path.clone() };
-            return Err(vec![Issue::new(path, format!("run {index} ({}): {}", describe(&params), issue.message))]);
-        }
-        runs.push(PlannedRun { index: index as u32, params, config: spec::resolved(&config) });
+        let config = config_for(spec, &params).map_err(|issue| {
+            let path = if issue.path.is_empty() {
+                blame(&params)
+            } else if params.contains_key(&issue.path) {
+                format!("sweep.parameters.{}", issue.path)
+            } else {
+                issue.path.clone()
+            };
+            vec![Issue::new(path, format!("run {index} ({}): {}", describe(&params), issue.message))]
+        })?;
+        runs.push(PlannedRun { index: index as u32, params, config });
     }
     Ok(runs)
+}
+
+/// The complete spec one run of `spec`'s sweep trains with: the spec without its sweep,
+/// `params` set at their dotted paths, defaults resolved. The server stores a sweep's spec
+/// once and each run's params only; this derives a run's config from them, exactly as
+/// [`parse`] did when the run was planned. An issue with an empty path is a value that does
+/// not fit its field.
+pub fn config_for(spec: &ExperimentSpec, params: &Params) -> Result<ExperimentSpec, Issue> {
+    let mut json = serde_json::to_value(spec).map_err(|e| Issue::new("", e.to_string()))?;
+    if let Value::Object(map) = &mut json {
+        map.remove("sweep");
+    }
+    for (path, value) in params {
+        set_path(&mut json, path, value.clone());
+    }
+    let config: ExperimentSpec = serde_json::from_value(json).map_err(|e| Issue::new("", e.to_string()))?;
+    if let Some(issue) = spec::validate(&config).into_iter().next() {
+        return Err(issue);
+    }
+    Ok(spec::resolved(&config))
 }
 
 fn blame(params: &Params) -> String {

@@ -343,6 +343,10 @@ fn in_range(value: f64, lo: f64, hi: f64) -> bool {
     value.is_finite() && value >= lo && value <= hi
 }
 
+/// The longest description accepted: a description is a paragraph or two, and it is stored
+/// with every sweep of the experiment.
+pub const MAX_DESCRIPTION_BYTES: usize = 8 * 1024;
+
 /// Checks the rules serde cannot express. Returns every problem found, in file order.
 pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
     let mut issues = Vec::new();
@@ -354,6 +358,15 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
     let name_ok =
         !spec.name.is_empty() && spec.name.len() <= 100 && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     check(name_ok, "name", format!("`{}` is not a valid experiment name: use 1-100 letters, digits, '-', '_' or '.'", spec.name));
+    check(
+        spec.description.len() <= MAX_DESCRIPTION_BYTES,
+        "description",
+        format!(
+            "is {} KB; a description is at most {} KB (put longer notes in a file next to the spec)",
+            spec.description.len().div_ceil(1024),
+            MAX_DESCRIPTION_BYTES / 1024
+        ),
+    );
     check(!spec.dataset.name.is_empty(), "dataset.name", "must not be empty".to_owned());
 
     let m = &spec.model;

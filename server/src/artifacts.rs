@@ -5,10 +5,11 @@
 //! to it: they upload and download through the server's API, fenced by their lease.
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, WriteMultipart};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -28,6 +29,21 @@ pub fn uri(sha256: &str) -> String {
 fn key(sha256: &str) -> Path {
     Path::from(format!("sha256/{}/{sha256}", &sha256[..2.min(sha256.len())]))
 }
+
+/// Why a streamed upload was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error("the upload is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the upload broke off: {0}")]
+    Broken(String),
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
+
+/// Parts in flight at once while streaming an upload (each up to 5 MB): what an upload can
+/// cost the server's memory, whatever its size.
+const PARTS_IN_FLIGHT: usize = 2;
 
 impl ArtifactStore {
     pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
@@ -50,14 +66,47 @@ impl ArtifactStore {
         }
     }
 
-    /// Stores `bytes` under their sha256 (once: the same content is kept once).
-    pub async fn put(&self, bytes: Bytes) -> Result<String, object_store::Error> {
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let path = key(&sha256);
-        if self.store.head(&path).await.is_err() {
-            self.store.put(&path, PutPayload::from_bytes(bytes)).await?;
+    /// Streams `body` into the store under its sha256 without holding it in memory: the bytes
+    /// go to a staging object as they arrive (parts of 5 MB, at most [`PARTS_IN_FLIGHT`] in
+    /// flight), hashed on the way; the staged object then moves to its content address, or is
+    /// dropped when that content is stored already. Returns the sha256 and the size.
+    pub async fn put_stream<E: std::fmt::Display>(
+        &self,
+        mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+        limit: u64,
+    ) -> Result<(String, u64), PutError> {
+        let staging = Path::from(format!("staging/{}", uuid::Uuid::new_v4().simple()));
+        let mut writer = WriteMultipart::new(self.store.put_multipart(&staging).await?);
+        let (mut hasher, mut size) = (Sha256::new(), 0u64);
+        let streamed: Result<(), PutError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| PutError::Broken(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(PutError::TooLarge { limit });
+                }
+                hasher.update(&chunk);
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.put(chunk);
+            }
+            Ok(())
         }
-        Ok(sha256)
+        .await;
+        if let Err(e) = streamed {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(staging = %staging, error = %abort, "could not abort a broken upload");
+            }
+            return Err(e);
+        }
+        writer.finish().await?;
+        let sha256 = hex::encode(hasher.finalize());
+        let path = key(&sha256);
+        if self.store.head(&path).await.is_ok() {
+            self.store.delete(&staging).await?;
+        } else {
+            self.store.rename(&staging, &path).await?;
+        }
+        Ok((sha256, size))
     }
 
     pub async fn get(&self, sha256: &str) -> Result<Bytes, object_store::Error> {

@@ -29,7 +29,7 @@ fn phantom_data(dir: &Path, count: usize) -> TrainData {
     let root = dir.join("ph");
     data::phantoms::generate(&root, &options).expect("phantoms");
     let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
-    let scan = ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: false };
+    let scan = ScanOptions { classes: classes.clone(), key: data::pseudonym::PseudonymKey::from_bytes([1; 32]), decode: false };
     let scanned = manifest::read_manifest(&root, &root.join("manifest.csv"), &scan).expect("manifest");
     let items = split::freeze(scanned.items, [70, 15, 15], 0, true);
 

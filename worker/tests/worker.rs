@@ -66,7 +66,8 @@ impl Server {
         };
         data::phantoms::generate(root, &options).expect("phantoms");
         let classes: Vec<String> = protocol::classes::SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
-        let scan = data::manifest::ScanOptions { classes: classes.clone(), salt: "s".to_owned(), decode: true };
+        let scan =
+            data::manifest::ScanOptions { classes: classes.clone(), key: data::pseudonym::PseudonymKey::from_bytes([1; 32]), decode: true };
         let scanned = data::manifest::read_manifest(root, &root.join("manifest.csv"), &scan).expect("scan");
         let mut items = data::split::freeze(scanned.items, [70, 15, 15], 0, true);
         for item in items.iter_mut().filter(|i| i.split == protocol::Split::Train).take(corrupt) {
@@ -84,6 +85,7 @@ impl Server {
             classes,
             items,
             report: vec![],
+            pseudonym_key: None,
         };
         self.post("/datasets", &request).await;
     }

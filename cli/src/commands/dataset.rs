@@ -1,8 +1,9 @@
 use anyhow::Context;
 use clap::Subcommand;
 use data::manifest;
+use data::pseudonym::{self, PseudonymKey};
 use data::split;
-use protocol::api::{DatasetVersionInfo, GroupBy, InstallationSalt, ItemList, RegisterDataset};
+use protocol::api::{DatasetVersionInfo, GroupBy, ItemList, RegisterDataset};
 use protocol::classes::{SCOLIOSIS_CLASSES, SMALL_CLASS_THRESHOLD};
 use std::path::PathBuf;
 
@@ -33,6 +34,16 @@ pub enum DatasetCommand {
         /// Comma-separated class names (default: the 10 scoliosis categories).
         #[arg(long, value_delimiter = ',')]
         classes: Option<Vec<String>>,
+        /// The site's pseudonym key (default: $COBB_PSEUDONYM_KEY_FILE, else
+        /// ~/.config/cobb/pseudonym.key); create it once with `cobb dataset key init`.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// The site's pseudonym key, which patient ids are pseudonymised with before they leave
+    /// this machine (HMAC-SHA256; the server never sees the key).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Show a dataset version: NAME or NAME@VERSION (hash prefix or vN).
     Show {
@@ -44,11 +55,54 @@ pub enum DatasetCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create the site's key (once per site; refuses to replace one). Back it up with the
+    /// site's other secrets: a new key gives every patient a new pseudonym.
+    Init {
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print where the key is and its id (the id a dataset version records; not the key).
+    Show {
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// The site's key, from `--key-file`, $COBB_PSEUDONYM_KEY_FILE or the default path.
+pub fn site_key(explicit: Option<&std::path::Path>) -> Result<PseudonymKey, Failure> {
+    PseudonymKey::load(&pseudonym::key_path(explicit)).map_err(|e| Failure::Input(e.into()))
+}
+
+fn key_command(cmd: &KeyCommand, json: bool) -> Result<(), Failure> {
+    let (key, path, created) = match cmd {
+        KeyCommand::Init { key_file } => {
+            let path = pseudonym::key_path(key_file.as_deref());
+            (PseudonymKey::create(&path).map_err(|e| Failure::Input(e.into()))?, path, true)
+        }
+        KeyCommand::Show { key_file } => {
+            let path = pseudonym::key_path(key_file.as_deref());
+            (site_key(Some(&path))?, path, false)
+        }
+    };
+    if json {
+        output::json(&serde_json::json!({"path": path.display().to_string(), "id": key.id(), "created": created}));
+    } else if created {
+        println!("created the pseudonym key {} (id {}); keep it with the site's secrets and back it up", path.display(), key.id());
+    } else {
+        println!("pseudonym key {} (id {})", path.display(), key.id());
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: &DatasetCommand, client: &Client, json: bool) -> Result<(), Failure> {
     match cmd {
-        DatasetCommand::Register { name, path, manifest: csv, split: ratios, seed, group_by, classes } => {
-            register(client, name, path, csv.clone(), ratios, *seed, group_by, classes.clone(), json).await.map(|_| ())
+        DatasetCommand::Register { name, path, manifest: csv, split: ratios, seed, group_by, classes, key_file } => {
+            let key = site_key(key_file.as_deref())?;
+            register(client, name, path, csv.clone(), ratios, *seed, group_by, classes.clone(), &key, json).await.map(|_| ())
         }
+        DatasetCommand::Key { command } => key_command(command, json),
         DatasetCommand::Show { name, items } => {
             let (name, version) = match name.split_once('@') {
                 Some((n, v)) => (n, Some(v)),
@@ -89,6 +143,7 @@ pub async fn register(
     seed: u64,
     group_by: &str,
     classes: Option<Vec<String>>,
+    key: &PseudonymKey,
     json: bool,
 ) -> Result<DatasetVersionInfo, Failure> {
     let classes: Vec<String> = classes.unwrap_or_else(|| SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect());
@@ -97,8 +152,7 @@ pub async fn register(
         return Err(Failure::input(format!("{} is not a directory", path.display())));
     }
     let group_by = if group_by == "none" { GroupBy::None } else { GroupBy::Patient };
-    let salt: InstallationSalt = client.get("/datasets/salt").await?;
-    let options = manifest::ScanOptions { classes: classes.clone(), salt: salt.salt, decode: true };
+    let options = manifest::ScanOptions { classes: classes.clone(), key: key.clone(), decode: true };
     // A manifest.csv at the root (as `cobb phantoms` writes) is used when none is named.
     let found = path.join("manifest.csv");
     let csv = csv.clone().or_else(|| found.is_file().then_some(found));
@@ -130,6 +184,7 @@ pub async fn register(
         classes,
         items,
         report: scanned.report,
+        pseudonym_key: Some(key.id()),
     };
     let info: DatasetVersionInfo = client.post("/datasets", &request).await?;
     print_version(&info, json);

@@ -11,6 +11,10 @@ use worker::device::{self, DeviceChoice};
 use worker::train::{self, EpochReport, Finish, Reporter, TrainData, checkpoint};
 
 use crate::failure::Failure;
+
+/// Local training's pseudonym key: its pseudonyms only group images by patient for the split
+/// and never leave the process, so a fixed key keeps that split reproducible.
+const LOCAL_KEY: &[u8; 32] = b"cobb-train-local: split grouping";
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -53,7 +57,7 @@ impl Reporter for Progress {
                 if r.best { "  (best)" } else { "" }
             );
             for (path, reason) in &r.skipped {
-                eprintln!("  skipped {}: {reason}", path.display());
+                eprintln!("  skipped {path}: {reason}");
             }
         }
     }
@@ -78,7 +82,7 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
 
     // The same scan and split as `cobb dataset register` with its defaults.
     let classes: Vec<String> = SCOLIOSIS_CLASSES.iter().map(|c| (*c).to_owned()).collect();
-    let options = ScanOptions { classes: classes.clone(), salt: "cobb-train-local".to_owned(), decode: true };
+    let options = ScanOptions { classes: classes.clone(), key: data::pseudonym::PseudonymKey::from_bytes(*LOCAL_KEY), decode: true };
     let csv = args.data.join("manifest.csv");
     let scanned =
         if csv.is_file() { manifest::read_manifest(&args.data, &csv, &options) } else { manifest::scan_folder(&args.data, &options) }

@@ -318,7 +318,9 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
     }
     // 2. Register the frozen dataset version.
     eprintln!("2/4 registering dataset `phantoms` (hashing, decoding, patient-grouped 70/15/15 split)");
-    super::dataset::register(&client, "phantoms", &data_dir.join("phantoms"), None, "70/15/15", 0, "patient", None, false).await?;
+    // The demo's data dir is its site: its pseudonym key lives there, made on first use.
+    let key = data::pseudonym::PseudonymKey::load_or_create(&data_dir.join("pseudonym.key")).map_err(|e| Failure::Input(e.into()))?;
+    super::dataset::register(&client, "phantoms", &data_dir.join("phantoms"), None, "70/15/15", 0, "patient", None, &key, false).await?;
     // 3. Submit the demo sweep.
     let submitted: SubmitResult = client
         .post(

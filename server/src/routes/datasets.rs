@@ -1,6 +1,6 @@
 use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
-use protocol::api::{InstallationSalt, RegisterDataset};
+use protocol::api::RegisterDataset;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -9,13 +9,7 @@ use crate::service;
 use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(salt).service(register).service(list).service(items).service(show);
-}
-
-#[get("/datasets/salt")]
-async fn salt(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Submitter)?;
-    Ok(HttpResponse::Ok().json(InstallationSalt { salt: service::datasets::salt(&state).await? }))
+    cfg.service(register).service(list).service(items).service(show);
 }
 
 #[post("/datasets")]

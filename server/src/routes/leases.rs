@@ -33,7 +33,8 @@ struct UploadQuery {
 }
 
 /// A file of a run (checkpoint parts), content-addressed in the artifact store. The lease is
-/// checked before a byte of the body is read: a made-up lease costs the server nothing.
+/// checked before a byte of the body is read (a made-up lease costs the server nothing), and
+/// the body streams to the store as it arrives, never whole in memory.
 async fn upload(
     state: web::Data<AppState>,
     who: Principal,
@@ -43,12 +44,8 @@ async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     who.require(Role::Worker)?;
     service::worker_writes::check_upload(&state, &who, *run, &q.lease_id, &q.kind).await?;
-    let bytes = body
-        .to_bytes_limited(MAX_BLOB_BYTES)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: MAX_BLOB_BYTES })?
-        .map_err(|e| ApiError::InvalidRequest(format!("the upload broke off: {e}")))?;
-    Ok(HttpResponse::Created().json(service::worker_writes::upload_blob(&state, &who, *run, &q.lease_id, &q.kind, bytes).await?))
+    let info = service::worker_writes::upload_blob(&state, &who, *run, &q.lease_id, &q.kind, body, MAX_BLOB_BYTES as u64).await?;
+    Ok(HttpResponse::Created().json(info))
 }
 
 #[get("/blobs/{sha256}")]

@@ -79,16 +79,53 @@ fn check(req: &RegisterDataset) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Items inserted per transaction: a 250,000-item registration in one transaction held
+/// SQLite's one write connection for 17 s and stalled heartbeats; between batches other
+/// writes get their turn.
+pub const ITEMS_PER_TRANSACTION: usize = 5_000;
+
+/// A registration that has not finished after this long died (its server stopped); its
+/// leftover rows are removed when the same content is registered again.
+const ABANDONED_AFTER_MS: i64 = 60 * 60 * 1000;
+
+/// Registers a version: the version row first (not visible), then its items in bounded
+/// transactions, then, in one last transaction, it becomes visible with its audit event. A
+/// registration that fails part-way removes what it inserted; nothing else is touched.
 pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Result<DatasetVersionInfo, ApiError> {
     check(&req)?;
     let version = version_hash(&req);
+    let now = now_ms();
     let tx = state.db.write.begin().await?;
     if let Some(existing) = store::datasets::version_by_hash(&tx, &version).await? {
-        tx.commit().await?;
-        return info(&state.db.read, existing, false).await;
+        if existing.ready == 1 {
+            tx.commit().await?;
+            return info(&state.db.read, existing, false).await;
+        }
+        if now - existing.created_at < ABANDONED_AFTER_MS {
+            return Err(ApiError::Conflict(format!(
+                "this content of `{}` is being registered right now (started by {}); wait for that registration to finish",
+                req.name, existing.created_by
+            )));
+        }
+        store::datasets::delete_unready(&tx, existing.id).await?;
     }
-    let now = now_ms();
     let dataset_id = store::datasets::create_dataset(&tx, &req.name, now).await?;
+    // Pseudonyms made with another key never match: patients could not be followed from one
+    // version to the next, and a patient could land in two splits of related versions.
+    let keys = store::datasets::pseudonym_keys(&tx, dataset_id).await?;
+    if let Some((number, key)) = keys.last()
+        && req.pseudonym_key.as_deref() != Some(key.as_str())
+    {
+        return Err(ApiError::Conflict(format!(
+            "version {number} of `{}` was registered with the pseudonym key {key}, and this registration {}; register with \
+             that site's key (cobb dataset key show tells a key's id), or under a new dataset name",
+            req.name,
+            match &req.pseudonym_key {
+                Some(other) => format!("used the key {other}"),
+                None => "names no key".to_owned(),
+            }
+        )));
+    }
     let number = store::datasets::next_number(&tx, dataset_id).await?;
     let classes_json = serde_json::to_string(&req.classes).map_err(anyhow::Error::from)?;
     let report_json = serde_json::to_string(&req.report).map_err(anyhow::Error::from)?;
@@ -111,10 +148,41 @@ pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Re
             item_count: req.items.len() as i64,
             created_at: now,
             created_by: actor,
+            pseudonym_key: req.pseudonym_key.as_deref(),
         },
     )
     .await?;
-    store::datasets::insert_items(&tx, version_id, &req.items).await?;
+    tx.commit().await?;
+    match insert_items_and_publish(state, actor, &req, &version, number, version_id).await {
+        Ok(()) => {}
+        Err(e) => {
+            if let Err(cleanup) = store::datasets::delete_unready(&state.db.write, version_id).await {
+                tracing::error!(version = %version, error = %cleanup, "could not remove a failed registration's rows; a later one removes them");
+            }
+            return Err(e);
+        }
+    }
+    let row = store::datasets::version_by_id(&state.db.write, version_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset version", &version))?;
+    info(&state.db.write, row, true).await
+}
+
+async fn insert_items_and_publish(
+    state: &AppState,
+    actor: &str,
+    req: &RegisterDataset,
+    version: &str,
+    number: i64,
+    version_id: i64,
+) -> Result<(), ApiError> {
+    for batch in req.items.chunks(ITEMS_PER_TRANSACTION) {
+        let tx = state.db.write.begin().await?;
+        store::datasets::insert_items(&tx, version_id, batch).await?;
+        tx.commit().await?;
+    }
+    let tx = state.db.write.begin().await?;
+    store::datasets::mark_ready(&tx, version_id).await?;
     super::audit::append(
         &tx,
         super::audit::Event {
@@ -123,15 +191,12 @@ pub async fn register(state: &AppState, actor: &str, req: RegisterDataset) -> Re
             experiment: None,
             run_id: None,
             details: json!({"dataset": req.name, "version": version, "number": number, "items": req.items.len(),
-                            "skipped": req.report.len()}),
+                            "skipped": req.report.len(), "pseudonym_key": req.pseudonym_key}),
         },
     )
     .await?;
     tx.commit().await?;
-    let row = store::datasets::version_by_id(&state.db.write, version_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("dataset version", &version))?;
-    info(&state.db.write, row, true).await
+    Ok(())
 }
 
 pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: bool) -> Result<DatasetVersionInfo, ApiError> {
@@ -166,6 +231,7 @@ pub(crate) async fn info(conn: &impl ConnectionTrait, row: VersionRow, created: 
         report,
         created_at: row.created_at,
         created_by: row.created_by,
+        pseudonym_key: row.pseudonym_key,
         created,
     })
 }
@@ -208,12 +274,6 @@ pub async fn list(state: &AppState) -> Result<Vec<DatasetSummary>, ApiError> {
         out.push(DatasetSummary { name, versions });
     }
     Ok(out)
-}
-
-/// The salt patient ids are hashed with, created on first use.
-pub async fn salt(state: &AppState) -> Result<String, ApiError> {
-    let fresh = format!("{}", uuid::Uuid::new_v4().simple());
-    Ok(store::settings::get_or_insert(&state.db.write, "installation_salt", &fresh).await?)
 }
 
 /// Every item of a version with its split, for audits (reviewer role): lets anyone check

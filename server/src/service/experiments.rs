@@ -107,14 +107,12 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
         },
     )
     .await?;
+    // The spec is stored once, with the sweep; a run stores only the params it sets, and its
+    // config is derived from the two (service::runs::config_of).
     let mut runs = Vec::with_capacity(planned.len());
     for run in planned {
-        let mut config = run.config;
-        // Lineage: each run names the exact frozen version it trains on.
-        config.dataset.version = Some(version.version.clone());
         let name = run_name(&parsed.name, Some(sweep_id), run.index);
         let params_json = serde_json::to_string(&run.params).map_err(anyhow::Error::from)?;
-        let config_json = serde_json::to_string(&config).map_err(anyhow::Error::from)?;
         let id = store::runs::insert(
             &tx,
             NewRun {
@@ -124,7 +122,6 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
                 name: &name,
                 max_attempts: i64::from(state.config.max_attempts),
                 params_json: &params_json,
-                config_json: &config_json,
                 now,
             },
         )

@@ -123,7 +123,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    let config = run.config()?;
+    let config = super::runs::config_of(conn, &run, &version.version).await?;
     let work = match kind {
         JobKind::Train => Work::Train(train_work(conn, &run).await?),
         JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),

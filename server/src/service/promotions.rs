@@ -111,7 +111,9 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
         )));
     }
     let now = now_ms();
-    let config_hash = sha256_hex(&run.config_json);
+    // The hash of the config the model trained with, serialized as the worker received it.
+    let config = super::runs::config_of(&tx, &run, &version.version).await?;
+    let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
         &tx,
         NewPromotion {

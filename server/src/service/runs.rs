@@ -2,7 +2,7 @@
 
 use protocol::api::{ArtifactInfo, CancelResult, EpochClassResults, MetricSeries, MetricValue, RunDetail, RunInfo, RunList};
 use protocol::metrics::ClassMetrics;
-use protocol::{RunStatus, Split};
+use protocol::{ExperimentSpec, RunStatus, Split};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -101,6 +101,22 @@ pub(crate) async fn class_results(
     Ok(Some(EpochClassResults { epoch: matrix.epoch, split, per_class, confusion }))
 }
 
+/// The complete spec a run trains with: its sweep's spec (stored once per sweep) with the
+/// run's params set, defaults resolved, and the frozen dataset version it names (lineage).
+/// Derived exactly as the spec was expanded at submission.
+pub(crate) async fn config_of(conn: &impl ConnectionTrait, run: &RunRow, dataset_version: &str) -> Result<ExperimentSpec, ApiError> {
+    let what = format!("sweeps row {}", run.sweep_id);
+    let spec_json =
+        store::experiments::sweep_spec_json(conn, run.sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", run.sweep_id))?;
+    let spec: ExperimentSpec = store::decode_json(&what, "spec_json", &spec_json)?;
+    let params = run.params()?;
+    let mut config = protocol::plan::config_for(&spec, &params).map_err(|issue| {
+        ApiError::Internal(anyhow::anyhow!("run {}'s params no longer fit its sweep's spec at `{}`: {}", run.id, issue.path, issue.message))
+    })?;
+    config.dataset.version = Some(dataset_version.to_owned());
+    Ok(config)
+}
+
 /// One run in full; lease ids only when `reveal_lease_ids` (a worker or admin asks).
 pub async fn show(state: &AppState, id: i64, reveal_lease_ids: bool) -> Result<RunDetail, ApiError> {
     let conn = &state.db.read;
@@ -108,7 +124,7 @@ pub async fn show(state: &AppState, id: i64, reveal_lease_ids: bool) -> Result<R
     let version = store::datasets::version_by_id(conn, row.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", row.dataset_version_id))?;
-    let config = row.config()?;
+    let config = config_of(conn, &row, &version.version).await?;
     let latest =
         store::metrics::latest(conn, id).await?.into_iter().map(|m| (m.key, MetricValue { step: m.step, value: m.value })).collect();
     let class_results = class_results(conn, id, Split::Val, row.best_epoch).await?;

@@ -146,23 +146,48 @@ pub async fn check_upload(state: &AppState, who: &Principal, run_id: i64, lease_
     Ok(())
 }
 
-pub async fn upload_blob(
+/// Streams an upload's body into the artifact store (the lease was checked before: see
+/// [`check_upload`]) and records it as an artifact of the run.
+pub async fn upload_blob<E: std::fmt::Display>(
     state: &AppState,
     who: &Principal,
     run_id: i64,
     lease_id: &str,
     kind: &str,
-    bytes: bytes::Bytes,
+    body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    limit: u64,
 ) -> Result<ArtifactInfo, ApiError> {
-    // Nothing is stored for a lease that is not live (checked again: it may have ended while
-    // the body was read).
-    check_upload(state, who, run_id, lease_id, kind).await?;
-    let size = bytes.len() as i64;
-    let sha256 = state
-        .artifacts
-        .put(bytes)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)))?;
+    use crate::artifacts::PutError;
+    let (sha256, size) = state.artifacts.put_stream(body, limit).await.map_err(|e| match e {
+        PutError::TooLarge { .. } => ApiError::PayloadTooLarge { limit: limit as usize },
+        PutError::Broken(why) => ApiError::InvalidRequest(format!("the upload broke off: {why}")),
+        PutError::Store(e) => ApiError::Internal(anyhow::anyhow!("artifact store {}: {e}", state.artifacts.location)),
+    })?;
+    // The lease may have ended while the body streamed in: then nothing is recorded, and the
+    // blob goes unless something else names it.
+    match record_blob(state, who, run_id, lease_id, kind, &sha256, size as i64).await {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            if !store::artifacts::referenced(&state.db.write, &sha256).await.unwrap_or(true)
+                && let Err(delete) = state.artifacts.delete(&sha256).await
+            {
+                tracing::warn!(sha256 = %sha256, error = %delete, "could not delete an upload whose lease ended");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn record_blob(
+    state: &AppState,
+    who: &Principal,
+    run_id: i64,
+    lease_id: &str,
+    kind: &str,
+    sha256: &str,
+    size: i64,
+) -> Result<ArtifactInfo, ApiError> {
+    let sha256 = sha256.to_owned();
     let uri = crate::artifacts::uri(&sha256);
     let now = now_ms();
     let (tx, _, _) = begin_fenced(state, who, lease_id, Expect::training_of(run_id)).await?;

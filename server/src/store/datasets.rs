@@ -18,10 +18,13 @@ pub struct VersionRow {
     pub item_count: i64,
     pub created_at: i64,
     pub created_by: String,
+    pub pseudonym_key: Option<String>,
+    /// 0 while its items are being inserted (in bounded transactions), 1 once whole.
+    pub ready: i64,
 }
 
 const VERSION_COLUMNS: &str = "v.id, d.name AS dataset, v.version, v.number, v.root, v.split, v.seed, \
-    v.group_by, v.classes_json, v.report_json, v.item_count, v.created_at, v.created_by \
+    v.group_by, v.classes_json, v.report_json, v.item_count, v.created_at, v.created_by, v.pseudonym_key, v.ready \
     FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id";
 
 #[derive(Debug, FromQueryResult)]
@@ -86,11 +89,12 @@ pub async fn version_by_id(conn: &impl ConnectionTrait, id: i64) -> Result<Optio
     one(conn, &format!("SELECT {VERSION_COLUMNS} WHERE v.id = $1"), values![id]).await
 }
 
-/// Versions of a dataset whose hash starts with `prefix` (all of them for ""), newest first.
+/// Whole versions of a dataset whose hash starts with `prefix` (all of them for ""), newest
+/// first. A version still being registered is not among them.
 pub async fn versions(conn: &impl ConnectionTrait, dataset: &str, prefix: &str) -> Result<Vec<VersionRow>, DbErr> {
     all(
         conn,
-        &format!("SELECT {VERSION_COLUMNS} WHERE d.name = $1 AND v.version LIKE $2 ORDER BY v.number DESC"),
+        &format!("SELECT {VERSION_COLUMNS} WHERE d.name = $1 AND v.version LIKE $2 AND v.ready = 1 ORDER BY v.number DESC"),
         values![dataset, format!("{prefix}%")],
     )
     .await
@@ -126,14 +130,16 @@ pub struct NewVersion<'a> {
     pub item_count: i64,
     pub created_at: i64,
     pub created_by: &'a str,
+    pub pseudonym_key: Option<&'a str>,
 }
 
+/// Inserts a version that is not ready yet: [`mark_ready`] makes it visible once its items are in.
 pub async fn insert_version(conn: &impl ConnectionTrait, v: NewVersion<'_>) -> Result<i64, DbErr> {
     let row = one::<Id>(
         conn,
         "INSERT INTO dataset_versions (dataset_id, version, number, root, split, seed, group_by, classes_json, \
-         report_json, item_count, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         RETURNING id",
+         report_json, item_count, created_at, created_by, pseudonym_key, ready) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0) RETURNING id",
         values![
             v.dataset_id,
             v.version,
@@ -146,7 +152,8 @@ pub async fn insert_version(conn: &impl ConnectionTrait, v: NewVersion<'_>) -> R
             v.report_json,
             v.item_count,
             v.created_at,
-            v.created_by
+            v.created_by,
+            v.pseudonym_key.map(str::to_owned)
         ],
     )
     .await?;
@@ -177,6 +184,43 @@ pub async fn insert_items(conn: &impl ConnectionTrait, version_id: i64, items: &
         exec(conn, &sql, vals).await?;
     }
     Ok(())
+}
+
+pub async fn mark_ready(conn: &impl ConnectionTrait, version_id: i64) -> Result<(), DbErr> {
+    exec(conn, "UPDATE dataset_versions SET ready = 1 WHERE id = $1", values![version_id]).await?;
+    Ok(())
+}
+
+/// Deletes a version that never became ready, with its items (a failed or abandoned
+/// registration). Whole versions are never deleted.
+pub async fn delete_unready(conn: &impl ConnectionTrait, version_id: i64) -> Result<(), DbErr> {
+    exec(
+        conn,
+        "DELETE FROM dataset_items WHERE version_id = (SELECT id FROM dataset_versions WHERE id = $1 AND ready = 0)",
+        values![version_id],
+    )
+    .await?;
+    exec(conn, "DELETE FROM dataset_versions WHERE id = $1 AND ready = 0", values![version_id]).await?;
+    Ok(())
+}
+
+/// The pseudonym key ids a dataset's whole versions were registered with (none for older ones).
+pub async fn pseudonym_keys(conn: &impl ConnectionTrait, dataset_id: i64) -> Result<Vec<(i64, String)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Key {
+        number: i64,
+        pseudonym_key: String,
+    }
+    Ok(all::<Key>(
+        conn,
+        "SELECT number, pseudonym_key FROM dataset_versions WHERE dataset_id = $1 AND ready = 1 AND pseudonym_key IS NOT NULL \
+         ORDER BY number",
+        values![dataset_id],
+    )
+    .await?
+    .into_iter()
+    .map(|k| (k.number, k.pseudonym_key))
+    .collect())
 }
 
 pub async fn split_counts(conn: &impl ConnectionTrait, version_id: i64) -> Result<Vec<SplitCountRow>, DbErr> {

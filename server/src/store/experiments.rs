@@ -128,3 +128,12 @@ pub async fn sweep_count(conn: &impl ConnectionTrait, experiment_id: i64) -> Res
         .await?
         .map_or(0, |c| c.n))
 }
+
+/// The spec a sweep was submitted with (JSON), which its runs' configs derive from.
+pub async fn sweep_spec_json(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<Option<String>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Spec {
+        spec_json: String,
+    }
+    Ok(one::<Spec>(conn, "SELECT spec_json FROM sweeps WHERE id = $1", values![sweep_id]).await?.map(|s| s.spec_json))
+}

@@ -14,7 +14,6 @@ pub mod promotions;
 pub mod results;
 pub mod runs;
 pub mod sessions;
-pub mod settings;
 pub mod tokens;
 pub mod workers;
 

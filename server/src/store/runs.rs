@@ -15,7 +15,6 @@ pub struct RunRow {
     pub attempt: i64,
     pub max_attempts: i64,
     pub params_json: String,
-    pub config_json: String,
     pub current_lease_id: Option<String>,
     pub worker: Option<String>,
     pub error: Option<String>,
@@ -27,9 +26,10 @@ pub struct RunRow {
     pub sort_value: Option<f64>,
 }
 
-/// A run's status, attempts, worker and times are its training job's.
+/// A run's status, attempts, worker and times are its training job's. Its config is not a
+/// column: it is derived from its sweep's spec and its params (`service::runs::config_of`).
 const RUN_COLUMNS: &str = "r.id, r.name, r.experiment_id, e.name AS experiment, r.sweep_id, r.idx, j.status, \
-    j.cancel_requested, j.attempt, j.max_attempts, r.params_json, r.config_json, j.lease_id AS current_lease_id, j.worker, \
+    j.cancel_requested, j.attempt, j.max_attempts, r.params_json, j.lease_id AS current_lease_id, j.worker, \
     j.error, r.best_epoch, r.created_at, j.started_at, j.finished_at, e.dataset_version_id";
 const RUN_FROM: &str = "FROM runs r JOIN experiments e ON e.id = r.experiment_id JOIN jobs j ON j.run_id = r.id AND j.kind = 'train'";
 
@@ -51,10 +51,6 @@ impl RunRow {
     pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
         super::decode_json(&self.what(), "params_json", &self.params_json)
     }
-
-    pub fn config(&self) -> Result<protocol::ExperimentSpec, DbErr> {
-        super::decode_json(&self.what(), "config_json", &self.config_json)
-    }
 }
 
 pub struct NewRun<'a> {
@@ -64,7 +60,6 @@ pub struct NewRun<'a> {
     pub name: &'a str,
     pub max_attempts: i64,
     pub params_json: &'a str,
-    pub config_json: &'a str,
     pub now: i64,
 }
 
@@ -72,9 +67,9 @@ pub struct NewRun<'a> {
 pub async fn insert(conn: &impl ConnectionTrait, r: NewRun<'_>) -> Result<i64, DbErr> {
     let id = one::<Id>(
         conn,
-        "INSERT INTO runs (experiment_id, sweep_id, idx, name, params_json, config_json, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.params_json, r.config_json, r.now],
+        "INSERT INTO runs (experiment_id, sweep_id, idx, name, params_json, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.params_json, r.now],
     )
     .await?
     .map(|r| r.id)

@@ -277,11 +277,14 @@ async fn login(req: HttpRequest, state: web::Data<AppState>, form: web::Form<Log
         f.remove(&address);
     }
     tracing::info!(token = %principal.name, "dashboard login");
+    // Served over HTTPS (directly, or by a TLS proxy that says so in X-Forwarded-Proto or
+    // Forwarded), the session cookie is never sent over plain HTTP.
+    let secure = if req.connection_info().scheme() == "https" { "; Secure" } else { "" };
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, next))
         .insert_header((
             header::SET_COOKIE,
-            format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_HOURS * 3600),
+            format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_HOURS * 3600),
         ))
         .finish()
 }

@@ -17,6 +17,10 @@ crate::on_both_databases!(
     item_paths_that_leave_the_dataset_root_are_refused,
     an_upload_on_a_made_up_lease_is_refused_before_its_body_is_read,
     logins_from_other_sites_are_refused_and_guessing_slows_down,
+    a_sweep_stores_its_spec_once_and_free_text_is_bounded,
+    an_upload_streams_to_the_store_as_it_arrives,
+    the_api_serves_no_pseudonym_secret_and_versions_keep_one_key,
+    a_large_registration_does_not_hold_the_write_connection,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -169,6 +173,13 @@ async fn dashboards_send_security_headers_and_redirect_safely(app: TestApp) {
     let r = http.post(format!("{root}/ui/login")).form(&form).send().await.expect("login");
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/ui/experiments");
+    let cookie = r.headers()["set-cookie"].to_str().expect("cookie").to_owned();
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    // Behind a TLS proxy (docs/security.md) the session cookie is never sent over plain HTTP.
+    let form = [("token", app.admin.as_str()), ("next", "/ui/audit")];
+    let r = http.post(format!("{root}/ui/login")).header("X-Forwarded-Proto", "https").form(&form).send().await.expect("login");
+    let cookie = r.headers()["set-cookie"].to_str().expect("cookie").to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
 }
 
 async fn a_lease_is_its_tokens_and_viewers_never_see_lease_ids(app: TestApp) {
@@ -257,4 +268,181 @@ async fn logins_from_other_sites_are_refused_and_guessing_slows_down(app: TestAp
     let started = std::time::Instant::now();
     assert_eq!(login(&root, "cobb_guess").await.expect("post").status(), StatusCode::UNAUTHORIZED);
     assert!(started.elapsed() >= std::time::Duration::from_millis(700), "the sixth failure waits: {:?}", started.elapsed());
+}
+
+/// The bytes the database holds, as the database counts them.
+async fn database_bytes(app: &TestApp) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = sea_orm::Database::connect(&app.database_url).await.expect("connect");
+    let sql = match app.backend {
+        Backend::Sqlite => "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()",
+        Backend::Postgres => "SELECT pg_database_size(current_database()) AS n",
+    };
+    let row = db.query_one(Statement::from_string(db.get_database_backend(), sql)).await.expect("size").expect("row");
+    let n: i64 = row.try_get("", "n").expect("n");
+    db.close().await.expect("close");
+    n
+}
+
+async fn a_sweep_stores_its_spec_once_and_free_text_is_bounded(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    // A 9 KB description is refused (they were unbounded).
+    let long = spec("e", "d", "").replace("name: e\n", &format!("name: e\ndescription: {}\n", "x".repeat(9 * 1024)));
+    let body = fails(app.post(&app.admin, "/experiments", &json!({"yaml": long})).await, StatusCode::BAD_REQUEST, "invalid_spec").await;
+    assert!(body.message.contains("at most 8 KB"), "{}", body.message);
+    // Every run stored a full copy of the spec: 400 runs x an 8 KB description was 3.2 MB.
+    let sweep = "sweep:\n  method: random\n  max_runs: 400\n  parameters:\n    train.optimizer.lr: {distribution: log_uniform, min: 0.0001, max: 0.1}\n";
+    let described = spec("e", "d", sweep).replace("name: e\n", &format!("name: e\ndescription: {}\n", "y".repeat(8 * 1024 - 16)));
+    let before = database_bytes(&app).await;
+    let submitted: Value = ok(app.submit(&described).await).await;
+    let grown = database_bytes(&app).await - before;
+    assert_eq!(submitted["runs"].as_array().map(Vec::len), Some(400));
+    assert!(grown < 1_500_000, "a 400-run sweep grew the database by {grown} bytes");
+    // Each run's config is still whole: the spec with the run's params set.
+    let run = submitted["runs"][7]["run_id"].as_i64().expect("run");
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    let config = &detail["config"];
+    assert_eq!(config["description"].as_str().map(str::len), Some(8 * 1024 - 16));
+    assert_eq!(config["train"]["optimizer"]["lr"], submitted["runs"][7]["params"]["train.optimizer.lr"]);
+    assert!(config["dataset"]["version"].as_str().is_some_and(|v| v.len() == 64), "{config}");
+    assert!(config.get("sweep").is_none_or(Value::is_null), "{config}");
+    // A worker leases the run with the same config.
+    let lease: Value = ok(app.post(&app.admin, "/leases", &json!({"worker": "w"})).await).await;
+    let leased: Value = app.read(&app.admin, &format!("/runs/{}", lease["run_id"])).await;
+    assert_eq!(lease["config"], leased["config"], "the lease carries the derived config");
+}
+
+/// Bytes staged in the local artifact store by uploads still in flight.
+fn staged_bytes(app: &TestApp) -> u64 {
+    let dir = app.data_dir().join("artifacts").join("staging");
+    std::fs::read_dir(dir).map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+}
+
+async fn an_upload_streams_to_the_store_as_it_arrives(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let worker = app.token("w", "worker").await;
+    let lease: Value = ok(app.post(&worker, "/leases", &json!({"worker": "w"})).await).await;
+    let (id, run) = (lease["lease_id"].as_str().expect("lease"), lease["run_id"].as_i64().expect("run"));
+    // Announce 32 MB and send half: the first parts must reach the store before the rest
+    // arrives (the whole body was buffered in memory first).
+    let total = 32usize << 20;
+    let body: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let address = app.base.trim_start_matches("http://").split('/').next().expect("host:port").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let head = format!(
+        "PUT /api/v1/runs/{run}/blobs?lease_id={id}&kind=last_checkpoint HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {worker}\r\nContent-Length: {total}\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket.write_all(&body[..total / 2]).await.expect("half the body");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while staged_bytes(&app) < 5 << 20 {
+        assert!(std::time::Instant::now() < deadline, "nothing reached the store while the upload was in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    socket.write_all(&body[total / 2..]).await.expect("the rest");
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), socket.read(&mut buf)).await.expect("answered").expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    assert!(text.contains(&sha), "stored under its sha256: {text}");
+    assert_eq!(staged_bytes(&app), 0, "nothing left staged");
+    let stored = app.data_dir().join("artifacts").join("sha256").join(&sha[..2]).join(&sha);
+    assert_eq!(std::fs::metadata(stored).expect("stored blob").len(), total as u64);
+}
+
+async fn the_api_serves_no_pseudonym_secret_and_versions_keep_one_key(app: TestApp) {
+    // The unkeyed salt was served to every submitter: whoever had it reversed small ids.
+    let answer = app.get(&app.admin, "/datasets/salt").await;
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let first: Value = register_with_key(&app, "d", 1, Some("k1")).await;
+    assert_eq!(first["pseudonym_key"], "k1");
+    // A new version with the same key is fine; with another key (or none) it is refused.
+    register_with_key(&app, "d", 2, Some("k1")).await;
+    let other = raw_register(&app, "d", 3, Some("k2")).await;
+    let body = fails(other, StatusCode::CONFLICT, "conflict").await;
+    assert!(body.message.contains("registered with the pseudonym key k1"), "{}", body.message);
+    fails(raw_register(&app, "d", 3, None).await, StatusCode::CONFLICT, "conflict").await;
+    let shown: Value = app.read(&app.admin, "/datasets/d").await;
+    assert_eq!(shown["number"], 2, "the refused registrations left nothing behind");
+}
+
+fn registration(name: &str, seed: u64, key: Option<&str>) -> protocol::api::RegisterDataset {
+    let items = (0..12)
+        .map(|i| protocol::api::DatasetItem {
+            path: format!("{}/{i}.png", CLASSES[i % 3]),
+            sha256: format!("{:064x}", i as u64 + seed * 100),
+            bytes: 10,
+            label: CLASSES[i % 3].to_owned(),
+            patient: Some(format!("{:032x}", i / 2)),
+            split: if i < 8 { protocol::Split::Train } else { protocol::Split::Val },
+            view: None,
+            acquired_at: None,
+        })
+        .collect();
+    protocol::api::RegisterDataset {
+        name: name.to_owned(),
+        root: "/data/x".to_owned(),
+        split: "70/20/10".to_owned(),
+        seed,
+        group_by: protocol::api::GroupBy::Patient,
+        classes: CLASSES.iter().map(|c| (*c).to_owned()).collect(),
+        items,
+        report: vec![],
+        pseudonym_key: key.map(str::to_owned),
+    }
+}
+
+async fn raw_register(app: &TestApp, name: &str, seed: u64, key: Option<&str>) -> reqwest::Response {
+    app.post(&app.admin, "/datasets", &registration(name, seed, key)).await
+}
+
+async fn register_with_key(app: &TestApp, name: &str, seed: u64, key: Option<&str>) -> Value {
+    ok(raw_register(app, name, seed, key).await).await
+}
+
+async fn a_large_registration_does_not_hold_the_write_connection(app: TestApp) {
+    // 250,000 items in one transaction held SQLite's one write connection for 17 s: every
+    // heartbeat waited. Writes made meanwhile must wait for one batch at most.
+    let mut big = registration("big", 1, Some("k"));
+    big.items = (0..60_000)
+        .map(|i| protocol::api::DatasetItem {
+            path: format!("{}/{i}.png", CLASSES[i % 3]),
+            sha256: format!("{i:064x}"),
+            bytes: 10,
+            label: CLASSES[i % 3].to_owned(),
+            patient: Some(format!("{:032x}", i / 2)),
+            split: if i % 10 < 7 { protocol::Split::Train } else { protocol::Split::Val },
+            view: None,
+            acquired_at: None,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let registering = {
+        let (http, url, token) = (app.http.clone(), format!("{}/datasets", app.base), app.admin.clone());
+        tokio::spawn(async move { http.post(url).bearer_auth(token).json(&big).send().await.expect("register") })
+    };
+    let mut slowest = std::time::Duration::ZERO;
+    let mut writes = 0;
+    while !registering.is_finished() {
+        let write = std::time::Instant::now();
+        let made = app.post(&app.admin, "/tokens", &json!({"name": format!("t{writes}"), "role": "viewer"})).await;
+        assert_eq!(made.status(), StatusCode::CREATED);
+        slowest = slowest.max(write.elapsed());
+        writes += 1;
+    }
+    let took = started.elapsed();
+    let answer = registering.await.expect("joined");
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let info: Value = answer.json().await.expect("json");
+    assert_eq!(info["items"], 60_000);
+    assert!(writes > 1 && slowest < took / 2, "{writes} writes during a {took:?} registration; the slowest took {slowest:?}");
 }

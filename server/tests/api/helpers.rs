@@ -52,6 +52,11 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConf
 }
 
 impl TestApp {
+    /// The server's data dir (its artifact store is `artifacts/` under it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> Response {
         self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.expect("request")
     }
@@ -106,6 +111,7 @@ impl TestApp {
             classes: classes.iter().map(|c| (*c).to_owned()).collect(),
             items,
             report: vec![],
+            pseudonym_key: None,
         };
         self.write(&self.admin, "/datasets", &req).await
     }

@@ -45,7 +45,10 @@ async fn checkpoint_file(client: &Client, config: &WorkerConfig, work: &Evaluate
     if !file.exists() {
         let bytes = client.download(sha).await.map_err(|e| format!("could not download the best checkpoint {sha}: {e}"))?;
         std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| e.to_string())?;
-        std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::write(&file, bytes).map_err(|e| {
+            tracing::warn!(file = %file.display(), error = %e, "could not keep the checkpoint");
+            format!("could not keep the best checkpoint {sha} in worker `{}`'s work dir: {e}", config.name)
+        })?;
     }
     Ok(file)
 }
@@ -60,15 +63,15 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
         Ok((sha, _)) => {
             return failed(
                 format!(
-                    "the best checkpoint {} has sha256 {sha}, not the promoted {}; it was changed after training",
-                    file.display(),
-                    work.checkpoint.sha256
+                    "the best checkpoint has sha256 {sha} on worker `{}`, not the promoted {}; it was changed after training",
+                    config.name, work.checkpoint.sha256
                 ),
                 false,
             );
         }
         Err(e) => {
-            return failed(format!("cannot read the best checkpoint {} on worker `{}`: {e}", file.display(), config.name), true);
+            tracing::warn!(file = %file.display(), error = %e, "cannot read the best checkpoint");
+            return failed(format!("cannot read the best checkpoint {} on worker `{}`: {e}", work.checkpoint.sha256, config.name), true);
         }
     }
     let items = match client.items(&job.lease_id).await {
@@ -80,7 +83,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
     for item in &items.items {
         let Some(label) = items.classes.iter().position(|c| *c == item.label) else { continue };
         match data::resolve_item(&root, &item.path) {
-            Ok(path) => loader_items.push(LoaderItem { path, sha256: item.sha256.clone(), label }),
+            Ok(path) => loader_items.push(LoaderItem { path, name: item.path.clone(), sha256: item.sha256.clone(), label }),
             // Nothing outside the dataset root is read; a dataset that points there is bad data.
             Err(refused) => return failed(refused, false),
         }
@@ -96,7 +99,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
             retryable: false,
             best_epoch: None,
             confusion: Some(result.confusion),
-            skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path: path.display().to_string(), reason }).collect(),
+            skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path, reason }).collect(),
         },
         Ok(Err(e)) => failed(e.to_string(), matches!(e, TrainError::Device(_))),
         Err(e) => failed(format!("the evaluator crashed: {e}"), true),

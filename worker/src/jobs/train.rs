@@ -58,7 +58,8 @@ async fn fetch_last(client: &Client, work: &TrainWork, dir: &Path) -> Result<boo
     if work.resume_files.len() < LAST_FILES.len() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: dir.display().to_string(), source })?;
+    // Errors name the file, not the work dir: a release reason reaches viewers.
+    std::fs::create_dir_all(dir).map_err(|source| ClientError::Io { path: "the worker's checkpoint folder".to_owned(), source })?;
     for (kind, file) in LAST_FILES {
         let Some(artifact) = work.resume_files.iter().find(|a| a.kind == kind) else { return Ok(false) };
         let target = dir.join(file);
@@ -66,7 +67,7 @@ async fn fetch_last(client: &Client, work: &TrainWork, dir: &Path) -> Result<boo
             continue;
         }
         let bytes = client.download(&artifact.sha256).await?;
-        std::fs::write(&target, bytes).map_err(|source| ClientError::Io { path: target.display().to_string(), source })?;
+        std::fs::write(&target, bytes).map_err(|source| ClientError::Io { path: file.to_owned(), source })?;
         tracing::info!(kind, sha256 = %artifact.sha256, "checkpoint file downloaded to resume");
     }
     Ok(true)
@@ -139,7 +140,7 @@ pub(crate) async fn run(
         }
         progress.epoch(&lease, &report);
         for (path, reason) in &report.skipped {
-            tracing::warn!(file = %path.display(), %reason, epoch = report.epoch, "image skipped");
+            tracing::warn!(item = %path, %reason, epoch = report.epoch, "image skipped");
         }
         let metrics: Vec<MetricPoint> =
             report.metrics().into_iter().map(|(key, value)| MetricPoint { key, step: report.epoch as i64, value }).collect();

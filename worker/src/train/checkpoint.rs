@@ -39,7 +39,7 @@ fn check_format(file: &Path) -> Result<(), TrainError> {
     let mut head = [0u8; 4];
     let read = std::fs::File::open(file).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
     if let Err(e) = read {
-        return Err(err(&format!("reading {}", file.display()), e));
+        return Err(err(&format!("reading {}", file_name(file)), e));
     }
     if head == BURNPACK_MAGIC || head.iter().rev().eq(BURNPACK_MAGIC.iter()) {
         return Ok(());
@@ -51,8 +51,14 @@ fn check_format(file: &Path) -> Result<(), TrainError> {
     };
     Err(TrainError::Checkpoint(format!(
         "{} was written by {writer}; this cobb (Burn 0.22) reads burnpack checkpoints only: train the run again, or evaluate it with a cobb built from a commit before the Burn 0.22 move",
-        file.display()
+        file_name(file)
     )))
+}
+
+/// A checkpoint file by its name only: messages reach the server, where viewers read them,
+/// and the worker's directories are none of their business.
+fn file_name(file: &Path) -> String {
+    file.file_name().map_or_else(|| "the checkpoint".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// A model saved by [`Store::save_best`], loaded into `model`.

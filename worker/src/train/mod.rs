@@ -59,7 +59,8 @@ impl TrainData {
             if item.split == protocol::Split::Test {
                 continue;
             }
-            let entry = LoaderItem { path: data::resolve_item(root, &item.path)?, sha256: item.sha256.clone(), label };
+            let entry =
+                LoaderItem { path: data::resolve_item(root, &item.path)?, name: item.path.clone(), sha256: item.sha256.clone(), label };
             match item.split {
                 protocol::Split::Train => data.train.push(entry),
                 protocol::Split::Val => data.val.push(entry),
@@ -83,7 +84,7 @@ pub struct EpochReport {
     /// Whether this epoch is the best so far by `select.metric`.
     pub best: bool,
     /// Images left out (could not be decoded) and why.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<(String, String)>,
 }
 
 impl EpochReport {
@@ -196,7 +197,7 @@ struct Scored {
     confusion: ConfusionMatrix,
     loss_sum: f64,
     seen: usize,
-    skipped: Vec<(PathBuf, String)>,
+    skipped: Vec<(String, String)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -234,7 +235,7 @@ fn score(
 /// A checkpoint's result on a set of items (a promotion's test split).
 pub struct Evaluation {
     pub confusion: ConfusionMatrix,
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<(String, String)>,
 }
 
 /// Evaluates the model saved at `model_file` (a best checkpoint, burnpack) on `items`, without
@@ -414,7 +415,7 @@ fn run(
         skipped.extend(scored.skipped);
         let total = data.train.len() + data.val.len();
         if skipped.len() as f64 > MAX_SKIPPED_FRACTION * total as f64 {
-            let first: Vec<String> = skipped.iter().take(3).map(|(p, why)| format!("{} ({why})", p.display())).collect();
+            let first: Vec<String> = skipped.iter().take(3).map(|(p, why)| format!("{p} ({why})")).collect();
             return Err(TrainError::TooManySkipped {
                 epoch,
                 skipped: skipped.len(),

@@ -77,7 +77,7 @@ pub(crate) fn data_bench(args: &DataArgs) -> Result<()> {
         .map(|rel| {
             let path = dir.path().join("ph").join(rel);
             let sha256 = data::manifest::hash_file(&path).map(|h| h.0).unwrap_or_default();
-            loader::LoaderItem { path, sha256, label: 0 }
+            loader::LoaderItem { path, name: rel.to_owned(), sha256, label: 0 }
         })
         .collect();
     let items = Arc::new(items);
