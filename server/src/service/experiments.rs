@@ -23,6 +23,9 @@ fn run_name(experiment: &str, sweep_id: Option<i64>, index: u32) -> String {
 }
 
 pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Result<SubmitResult, ApiError> {
+    if req.file.as_ref().is_some_and(|f| f.len() > 255 || f.chars().any(char::is_control)) {
+        return Err(ApiError::InvalidRequest("the spec's file name is at most 255 characters, without control characters".to_owned()));
+    }
     let file = req.file.clone().unwrap_or_else(|| "experiment.yaml".to_owned());
     // Parsing is CPU work (bounded by plan::MAX_SPEC_BYTES and MAX_FLOW_DEPTH): off the
     // request threads.

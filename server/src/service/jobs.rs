@@ -90,6 +90,8 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     if req.worker.is_empty() || req.worker.len() > 100 {
         return Err(ApiError::InvalidRequest("worker name must be 1-100 characters".to_owned()));
     }
+    let mut req = req;
+    req.device = req.device.map(|d| super::bounded_text(&d, 200));
     reap_expired(state).await?;
     let now = now_ms();
     let lease_id = uuid::Uuid::new_v4().to_string();
@@ -302,6 +304,9 @@ pub async fn items(state: &AppState, who: &Principal, lease_id: &str) -> Result<
     super::datasets::item_list(conn, version, splits).await
 }
 
+/// The most skipped images one completion may list (a test split is far smaller).
+pub const MAX_SKIPPED_REPORTED: usize = 100_000;
+
 /// Ends the lease with the worker's outcome. A retryable failure with attempts left
 /// queues the job again; a cancel requested meanwhile wins over any outcome.
 pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Complete) -> Result<JobInfo, ApiError> {
@@ -309,6 +314,18 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
         return Err(ApiError::InvalidRequest(
             "a completion carries a best epoch (training) or a confusion matrix (evaluation), not both".to_owned(),
         ));
+    }
+    if req.skipped.len() > MAX_SKIPPED_REPORTED {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} skipped images in one completion; report at most {MAX_SKIPPED_REPORTED}",
+            req.skipped.len()
+        )));
+    }
+    let mut req = req;
+    req.error = req.error.map(|e| super::bounded_text(&e, super::MAX_ERROR_BYTES));
+    for issue in &mut req.skipped {
+        issue.path = super::bounded_text(&issue.path, 1024);
+        issue.reason = super::bounded_text(&issue.reason, 1024);
     }
     let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
@@ -371,7 +388,8 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
     }
     store::workers::seen(&tx, &lease.worker, None, None, now).await?;
     tx.commit().await?;
-    tracing::info!(job.id, run.id = job.run_id, lease.id = %lease_id, reason = %req.reason, "lease released");
+    let reason = super::bounded_text(&req.reason, 1024);
+    tracing::info!(job.id, run.id = job.run_id, lease.id = %lease_id, %reason, "lease released");
     Ok(job_info(get(&state.db.read, job.id).await?))
 }
 

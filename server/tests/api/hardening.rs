@@ -21,6 +21,7 @@ crate::on_both_databases!(
     an_upload_streams_to_the_store_as_it_arrives,
     the_api_serves_no_pseudonym_secret_and_versions_keep_one_key,
     a_large_registration_does_not_hold_the_write_connection,
+    a_workers_free_text_is_bounded,
 );
 
 async fn a_worker_can_store_only_matrices_over_the_versions_classes(app: TestApp) {
@@ -445,4 +446,23 @@ async fn a_large_registration_does_not_hold_the_write_connection(app: TestApp) {
     let info: Value = answer.json().await.expect("json");
     assert_eq!(info["items"], 60_000);
     assert!(writes > 1 && slowest < took / 2, "{writes} writes during a {took:?} registration; the slowest took {slowest:?}");
+}
+
+async fn a_workers_free_text_is_bounded(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    // A spec's file name is stored with its sweep: bounded like the rest.
+    let named = json!({"yaml": spec("e", "d", ""), "file": "x".repeat(300)});
+    fails(app.post(&app.admin, "/experiments", &named).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease: Value = ok(app.post(&app.admin, "/leases", &json!({"worker": "w", "device": "d".repeat(10_000)})).await).await;
+    let (id, run) = (lease["lease_id"].as_str().expect("lease"), lease["run_id"].as_i64().expect("run"));
+    // A 1 MB error was stored whole and shown on every page of the run.
+    let failed = json!({"outcome": "failed", "retryable": false, "error": format!("boom {}", "e".repeat(1 << 20))});
+    let job: Value = ok(app.post(&app.admin, &format!("/leases/{id}/complete"), &failed).await).await;
+    assert_eq!(job["status"], "failed");
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    let error = detail["run"]["error"].as_str().expect("error");
+    assert!(error.starts_with("boom ") && error.len() < 4200 && error.contains("[cut: 1048581 bytes in all]"), "{}", error.len());
+    let workers: Value = app.read(&app.admin, "/workers").await;
+    assert!(workers.to_string().len() < 2000, "the device name is bounded");
 }
