@@ -179,7 +179,8 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
     let spec = "name: browser\ndescription: \"<script>document.title='pwned'</script> phantoms\"\ndataset: {name: phantoms}\n\
                 model: {arch: simple_cnn, image_size: 32}\n\
                 train: {epochs: 3, batch_size: 16, seed: 1, optimizer: {name: adamw, lr: 0.003}}\n\
-                sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.0003]}\n";
+                sweep:\n  method: grid\n  early_stop: {method: asha, min_epochs: 1, reduction_factor: 2}\n  \
+                parameters:\n    train.optimizer.lr: {values: [0.003, 0.0003]}\n";
     std::fs::write(dir.path().join("b.yaml"), spec).expect("spec");
     cobb(dir.path(), &url, &["submit", "b.yaml"]);
     cobb(dir.path(), &url, &["worker", "--name", "w1", "--exit-when-idle"]);
@@ -211,7 +212,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
             &["Promoted model", "lat_postop_tether", "Ingestion report", "best validation macro-F1 <b>bold?</b>"],
             0,
         ),
-        ("sweep", "/ui/sweeps/1", &["worst-class recall", "train.optimizer.lr", "succeeded"], 0),
+        ("sweep", "/ui/sweeps/1", &["worst-class recall", "train.optimizer.lr", "succeeded", "early stop: asha on val_macro_f1"], 0),
         (
             "run",
             "/ui/runs/1",

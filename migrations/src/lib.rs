@@ -36,6 +36,7 @@ mod m005_token_expiry;
 mod m006_lease_holder;
 mod m007_spec_once;
 mod m008_keyed_pseudonyms;
+mod m009_early_stop;
 
 pub struct Migrator;
 
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m006_lease_holder::Migration),
             Box::new(m007_spec_once::Migration),
             Box::new(m008_keyed_pseudonyms::Migration),
+            Box::new(m009_early_stop::Migration),
         ]
     }
 }

@@ -361,6 +361,10 @@ pub struct MetricsBatch {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsAccepted {
     pub accepted: u64,
+    /// The run is to stop (its sweep's early-stop rule pruned it at this epoch, or it was
+    /// cancelled): the worker stops within one step and completes with its best epoch.
+    #[serde(default)]
+    pub stop: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -468,7 +472,8 @@ pub struct Heartbeat {
 #[serde(rename_all = "snake_case")]
 pub enum HeartbeatAction {
     Continue,
-    /// The run was cancelled: stop within one step and complete as cancelled.
+    /// The run was cancelled or pruned: stop within one step and complete (outcome
+    /// `cancelled`, with the best epoch so far); the server records which.
     Stop,
 }
 

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod classes;
 pub mod compare;
+pub mod early_stop;
 pub mod error;
 pub mod issue;
 pub mod keys;

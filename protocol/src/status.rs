@@ -41,20 +41,23 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// queued -> running -> succeeded | failed | cancelled (a running run may go back to
-    /// queued when its lease expires or its worker releases it).
+    /// queued -> running -> succeeded | failed | cancelled | pruned (a running run may go
+    /// back to queued when its lease expires or its worker releases it). `pruned`: stopped
+    /// early by its sweep's `early_stop` rule; it keeps its metrics, per-class rows and best
+    /// checkpoint.
     RunStatus {
         Queued => "queued",
         Running => "running",
         Succeeded => "succeeded",
         Failed => "failed",
         Cancelled => "cancelled",
+        Pruned => "pruned",
     }
 );
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Pruned)
     }
 }
 
@@ -82,6 +85,7 @@ string_enum!(
         DatasetRegister => "dataset.register",
         ExperimentSubmit => "experiment.submit",
         RunCancel => "run.cancel",
+        RunPrune => "run.prune",
         SweepCancel => "sweep.cancel",
         PromotionCreate => "promotion.create",
         EvaluationStart => "evaluation.start",

@@ -38,6 +38,9 @@ pub struct SweepSpec {
     pub seed: Option<u64>,
     /// Sorted by path, which fixes the expansion order.
     pub parameters: BTreeMap<String, ParamSpec>,
+    /// Stop runs early at epoch boundaries (decided by the server; `early_stop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<crate::early_stop::EarlyStopSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +114,9 @@ pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
     }
     if sweep.parallel == Some(0) {
         issues.push(Issue::new("sweep.parallel", "must be at least 1"));
+    }
+    if let Some(early) = &sweep.early_stop {
+        issues.extend(early.validate());
     }
     if sweep.method == Method::Random && sweep.max_runs.is_none() {
         issues.push(Issue::new("sweep.max_runs", "a random sweep needs max_runs (how many runs to draw)"));

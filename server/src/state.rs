@@ -19,6 +19,9 @@ pub struct AppState {
     /// Recent failed dashboard logins by client address: (count, first failure), to slow
     /// token guessing down.
     pub login_failures: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    /// sweep id -> its early-stop rule (None: the sweep has none). A sweep's spec never
+    /// changes, so the cache is never stale.
+    pub early_stop_rules: std::sync::Mutex<HashMap<i64, Option<std::sync::Arc<crate::service::early_stop::Rule>>>>,
 }
 
 /// How long a resolved token is trusted without asking the database again. A revocation on

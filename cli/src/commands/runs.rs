@@ -15,7 +15,7 @@ pub struct RunsArgs {
     /// Sweep id (as printed by submit, with or without the `s`).
     #[arg(long)]
     pub sweep: Option<String>,
-    /// queued, running, succeeded, failed or cancelled.
+    /// queued, running, succeeded, failed, cancelled or pruned.
     #[arg(long)]
     pub status: Option<String>,
     /// `created` (default, newest first) or a metric key such as val_macro_f1; `-KEY`

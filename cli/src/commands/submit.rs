@@ -51,6 +51,9 @@ pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), F
             })
             .collect();
         output::table(&["#", "ARCH", "SIZE", "LR", "BATCH", "EPOCHS", "PARAMS"], &rows);
+        if let Some(early) = parsed.sweep.as_ref().and_then(|s| s.early_stop.as_ref()) {
+            println!("{}", early.describe(&parsed.select.metric, parsed.select.goal, parsed.train.epochs));
+        }
         return Ok(());
     }
     let request = SubmitExperiment { yaml, file: Some(name), dry_run: false };

@@ -388,6 +388,9 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
         })
         .collect();
     output::table(&["RUN", "STATUS", "VAL MACRO-F1", "BEST EPOCH", "PARAMS"], &rows);
+    for r in list.runs.iter().filter(|r| r.status == RunStatus::Pruned) {
+        println!("run {}: {}", r.id, r.error.as_deref().unwrap_or("pruned"));
+    }
     let best: Vec<i64> = list.runs.iter().filter(|r| r.status == RunStatus::Succeeded).take(3).map(|r| r.id).collect();
     if best.len() < 2 {
         return Ok(());

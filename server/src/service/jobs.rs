@@ -284,7 +284,7 @@ pub async fn heartbeat(state: &AppState, who: &Principal, lease_id: &str, _beat:
     store::leases::extend(&tx, lease_id, now, expires_at).await?;
     store::workers::touch(&tx, &lease.worker, now).await?;
     tx.commit().await?;
-    let action = if job.cancel_requested { HeartbeatAction::Stop } else { HeartbeatAction::Continue };
+    let action = if job.cancel_requested || job.prune_requested { HeartbeatAction::Stop } else { HeartbeatAction::Continue };
     Ok(HeartbeatReply { action, expires_at })
 }
 
@@ -332,6 +332,8 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
     let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts;
     let status = if job.cancel_requested {
         JobStatus::Cancelled
+    } else if job.prune_requested {
+        JobStatus::Pruned
     } else if retry {
         JobStatus::Queued
     } else {
@@ -341,9 +343,10 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
             Outcome::Cancelled => JobStatus::Cancelled,
         }
     };
-    let error = match (req.outcome, &req.error) {
-        (Outcome::Failed, None) => Some("the worker reported a failure without a reason".to_owned()),
-        (_, e) => e.clone(),
+    let error = match (status, req.outcome, &req.error) {
+        (JobStatus::Pruned, _, _) => prune_reason(&tx, job.run_id).await?,
+        (_, Outcome::Failed, None) => Some("the worker reported a failure without a reason".to_owned()),
+        (_, _, e) => e.clone(),
     };
     match job.kind {
         JobKind::Train => {
@@ -355,7 +358,8 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
                         .to_owned(),
                 ));
             }
-            if let (JobStatus::Succeeded, Some(best)) = (status, req.best_epoch) {
+            // A pruned run keeps its best epoch (and checkpoint): it counts as finished.
+            if let (JobStatus::Succeeded | JobStatus::Pruned, Some(best)) = (status, req.best_epoch) {
                 store::runs::set_best_epoch(&tx, job.run_id, best, now).await?;
             }
         }
@@ -380,9 +384,17 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
 pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Release) -> Result<JobInfo, ApiError> {
     let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
-    let status = if job.cancel_requested { JobStatus::Cancelled } else { JobStatus::Queued };
+    // A pruned run is not resumed: it ends where it was stopped.
+    let status = if job.cancel_requested {
+        JobStatus::Cancelled
+    } else if job.prune_requested {
+        JobStatus::Pruned
+    } else {
+        JobStatus::Queued
+    };
+    let error = if status == JobStatus::Pruned { prune_reason(&tx, job.run_id).await? } else { None };
     store::leases::end(&tx, lease_id, "released", now).await?;
-    store::jobs::finish_lease(&tx, job.id, lease_id, status, None, now).await?;
+    store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await?;
     if status == JobStatus::Queued {
         store::jobs::forgive_attempt(&tx, job.id).await?;
     }
@@ -391,6 +403,11 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
     let reason = super::bounded_text(&req.reason, 1024);
     tracing::info!(job.id, run.id = job.run_id, lease.id = %lease_id, %reason, "lease released");
     Ok(job_info(get(&state.db.read, job.id).await?))
+}
+
+/// Why a pruned run was stopped (its decision row), as its run error.
+async fn prune_reason(conn: &impl sea_orm::ConnectionTrait, run_id: i64) -> Result<Option<String>, DbErr> {
+    Ok(store::early_stops::stopping(conn, run_id).await?.map(|d| d.reason()))
 }
 
 /// Ends every expired lease: its job is requeued, failed (attempts used up) or cancelled
@@ -410,6 +427,9 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
         {
             let (status, error) = if job.cancel_requested {
                 (JobStatus::Cancelled, None)
+            } else if job.prune_requested {
+                // Never resumed by the reaper: it was stopped on purpose.
+                (JobStatus::Pruned, prune_reason(&tx, job.run_id).await?)
             } else if job.attempt >= job.max_attempts {
                 (
                     JobStatus::Failed,

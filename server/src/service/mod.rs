@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod compare;
 pub mod datasets;
+pub mod early_stop;
 pub mod experiments;
 pub mod jobs;
 pub mod promotions;

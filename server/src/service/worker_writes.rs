@@ -57,21 +57,22 @@ pub async fn ingest_metrics(
         unique.insert((m.key, m.step), m.value);
     }
     let points: Vec<MetricPoint> = unique.into_iter().map(|((key, step), value)| MetricPoint { key, step, value }).collect();
-    let accepted = MetricsAccepted { accepted: points.len() as u64 };
+    let mut accepted = MetricsAccepted { accepted: points.len() as u64, stop: false };
     if points.is_empty() {
         // Nothing to write, but the lease must still be live.
         let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
         tx.commit().await?;
         return Ok(accepted);
     }
-    // Hot path: one fenced statement for an ordinary batch.
-    if points.len() <= 1000 && store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await? > 0 {
-        return Ok(accepted);
+    // Hot path: one fenced statement for an ordinary batch. Large batches, and refusals
+    // (which say why), go through a fenced transaction.
+    if points.len() > 1000 || store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await? == 0 {
+        let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
+        store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
+        tx.commit().await?;
     }
-    // Large batches, and refusals (which say why), go through a fenced transaction.
-    let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
-    store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
-    tx.commit().await?;
+    // An epoch's report: the sweep's early-stop rule decides whether the run goes on.
+    accepted.stop = super::early_stop::after_epoch(state, run_id, &points).await?;
     Ok(accepted)
 }
 

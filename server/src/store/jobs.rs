@@ -19,6 +19,7 @@ struct JobRow {
     priority: i64,
     status: String,
     cancel_requested: i64,
+    prune_requested: i64,
     attempt: i64,
     max_attempts: i64,
     lease_id: Option<String>,
@@ -43,6 +44,8 @@ pub struct Job {
     pub priority: i64,
     pub status: JobStatus,
     pub cancel_requested: bool,
+    /// Its sweep's early-stop rule pruned the run: stop, and end as `pruned`.
+    pub prune_requested: bool,
     pub attempt: i64,
     pub max_attempts: i64,
     pub lease_id: Option<String>,
@@ -62,6 +65,7 @@ impl TryFrom<JobRow> for Job {
             kind: super::decode_enum(&what, "kind", &row.kind)?,
             status: super::decode_enum(&what, "status", &row.status)?,
             cancel_requested: super::decode_flag(&what, "cancel_requested", row.cancel_requested)?,
+            prune_requested: super::decode_flag(&what, "prune_requested", row.prune_requested)?,
             id: row.id,
             run_id: row.run_id,
             run_name: row.run_name,
@@ -82,7 +86,7 @@ impl TryFrom<JobRow> for Job {
 }
 
 const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS experiment, e.dataset_version_id, \
-    j.promotion_id, j.priority, j.status, j.cancel_requested, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
+    j.promotion_id, j.priority, j.status, j.cancel_requested, j.prune_requested, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
     j.created_at, j.started_at, j.finished_at";
 const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";
 
@@ -298,6 +302,17 @@ pub async fn request_cancel(conn: &impl ConnectionTrait, scope: RunScope, id: i6
             scope.runs()
         ),
         values![now, JobStatus::Running.as_str(), id],
+    )
+    .await
+}
+
+/// Asks the worker of a run's running training job to stop because its sweep's early-stop
+/// rule pruned it; returns the rows changed.
+pub async fn request_prune(conn: &impl ConnectionTrait, run_id: i64, now: i64) -> Result<u64, DbErr> {
+    exec(
+        conn,
+        "UPDATE jobs SET prune_requested = 1, updated_at = $1 WHERE kind = 'train' AND run_id = $2 AND status = $3",
+        values![now, run_id, JobStatus::Running.as_str()],
     )
     .await
 }

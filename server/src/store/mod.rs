@@ -5,6 +5,7 @@
 pub mod artifacts;
 pub mod audit;
 pub mod datasets;
+pub mod early_stops;
 pub mod experiments;
 pub mod jobs;
 pub mod leaderboard;

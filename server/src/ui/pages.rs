@@ -109,6 +109,8 @@ struct SweepPage {
     sort: String,
     status: Option<String>,
     statuses: &'static [RunStatus],
+    /// The sweep's early-stop rule in a sentence (none without one).
+    early_stop: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -228,7 +230,8 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             };
             ord.then(a.id.cmp(&b.id))
         });
-        Ok(render("sweep.html", Some(&v), &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL }))
+        let early_stop = service::early_stop::describe(&state, id).await?;
+        Ok(render("sweep.html", Some(&v), &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL, early_stop }))
     })
 }
 

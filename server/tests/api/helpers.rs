@@ -52,6 +52,22 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut ServerConf
 }
 
 impl TestApp {
+    /// Starts a second server on this one's database and data dir, with nothing in memory
+    /// from the first (as a restarted server starts); returns its API base URL. Point `base`
+    /// at it to carry on there.
+    pub async fn second_server(&self) -> String {
+        let config = ServerConfig {
+            bind: "127.0.0.1:0".to_owned(),
+            data_dir: self._dir.path().to_path_buf(),
+            database_url: Some(self.database_url.clone()),
+            ..ServerConfig::default()
+        };
+        let app = Application::build(config).await.expect("a second server starts");
+        let port = app.port();
+        tokio::spawn(app.run_until_stopped());
+        format!("http://127.0.0.1:{port}/api/v1")
+    }
+
     /// The server's data dir (its artifact store is `artifacts/` under it).
     pub fn data_dir(&self) -> &std::path::Path {
         self._dir.path()

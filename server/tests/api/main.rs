@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod datasets;
+mod early_stop;
 mod experiments;
 mod hardening;
 mod leases;

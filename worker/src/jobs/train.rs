@@ -147,7 +147,15 @@ pub(crate) async fn run(
         let batch = MetricsBatch { lease_id: Some(lease.lease_id.clone()), metrics };
         let results = EpochResults { lease_id: lease.lease_id.clone(), epoch: report.epoch as i64, confusion: report.confusion.clone() };
         let sent = match client.metrics(lease.run_id, &batch).await {
-            Ok(_) => client.results(lease.run_id, &results).await,
+            Ok(accepted) => {
+                // The sweep's early-stop rule pruned the run at this epoch: stop now, not at
+                // the next heartbeat.
+                if accepted.stop {
+                    tracing::info!(run.id = lease.run_id, epoch = report.epoch, "the server stopped the run early");
+                    stop.store(true, Ordering::Relaxed);
+                }
+                client.results(lease.run_id, &results).await
+            }
             Err(e) => Err(e),
         };
         // The epoch's checkpoint is on disk before its report: record it, so that another
@@ -181,7 +189,11 @@ pub(crate) async fn run(
                 progress.finished(&lease, "released", "worker shutting down; the run is requeued");
                 return;
             }
-            Finish::Stopped { .. } => Complete { outcome: Outcome::Cancelled, ..training_complete() },
+            // Cancelled or pruned (the server knows which): the best epoch so far goes with
+            // it, so a pruned run keeps its best checkpoint.
+            Finish::Stopped { .. } => {
+                Complete { outcome: Outcome::Cancelled, best_epoch: result.best_epoch.map(|e| e as i64), ..training_complete() }
+            }
             Finish::Completed { .. } => {
                 Complete { outcome: Outcome::Succeeded, best_epoch: result.best_epoch.map(|e| e as i64), ..training_complete() }
             }
