@@ -37,6 +37,7 @@ mod m006_lease_holder;
 mod m007_spec_once;
 mod m008_keyed_pseudonyms;
 mod m009_early_stop;
+mod m010_sweeps_that_think;
 
 pub struct Migrator;
 
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m007_spec_once::Migration),
             Box::new(m008_keyed_pseudonyms::Migration),
             Box::new(m009_early_stop::Migration),
+            Box::new(m010_sweeps_that_think::Migration),
         ]
     }
 }

@@ -224,6 +224,13 @@ pub struct ExperimentSummary {
     pub created_by: String,
     pub sweeps: u64,
     pub runs: StatusCounts,
+    /// The validation budget: distinct configurations scored against the experiment's frozen
+    /// validation split so far, all sweeps together.
+    #[serde(default)]
+    pub val_configs: u64,
+    /// The budget's cap (`max_val_configs`), when the experiment has one.
+    #[serde(default)]
+    pub max_val_configs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,13 +246,22 @@ pub struct ExperimentDetail {
 pub struct SweepInfo {
     pub id: i64,
     pub experiment: String,
-    /// grid, random, or single (a spec without a sweep).
+    /// grid, random, tpe, or single (a spec without a sweep).
     pub method: String,
     pub file: Option<String>,
     pub spec_yaml: String,
     pub created_at: Millis,
     pub created_by: String,
     pub runs: StatusCounts,
+    /// How many runs it may have in all (a tpe sweep creates them as workers ask).
+    #[serde(default)]
+    pub max_runs: Option<u64>,
+    /// Cancelled: it creates no more runs.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// Distinct configurations of this sweep scored against the validation split.
+    #[serde(default)]
+    pub val_configs: u64,
 }
 
 // ---- runs --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ pub mod spec;
 pub mod status;
 pub mod sweep;
 pub mod time;
+pub mod tpe;
 
 pub use error::ErrorBody;
 pub use spec::{ExperimentSpec, SpecError};

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::issue::Issue;
 use crate::spec::{self, ExperimentSpec, SpecError};
-use crate::sweep::{MAX_SWEEP_RUNS, Params, combinations, describe, set_path, validate};
+use crate::sweep::{MAX_SWEEP_RUNS, Method, Params, combinations, describe, set_path, validate};
 
 /// One run of an expanded spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,7 +94,11 @@ fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
     if !structural.is_empty() {
         return Err(structural);
     }
-    let combos = combinations(sweep, spec.train.seed);
+    let mut combos = enqueued(spec);
+    combos.extend(combinations(sweep, spec.train.seed));
+    if sweep.method == Method::Tpe {
+        check_space(spec)?;
+    }
     if combos.len() > MAX_SWEEP_RUNS {
         return Err(vec![Issue::new("sweep", format!("expands to more than {MAX_SWEEP_RUNS} runs; set sweep.max_runs to cap it"))]);
     }
@@ -113,6 +117,50 @@ fn expand(spec: &ExperimentSpec) -> Result<Vec<PlannedRun>, Vec<Issue>> {
         runs.push(PlannedRun { index: index as u32, params, config });
     }
     Ok(runs)
+}
+
+/// The sweep's enqueued configurations, each completed with the spec's own value of every
+/// parameter it leaves out, where the spec has one (a parameter neither sets is left to the
+/// spec's default, and TPE does not learn from that run).
+fn enqueued(spec: &ExperimentSpec) -> Vec<Params> {
+    let Some(sweep) = &spec.sweep else { return Vec::new() };
+    let base = serde_json::to_value(spec).unwrap_or(Value::Null);
+    sweep
+        .enqueue
+        .iter()
+        .flatten()
+        .map(|entry| {
+            let mut params = entry.clone();
+            for path in sweep.parameters.keys() {
+                let own = path.split('.').try_fold(&base, |node, part| node.get(part)).filter(|v| !v.is_null());
+                if let (false, Some(value)) = (params.contains_key(path), own) {
+                    params.insert(path.clone(), value.clone());
+                }
+            }
+            params
+        })
+        .collect()
+}
+
+/// A TPE sweep's runs are suggested later, one at a time: check now that every value its
+/// space can produce makes a valid spec (each parameter at each of its values, or at both
+/// ends of its range), so a suggestion never fails.
+fn check_space(spec: &ExperimentSpec) -> Result<(), Vec<Issue>> {
+    let Some(sweep) = &spec.sweep else { return Ok(()) };
+    for (path, dim) in &crate::tpe::Space::of(sweep).0 {
+        let values: Vec<Value> = match dim {
+            crate::tpe::Dim::Categorical(values) => values.clone(),
+            crate::tpe::Dim::Float { low, high, .. } => vec![Value::from(*low), Value::from(*high)],
+            crate::tpe::Dim::Int { low, high } => vec![Value::from(*low), Value::from(*high)],
+        };
+        for value in values {
+            let params: Params = [(path.clone(), value.clone())].into_iter().collect();
+            config_for(spec, &params).map_err(|issue| {
+                vec![Issue::new(format!("sweep.parameters.{path}"), format!("the value {value} gives an invalid run: {}", issue.message))]
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The complete spec one run of `spec`'s sweep trains with: the spec without its sweep,

@@ -19,6 +19,11 @@ pub struct ExperimentSpec {
     pub select: SelectSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::sweep::SweepSpec>,
+    /// The experiment's validation budget: how many distinct configurations may ever be
+    /// scored against its frozen validation split, all sweeps together. Set by the first
+    /// submission; a later one may lower it, never raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_val_configs: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,6 +373,7 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
         ),
     );
     check(!spec.dataset.name.is_empty(), "dataset.name", "must not be empty".to_owned());
+    check(spec.max_val_configs != Some(0), "max_val_configs", "must be at least 1 (leave it out for no budget)".to_owned());
 
     let m = &spec.model;
     if let Some(size) = m.image_size {

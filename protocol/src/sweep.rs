@@ -20,6 +20,9 @@ pub const MAX_SWEEP_RUNS: usize = 10_000;
 pub enum Method {
     Grid,
     Random,
+    /// Multivariate TPE (`tpe`): runs are suggested one at a time, when a worker asks for
+    /// work, from every earlier run of the sweep.
+    Tpe,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +44,22 @@ pub struct SweepSpec {
     /// Stop runs early at epoch boundaries (decided by the server; `early_stop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<crate::early_stop::EarlyStopSpec>,
+    /// tpe: how many seeded random runs before the model takes over (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_runs: Option<u32>,
+    /// Configurations to run first, in order (a known good one from an earlier study), by
+    /// dotted path; a parameter an entry leaves out takes the spec's own value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue: Option<Vec<Params>>,
+}
+
+/// The default number of random start-up runs of a TPE sweep (Optuna's default).
+pub const DEFAULT_STARTUP_RUNS: u32 = 10;
+
+impl SweepSpec {
+    pub fn startup_runs(&self) -> u32 {
+        self.startup_runs.unwrap_or(DEFAULT_STARTUP_RUNS)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +140,28 @@ pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
     if sweep.method == Method::Random && sweep.max_runs.is_none() {
         issues.push(Issue::new("sweep.max_runs", "a random sweep needs max_runs (how many runs to draw)"));
     }
+    if sweep.method == Method::Tpe && sweep.max_runs.is_none() {
+        issues.push(Issue::new("sweep.max_runs", "a tpe sweep needs max_runs (how many runs it may suggest in all)"));
+    }
+    if sweep.method != Method::Tpe && sweep.startup_runs.is_some() {
+        issues.push(Issue::new("sweep.startup_runs", "applies to method: tpe only"));
+    }
+    for (i, entry) in sweep.enqueue.iter().flatten().enumerate() {
+        for path in entry.keys() {
+            if !sweep.parameters.contains_key(path) {
+                issues.push(Issue::new(
+                    format!("sweep.enqueue.{i}"),
+                    format!("`{path}` is not one of the sweep's parameters; an enqueued configuration sets sweep parameters only"),
+                ));
+            }
+        }
+    }
+    if let (Some(max), Some(enqueue)) = (sweep.max_runs, &sweep.enqueue)
+        && sweep.method == Method::Tpe
+        && enqueue.len() > max as usize
+    {
+        issues.push(Issue::new("sweep.enqueue", format!("{} configurations enqueued, more than max_runs ({max})", enqueue.len())));
+    }
     for (path, param) in &sweep.parameters {
         let here = format!("sweep.parameters.{path}");
         if !SWEEPABLE_PATHS.contains(&path.as_str()) {
@@ -168,14 +209,14 @@ pub fn validate(sweep: &SweepSpec) -> Vec<Issue> {
 }
 
 /// Four significant digits: sampled learning rates read as 0.0003162, not 0.000316227766.
-fn round_sig(x: f64) -> f64 {
+pub(crate) fn round_sig(x: f64) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }
     format!("{x:.3e}").parse().unwrap_or(x)
 }
 
-fn number(x: f64) -> Value {
+pub(crate) fn number(x: f64) -> Value {
     serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
 }
 
@@ -244,6 +285,8 @@ pub(crate) fn combinations(sweep: &SweepSpec, default_seed: u64) -> Vec<Params> 
                 .map(|_| sweep.parameters.iter().map(|(p, spec)| (p.clone(), draw(spec, &mut rng))).collect())
                 .collect()
         }
+        // Suggested one at a time by the server (`tpe::suggest`), none at submission.
+        Method::Tpe => Vec::new(),
     }
 }
 

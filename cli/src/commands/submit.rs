@@ -51,9 +51,7 @@ pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), F
             })
             .collect();
         output::table(&["#", "ARCH", "SIZE", "LR", "BATCH", "EPOCHS", "PARAMS"], &rows);
-        if let Some(early) = parsed.sweep.as_ref().and_then(|s| s.early_stop.as_ref()) {
-            println!("{}", early.describe(&parsed.select.metric, parsed.select.goal, parsed.train.epochs));
-        }
+        explain(parsed);
         return Ok(());
     }
     let request = SubmitExperiment { yaml, file: Some(name), dry_run: false };
@@ -82,5 +80,34 @@ pub async fn run(args: &SubmitArgs, client: &Client, json: bool) -> Result<(), F
         })
         .collect();
     output::table(&["RUN", "NAME", "PARAMS"], &rows);
+    explain(&plan.spec);
     Ok(())
+}
+
+/// What the sweep will do beyond the runs listed: tpe suggestions, early stopping, the budget.
+fn explain(spec: &protocol::ExperimentSpec) {
+    if let Some(s) = spec.sweep.as_ref().filter(|s| s.method == sweep::Method::Tpe) {
+        let max = s.max_runs.unwrap_or(0);
+        let queued = s.enqueue.as_ref().map_or(0, Vec::len) as u32;
+        println!(
+            "tpe: {} more run(s) suggested one at a time as workers ask (up to {max} in all): the first {} seeded random \
+             draws, then multivariate TPE on {} ({}), each suggestion conditioned on every finished run and on the running ones",
+            max.saturating_sub(queued),
+            s.startup_runs().min(max),
+            spec.select.metric,
+            match spec.select.goal {
+                protocol::spec::Goal::Maximize => "higher is better",
+                protocol::spec::Goal::Minimize => "lower is better",
+            }
+        );
+    }
+    if let Some(early) = spec.sweep.as_ref().and_then(|s| s.early_stop.as_ref()) {
+        println!("{}", early.describe(&spec.select.metric, spec.select.goal, spec.train.epochs));
+    }
+    if let Some(max) = spec.max_val_configs {
+        println!(
+            "validation budget: at most {max} distinct configurations scored against the experiment's frozen validation split, \
+             all sweeps together (max_val_configs); the server refuses a submission that would exceed it"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use protocol::plan;
 use protocol::sweep::Method;
 use sea_orm::TransactionTrait;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 use super::counts_for;
 use crate::clock::now_ms;
@@ -54,8 +55,23 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     let method = match parsed.sweep.as_ref().map(|s| s.method) {
         Some(Method::Grid) => "grid",
         Some(Method::Random) => "random",
+        Some(Method::Tpe) => "tpe",
         None => "single",
     };
+    // Every planned run's configuration, as its worker will receive it (lineage: the exact
+    // frozen version), and its identity for the validation budget.
+    let mut hashes = Vec::with_capacity(planned.len());
+    for run in &planned {
+        let mut config = run.config.clone();
+        config.dataset.version = Some(version.version.clone());
+        hashes.push(super::runs::config_hash(&config));
+    }
+    // A tpe sweep suggests the rest of its runs later: each counts as a configuration to come.
+    let max_runs = match parsed.sweep.as_ref() {
+        Some(s) if s.method == Method::Tpe => i64::from(s.max_runs.unwrap_or(0)),
+        _ => planned.len() as i64,
+    };
+    let budget = check_budget(&tx, existing.as_ref(), &parsed, &hashes, max_runs - planned.len() as i64).await?;
     if req.dry_run {
         tx.rollback().await?;
         return Ok(SubmitResult {
@@ -91,11 +107,18 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
                     spec_json: &spec_json,
                     created_at: now,
                     created_by: actor,
+                    max_val_configs: budget,
                 },
             )
             .await?
         }
     };
+    if let Some(e) = &existing
+        && budget != e.max_val_configs
+        && let Some(lowered) = budget
+    {
+        store::experiments::set_max_val_configs(&tx, e.id, lowered).await?;
+    }
     let sweep_id = store::experiments::insert_sweep(
         &tx,
         NewSweep {
@@ -105,6 +128,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
             spec_yaml: &req.yaml,
             spec_json: &spec_json,
             parallel: parsed.sweep.as_ref().and_then(|s| s.parallel).map(i64::from),
+            max_runs,
             created_at: now,
             created_by: actor,
         },
@@ -113,7 +137,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     // The spec is stored once, with the sweep; a run stores only the params it sets, and its
     // config is derived from the two (service::runs::config_of).
     let mut runs = Vec::with_capacity(planned.len());
-    for run in planned {
+    for (run, config_hash) in planned.into_iter().zip(&hashes) {
         let name = run_name(&parsed.name, Some(sweep_id), run.index);
         let params_json = serde_json::to_string(&run.params).map_err(anyhow::Error::from)?;
         let id = store::runs::insert(
@@ -125,6 +149,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
                 name: &name,
                 max_attempts: i64::from(state.config.max_attempts),
                 params_json: &params_json,
+                config_hash,
                 now,
             },
         )
@@ -138,8 +163,8 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
             action: protocol::AuditAction::ExperimentSubmit,
             experiment: Some(&parsed.name),
             run_id: None,
-            details: json!({"sweep_id": sweep_id, "runs": runs.len(), "file": req.file,
-                            "dataset_version": version.version, "method": method}),
+            details: json!({"sweep_id": sweep_id, "runs": runs.len(), "max_runs": max_runs, "file": req.file,
+                            "dataset_version": version.version, "method": method, "max_val_configs": budget}),
         },
     )
     .await?;
@@ -155,8 +180,58 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     })
 }
 
-fn summary(row: &ExperimentRow, counts: protocol::api::StatusCounts, sweeps: i64) -> ExperimentSummary {
+/// The experiment's validation budget after this submission (None: no limit), or the
+/// refusal: a budget is never raised, and a submission that would score more configurations
+/// against the frozen validation split than it allows is refused whole.
+async fn check_budget(
+    conn: &impl sea_orm::ConnectionTrait,
+    existing: Option<&ExperimentRow>,
+    spec: &protocol::ExperimentSpec,
+    hashes: &[String],
+    to_come: i64,
+) -> Result<Option<i64>, ApiError> {
+    let asked = spec.max_val_configs.map(i64::from);
+    let budget = match (existing.and_then(|e| e.max_val_configs), asked) {
+        (Some(held), Some(asked)) if asked > held => {
+            return Err(ApiError::Conflict(format!(
+                "experiment `{}` allows {held} configurations against its validation split (max_val_configs); a budget can be \
+                 lowered but never raised once the study has started: raising it after seeing results is the over-tuning it exists \
+                 to prevent. Start a new experiment (and a new dataset version) to search further",
+                spec.name
+            )));
+        }
+        (held, asked) => asked.or(held),
+    };
+    let Some(max) = budget else { return Ok(None) };
+    let counted: std::collections::BTreeSet<String> = match existing {
+        Some(e) => store::experiments::budgeted_configs(conn, e.id).await?.into_iter().collect(),
+        None => Default::default(),
+    };
+    let earlier_to_come = match existing {
+        Some(e) => store::experiments::tpe_runs_to_come(conn, e.id).await?,
+        None => 0,
+    };
+    let new: std::collections::BTreeSet<&String> = hashes.iter().filter(|h| !counted.contains(*h)).collect();
+    let total = counted.len() as i64 + earlier_to_come + new.len() as i64 + to_come.max(0);
+    if total > max {
+        return Err(ApiError::Conflict(format!(
+            "experiment `{}` allows {max} configurations scored against its frozen validation split (max_val_configs); {} \
+             are scored or queued{}, and this submission adds {}: {total} in all. Every configuration scored against one \
+             validation split makes its best score more optimistic (over-tuning to one split is how a study fools itself): \
+             submit fewer runs, or stop here and promote",
+            spec.name,
+            counted.len(),
+            if earlier_to_come > 0 { format!(" ({earlier_to_come} more to come from running tpe sweeps)") } else { String::new() },
+            new.len() as i64 + to_come.max(0)
+        )));
+    }
+    Ok(Some(max))
+}
+
+fn summary(row: &ExperimentRow, counts: protocol::api::StatusCounts, sweeps: i64, val_configs: i64) -> ExperimentSummary {
     ExperimentSummary {
+        val_configs: val_configs as u64,
+        max_val_configs: row.max_val_configs.map(|m| m as u64),
         name: row.name.clone(),
         description: row.description.clone(),
         dataset: row.dataset.clone(),
@@ -171,16 +246,20 @@ fn summary(row: &ExperimentRow, counts: protocol::api::StatusCounts, sweeps: i64
 pub async fn list(state: &AppState) -> Result<Vec<ExperimentSummary>, ApiError> {
     let conn = &state.db.read;
     let counts = store::experiments::run_counts_by_experiment(conn).await?;
+    let scored: BTreeMap<i64, i64> = store::experiments::val_configs_by_experiment(conn).await?.into_iter().collect();
     let mut out = Vec::new();
     for row in store::experiments::list(conn).await? {
         let sweeps = store::experiments::sweep_count(conn, row.id).await?;
-        out.push(summary(&row, counts_for(&counts, row.id), sweeps));
+        out.push(summary(&row, counts_for(&counts, row.id), sweeps, scored.get(&row.id).copied().unwrap_or(0)));
     }
     Ok(out)
 }
 
-fn sweep_info(row: SweepRow, counts: protocol::api::StatusCounts) -> SweepInfo {
+fn sweep_info(row: SweepRow, counts: protocol::api::StatusCounts, val_configs: i64) -> SweepInfo {
     SweepInfo {
+        max_runs: row.max_runs.map(|m| m as u64),
+        cancelled: row.cancelled_at.is_some(),
+        val_configs: val_configs as u64,
         id: row.id,
         experiment: row.experiment,
         method: row.method,
@@ -197,16 +276,19 @@ pub async fn show(state: &AppState, name: &str) -> Result<ExperimentDetail, ApiE
     let row = store::experiments::by_name(conn, name).await?.ok_or_else(|| ApiError::not_found("experiment", name))?;
     let all_counts = store::experiments::run_counts_by_experiment(conn).await?;
     let sweep_counts = store::experiments::run_counts_by_sweep(conn, row.id).await?;
+    let scored: BTreeMap<i64, i64> = store::experiments::val_configs_by_sweep(conn, row.id).await?.into_iter().collect();
+    let total = store::experiments::val_configs_by_experiment(conn).await?.into_iter().find(|(e, _)| *e == row.id).map_or(0, |(_, n)| n);
     let sweeps: Vec<SweepInfo> = store::experiments::sweeps_of(conn, row.id)
         .await?
         .into_iter()
         .map(|s| {
             let counts = counts_for(&sweep_counts, s.id);
-            sweep_info(s, counts)
+            let n = scored.get(&s.id).copied().unwrap_or(0);
+            sweep_info(s, counts, n)
         })
         .collect();
     Ok(ExperimentDetail {
-        summary: summary(&row, counts_for(&all_counts, row.id), sweeps.len() as i64),
+        summary: summary(&row, counts_for(&all_counts, row.id), sweeps.len() as i64, total),
         spec_yaml: row.spec_yaml.clone(),
         sweeps,
     })
@@ -218,5 +300,7 @@ pub async fn sweep(state: &AppState, id: i64) -> Result<SweepInfo, ApiError> {
     let experiment =
         store::experiments::by_name(conn, &row.experiment).await?.ok_or_else(|| ApiError::not_found("experiment", &row.experiment))?;
     let counts = store::experiments::run_counts_by_sweep(conn, experiment.id).await?;
-    Ok(sweep_info(row, counts_for(&counts, id)))
+    let scored =
+        store::experiments::val_configs_by_sweep(conn, experiment.id).await?.into_iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| n);
+    Ok(sweep_info(row, counts_for(&counts, id), scored))
 }

@@ -97,7 +97,13 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let lease_id = uuid::Uuid::new_v4().to_string();
     let expires_at = now + ttl_ms(state);
     let tx = state.db.write.begin().await?;
-    let Some(job_id) = store::jobs::next_queued(&tx, &req.kinds).await? else {
+    // A queued job first; else the next run of a tpe sweep, suggested now.
+    let job_id = match store::jobs::next_queued(&tx, &req.kinds).await? {
+        Some(id) => Some(id),
+        None if req.kinds.is_empty() || req.kinds.contains(&JobKind::Train) => super::tpe::create_next(state, &tx, now).await?,
+        None => None,
+    };
+    let Some(job_id) = job_id else {
         store::workers::seen(&tx, &req.worker, req.device.as_deref(), None, now).await?;
         tx.commit().await?;
         return Ok(None);

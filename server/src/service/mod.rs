@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod promotions;
 pub mod runs;
 pub mod tokens;
+pub mod tpe;
 pub mod worker_writes;
 
 use protocol::RunStatus;

@@ -101,6 +101,17 @@ pub(crate) async fn class_results(
     Ok(Some(EpochClassResults { epoch: matrix.epoch, split, per_class, confusion }))
 }
 
+/// A configuration's identity for the validation budget: sha256 of the resolved config with
+/// its name and description blanked (they do not change what is trained).
+pub(crate) fn config_hash(config: &ExperimentSpec) -> String {
+    use sha2::Digest;
+    let mut bare = config.clone();
+    bare.name.clear();
+    bare.description.clear();
+    bare.max_val_configs = None;
+    hex::encode(sha2::Sha256::digest(serde_json::to_string(&bare).unwrap_or_default().as_bytes()))
+}
+
 /// The complete spec a run trains with: its sweep's spec (stored once per sweep) with the
 /// run's params set, defaults resolved, and the frozen dataset version it names (lineage).
 /// Derived exactly as the spec was expanded at submission.
@@ -177,6 +188,10 @@ pub async fn cancel(state: &AppState, actor: &str, scope: RunScope, id: i64) -> 
         RunScope::Sweep => store::experiments::sweep(&tx, id).await?.ok_or_else(|| ApiError::not_found("sweep", id))?.experiment,
     };
     let now = now_ms();
+    if matches!(scope, RunScope::Sweep) {
+        // A tpe sweep creates no more runs.
+        store::experiments::cancel_sweep(&tx, id, now).await?;
+    }
     let cancelled = store::jobs::cancel_queued(&tx, scope, id, now).await?;
     let stopping = store::jobs::request_cancel(&tx, scope, id, now).await?;
     let action = match scope {

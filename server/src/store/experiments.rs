@@ -1,6 +1,6 @@
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
-use super::{Id, all, one, values};
+use super::{Id, all, exec, one, values};
 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct ExperimentRow {
@@ -13,10 +13,11 @@ pub struct ExperimentRow {
     pub spec_yaml: String,
     pub created_at: i64,
     pub created_by: String,
+    pub max_val_configs: Option<i64>,
 }
 
 const EXPERIMENT_COLUMNS: &str = "e.id, e.name, e.description, e.dataset_version_id, d.name AS dataset, \
-    v.version AS dataset_version, e.spec_yaml, e.created_at, e.created_by \
+    v.version AS dataset_version, e.spec_yaml, e.created_at, e.created_by, e.max_val_configs \
     FROM experiments e JOIN dataset_versions v ON v.id = e.dataset_version_id JOIN datasets d ON d.id = v.dataset_id";
 
 #[derive(Debug, Clone, FromQueryResult)]
@@ -28,6 +29,8 @@ pub struct SweepRow {
     pub spec_yaml: String,
     pub created_at: i64,
     pub created_by: String,
+    pub max_runs: Option<i64>,
+    pub cancelled_at: Option<i64>,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -53,14 +56,15 @@ pub struct NewExperiment<'a> {
     pub spec_json: &'a str,
     pub created_at: i64,
     pub created_by: &'a str,
+    pub max_val_configs: Option<i64>,
 }
 
 pub async fn insert(conn: &impl ConnectionTrait, e: NewExperiment<'_>) -> Result<i64, DbErr> {
     one::<Id>(
         conn,
-        "INSERT INTO experiments (name, description, dataset_version_id, spec_yaml, spec_json, created_at, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        values![e.name, e.description, e.dataset_version_id, e.spec_yaml, e.spec_json, e.created_at, e.created_by],
+        "INSERT INTO experiments (name, description, dataset_version_id, spec_yaml, spec_json, created_at, created_by, max_val_configs) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        values![e.name, e.description, e.dataset_version_id, e.spec_yaml, e.spec_json, e.created_at, e.created_by, e.max_val_configs],
     )
     .await?
     .map(|r| r.id)
@@ -74,6 +78,7 @@ pub struct NewSweep<'a> {
     pub spec_yaml: &'a str,
     pub spec_json: &'a str,
     pub parallel: Option<i64>,
+    pub max_runs: i64,
     pub created_at: i64,
     pub created_by: &'a str,
 }
@@ -81,16 +86,27 @@ pub struct NewSweep<'a> {
 pub async fn insert_sweep(conn: &impl ConnectionTrait, s: NewSweep<'_>) -> Result<i64, DbErr> {
     one::<Id>(
         conn,
-        "INSERT INTO sweeps (experiment_id, method, file, spec_yaml, spec_json, parallel, created_at, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        values![s.experiment_id, s.method, s.file.map(str::to_owned), s.spec_yaml, s.spec_json, s.parallel, s.created_at, s.created_by],
+        "INSERT INTO sweeps (experiment_id, method, file, spec_yaml, spec_json, parallel, created_at, created_by, max_runs) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        values![
+            s.experiment_id,
+            s.method,
+            s.file.map(str::to_owned),
+            s.spec_yaml,
+            s.spec_json,
+            s.parallel,
+            s.created_at,
+            s.created_by,
+            s.max_runs
+        ],
     )
     .await?
     .map(|r| r.id)
     .ok_or(DbErr::RecordNotInserted)
 }
 
-const SWEEP_COLUMNS: &str = "s.id, e.name AS experiment, s.method, s.file, s.spec_yaml, s.created_at, s.created_by \
+const SWEEP_COLUMNS: &str = "s.id, e.name AS experiment, s.method, s.file, s.spec_yaml, s.created_at, s.created_by, \
+    s.max_runs, s.cancelled_at \
     FROM sweeps s JOIN experiments e ON e.id = s.experiment_id";
 
 pub async fn sweep(conn: &impl ConnectionTrait, id: i64) -> Result<Option<SweepRow>, DbErr> {
@@ -136,4 +152,174 @@ pub async fn sweep_spec_json(conn: &impl ConnectionTrait, sweep_id: i64) -> Resu
         spec_json: String,
     }
     Ok(one::<Spec>(conn, "SELECT spec_json FROM sweeps WHERE id = $1", values![sweep_id]).await?.map(|s| s.spec_json))
+}
+
+/// Lowers an experiment's validation budget (it is never raised).
+pub async fn set_max_val_configs(conn: &impl ConnectionTrait, experiment_id: i64, max: i64) -> Result<(), DbErr> {
+    exec(conn, "UPDATE experiments SET max_val_configs = $1 WHERE id = $2", values![max, experiment_id]).await?;
+    Ok(())
+}
+
+/// A cancelled sweep creates no more runs (tpe).
+pub async fn cancel_sweep(conn: &impl ConnectionTrait, sweep_id: i64, now: i64) -> Result<(), DbErr> {
+    exec(conn, "UPDATE sweeps SET cancelled_at = COALESCE(cancelled_at, $1) WHERE id = $2", values![now, sweep_id]).await?;
+    Ok(())
+}
+
+/// A configuration's identity: its hash, or, for a run from before hashes, the run itself.
+const CONFIG: &str = "COALESCE(r.config_hash, 'run-' || CAST(r.id AS TEXT))";
+/// The run has been scored against the validation split (it reported a val_* metric).
+const SCORED: &str = "EXISTS (SELECT 1 FROM metrics m WHERE m.run_id = r.id AND m.key LIKE 'val%')";
+
+/// Distinct configurations scored against the validation split, by sweep, for one experiment.
+pub async fn val_configs_by_sweep(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Vec<(i64, i64)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        owner: i64,
+        n: i64,
+    }
+    Ok(all::<Row>(
+        conn,
+        &format!("SELECT r.sweep_id AS owner, COUNT(DISTINCT {CONFIG}) AS n FROM runs r WHERE r.experiment_id = $1 AND {SCORED} GROUP BY r.sweep_id"),
+        values![experiment_id],
+    )
+    .await?
+    .into_iter()
+    .map(|r| (r.owner, r.n))
+    .collect())
+}
+
+/// Distinct configurations scored against the validation split, by experiment.
+pub async fn val_configs_by_experiment(conn: &impl ConnectionTrait) -> Result<Vec<(i64, i64)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        owner: i64,
+        n: i64,
+    }
+    Ok(all::<Row>(
+        conn,
+        &format!("SELECT r.experiment_id AS owner, COUNT(DISTINCT {CONFIG}) AS n FROM runs r WHERE {SCORED} GROUP BY r.experiment_id"),
+        vec![],
+    )
+    .await?
+    .into_iter()
+    .map(|r| (r.owner, r.n))
+    .collect())
+}
+
+/// The configurations that count against an experiment's budget: scored, or still to be
+/// scored (queued or running).
+pub async fn budgeted_configs(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Vec<String>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        config: String,
+    }
+    Ok(all::<Row>(
+        conn,
+        &format!(
+            "SELECT DISTINCT {CONFIG} AS config FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+             WHERE r.experiment_id = $1 AND ({SCORED} OR j.status IN ('queued', 'running'))"
+        ),
+        values![experiment_id],
+    )
+    .await?
+    .into_iter()
+    .map(|r| r.config)
+    .collect())
+}
+
+/// Runs the experiment's live tpe sweeps may still create.
+pub async fn tpe_runs_to_come(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<i64, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        n: Option<i64>,
+    }
+    Ok(one::<Row>(
+        conn,
+        "SELECT SUM(s.max_runs - (SELECT COUNT(*) FROM runs r WHERE r.sweep_id = s.id)) AS n FROM sweeps s \
+         WHERE s.experiment_id = $1 AND s.method = 'tpe' AND s.cancelled_at IS NULL",
+        values![experiment_id],
+    )
+    .await?
+    .and_then(|r| r.n)
+    .unwrap_or(0))
+}
+
+/// Live tpe sweeps that may create a run now: not cancelled, fewer runs than `max_runs`, and
+/// fewer running than `parallel`; oldest first.
+pub async fn tpe_sweeps_with_room(conn: &impl ConnectionTrait) -> Result<Vec<i64>, DbErr> {
+    Ok(all::<Id>(
+        conn,
+        "SELECT s.id FROM sweeps s WHERE s.method = 'tpe' AND s.cancelled_at IS NULL \
+           AND (SELECT COUNT(*) FROM runs r WHERE r.sweep_id = s.id) < s.max_runs \
+           AND (s.parallel IS NULL OR (SELECT COUNT(*) FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+                WHERE r.sweep_id = s.id AND j.status = 'running') < s.parallel) \
+         ORDER BY s.id",
+        vec![],
+    )
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect())
+}
+
+/// What a tpe sweep needs to create its next run: its spec, cap, limits and counts (read
+/// after the caller has locked the sweep's row, where the database has row locks).
+#[derive(Debug, FromQueryResult)]
+pub struct TpeSweep {
+    pub id: i64,
+    pub experiment_id: i64,
+    pub experiment: String,
+    pub dataset_version: String,
+    pub spec_json: String,
+    pub max_runs: Option<i64>,
+    pub parallel: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub created: i64,
+    pub running: i64,
+}
+
+pub async fn tpe_sweep(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<Option<TpeSweep>, DbErr> {
+    one(
+        conn,
+        "SELECT s.id, s.experiment_id, e.name AS experiment, v.version AS dataset_version, s.spec_json, s.max_runs, s.parallel, \
+           s.cancelled_at, (SELECT COUNT(*) FROM runs r WHERE r.sweep_id = s.id) AS created, \
+           (SELECT COUNT(*) FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+            WHERE r.sweep_id = s.id AND j.status = 'running') AS running \
+         FROM sweeps s JOIN experiments e ON e.id = s.experiment_id JOIN dataset_versions v ON v.id = e.dataset_version_id \
+         WHERE s.id = $1",
+        values![sweep_id],
+    )
+    .await
+}
+
+/// Locks a sweep's row until the transaction ends (PostgreSQL; SQLite's one writer already
+/// serialises): decisions about one sweep are made one at a time.
+pub async fn lock_sweep(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<(), DbErr> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        exec(conn, "SELECT id FROM sweeps WHERE id = $1 FOR UPDATE", values![sweep_id]).await?;
+    }
+    Ok(())
+}
+
+/// Every run of a sweep in run order, with its status and its best value of `key`.
+#[derive(Debug, FromQueryResult)]
+pub struct HistoryRow {
+    pub id: i64,
+    pub params_json: String,
+    pub status: String,
+    pub value: Option<f64>,
+}
+
+pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maximize: bool) -> Result<Vec<HistoryRow>, DbErr> {
+    let agg = if maximize { "MAX" } else { "MIN" };
+    all(
+        conn,
+        &format!(
+            "SELECT r.id, r.params_json, j.status, (SELECT {agg}(m.value) FROM metrics m WHERE m.run_id = r.id AND m.key = $2) AS value \
+             FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' WHERE r.sweep_id = $1 ORDER BY r.id"
+        ),
+        values![sweep_id, key],
+    )
+    .await
 }

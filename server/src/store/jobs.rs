@@ -316,3 +316,8 @@ pub async fn request_prune(conn: &impl ConnectionTrait, run_id: i64, now: i64) -
     )
     .await
 }
+
+/// The id of a run's training job.
+pub async fn of_run_training(conn: &impl ConnectionTrait, run_id: i64) -> Result<Option<i64>, DbErr> {
+    Ok(one::<Id>(conn, "SELECT id FROM jobs WHERE run_id = $1 AND kind = 'train'", values![run_id]).await?.map(|r| r.id))
+}

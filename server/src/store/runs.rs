@@ -60,6 +60,7 @@ pub struct NewRun<'a> {
     pub name: &'a str,
     pub max_attempts: i64,
     pub params_json: &'a str,
+    pub config_hash: &'a str,
     pub now: i64,
 }
 
@@ -67,9 +68,9 @@ pub struct NewRun<'a> {
 pub async fn insert(conn: &impl ConnectionTrait, r: NewRun<'_>) -> Result<i64, DbErr> {
     let id = one::<Id>(
         conn,
-        "INSERT INTO runs (experiment_id, sweep_id, idx, name, params_json, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
-        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.params_json, r.now],
+        "INSERT INTO runs (experiment_id, sweep_id, idx, name, params_json, config_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+        values![r.experiment_id, r.sweep_id, r.idx, r.name, r.params_json, r.config_hash, r.now],
     )
     .await?
     .map(|r| r.id)

@@ -11,4 +11,5 @@ mod hardening;
 mod leases;
 mod migration;
 mod promotions;
+mod tpe;
 mod ui;
