@@ -209,10 +209,27 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
         (
             "experiment",
             "/ui/experiments/browser",
-            &["Promoted model", "lat_postop_tether", "Ingestion report", "best validation macro-F1 <b>bold?</b>"],
+            &[
+                "Promoted model",
+                "lat_postop_tether",
+                "Ingestion report",
+                "best validation macro-F1 <b>bold?</b>",
+                "Validation budget: 2 configuration(s) scored",
+            ],
             0,
         ),
-        ("sweep", "/ui/sweeps/1", &["worst-class recall", "train.optimizer.lr", "succeeded", "early stop: asha on val_macro_f1"], 0),
+        (
+            "sweep",
+            "/ui/sweeps/1",
+            &[
+                "worst-class recall",
+                "train.optimizer.lr",
+                "succeeded",
+                "early stop: asha on val_macro_f1",
+                "This sweep scored 2 configuration(s)",
+            ],
+            0,
+        ),
         (
             "run",
             "/ui/runs/1",

@@ -262,6 +262,9 @@ fn register_submit_and_list_against_a_real_server() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("queued 4 run(s) of `demo`"), "{stdout}");
+    assert!(stdout.contains("early stop: asha on val_macro_f1"), "the submission explains its early stopping: {stdout}");
+    let out = cobb(dir.path(), &url, &["show", "1"]);
+    assert!(text(&out).0.contains("budget     0 configuration(s) of `demo` scored"), "{}", text(&out).0);
 
     let out = cobb(dir.path(), &url, &["runs", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

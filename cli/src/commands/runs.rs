@@ -123,6 +123,14 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
     if let Some(e) = &r.error {
         println!("error      {e}");
     }
+    // Read as JSON: the detail repeats `sweeps` (a count in the summary, the list beside it).
+    let experiment: serde_json::Value = client.get(&format!("/experiments/{}", r.experiment)).await?;
+    println!(
+        "budget     {} configuration(s) of `{}` scored against its validation split{}",
+        experiment["val_configs"].as_u64().unwrap_or(0),
+        r.experiment,
+        experiment["max_val_configs"].as_u64().map(|m| format!(" of {m} allowed")).unwrap_or_default()
+    );
     if !detail.latest.is_empty() {
         println!("\nlatest metrics");
         let rows: Vec<Vec<String>> =

@@ -391,7 +391,9 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
     for r in list.runs.iter().filter(|r| r.status == RunStatus::Pruned) {
         println!("run {}: {}", r.id, r.error.as_deref().unwrap_or("pruned"));
     }
-    let best: Vec<i64> = list.runs.iter().filter(|r| r.status == RunStatus::Succeeded).take(3).map(|r| r.id).collect();
+    // The best three that have per-class results: pruned runs keep theirs.
+    let best: Vec<i64> =
+        list.runs.iter().filter(|r| matches!(r.status, RunStatus::Succeeded | RunStatus::Pruned)).take(3).map(|r| r.id).collect();
     if best.len() < 2 {
         return Ok(());
     }

@@ -111,6 +111,8 @@ struct SweepPage {
     statuses: &'static [RunStatus],
     /// The sweep's early-stop rule in a sentence (none without one).
     early_stop: Option<String>,
+    /// The experiment's validation budget: configurations scored, and the cap if any.
+    budget: (u64, Option<u64>),
 }
 
 #[derive(Serialize)]
@@ -231,7 +233,13 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             ord.then(a.id.cmp(&b.id))
         });
         let early_stop = service::early_stop::describe(&state, id).await?;
-        Ok(render("sweep.html", Some(&v), &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL, early_stop }))
+        let owner = service::experiments::show(&state, &info.experiment).await?;
+        let budget = (owner.summary.val_configs, owner.summary.max_val_configs);
+        Ok(render(
+            "sweep.html",
+            Some(&v),
+            &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL, early_stop, budget },
+        ))
     })
 }
 
