@@ -38,6 +38,7 @@ mod m007_spec_once;
 mod m008_keyed_pseudonyms;
 mod m009_early_stop;
 mod m010_sweeps_that_think;
+mod m011_constraints;
 
 pub struct Migrator;
 
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m008_keyed_pseudonyms::Migration),
             Box::new(m009_early_stop::Migration),
             Box::new(m010_sweeps_that_think::Migration),
+            Box::new(m011_constraints::Migration),
         ]
     }
 }

@@ -286,6 +286,10 @@ pub struct RunInfo {
     pub worker: Option<String>,
     pub error: Option<String>,
     pub best_epoch: Option<i64>,
+    /// The sweep's constraints (`select.constraints`) this run missed at its best epoch, in
+    /// words; it then ranks below every run that meets them. Known once its training ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints_missed: Vec<String>,
     /// The value of the metric the list was sorted by (at the best epoch, else the last).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sort_value: Option<f64>,

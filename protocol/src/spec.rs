@@ -250,6 +250,35 @@ pub struct SelectSpec {
     pub metric: String,
     #[serde(default)]
     pub goal: Goal,
+    /// Bounds a run must meet at its best epoch (the weak classes' recall, say). A run that
+    /// misses one ranks below every run that meets them all: in the leaderboard, `cobb runs
+    /// --sort`, the best-run choice and TPE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+}
+
+/// `{metric: val_recall/ap_postop_tether, min: 0.8}`: a bound on a validation metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl Constraint {
+    /// How `value` misses the constraint, in words (None: it meets it). A run without the
+    /// metric misses it.
+    pub fn missed(&self, value: Option<f64>) -> Option<String> {
+        let Some(v) = value else { return Some(format!("{} missing", self.metric)) };
+        match (self.min, self.max) {
+            (Some(min), _) if v < min => Some(format!("{} {v:.3} < {min}", self.metric)),
+            (_, Some(max)) if v > max => Some(format!("{} {v:.3} > {max}", self.metric)),
+            _ => None,
+        }
+    }
 }
 
 fn default_select_metric() -> String {
@@ -258,7 +287,7 @@ fn default_select_metric() -> String {
 
 impl Default for SelectSpec {
     fn default() -> Self {
-        Self { metric: default_select_metric(), goal: Goal::Maximize }
+        Self { metric: default_select_metric(), goal: Goal::Maximize, constraints: Vec::new() }
     }
 }
 
@@ -374,6 +403,16 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
     );
     check(!spec.dataset.name.is_empty(), "dataset.name", "must not be empty".to_owned());
     check(spec.max_val_configs != Some(0), "max_val_configs", "must be at least 1 (leave it out for no budget)".to_owned());
+    for (i, c) in spec.select.constraints.iter().enumerate() {
+        let here = format!("select.constraints.{i}");
+        check(c.metric.starts_with("val_"), &here, format!("`{}`: a constraint bounds a validation metric (val_*)", c.metric));
+        check(c.min.is_some() || c.max.is_some(), &here, "needs min, max or both".to_owned());
+        check(
+            c.min.zip(c.max).is_none_or(|(lo, hi)| lo <= hi) && c.min.is_none_or(f64::is_finite) && c.max.is_none_or(f64::is_finite),
+            &here,
+            "min must not exceed max, and both must be numbers".to_owned(),
+        );
+    }
 
     let m = &spec.model;
     if let Some(size) = m.image_size {

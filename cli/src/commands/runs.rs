@@ -123,6 +123,9 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
     if let Some(e) = &r.error {
         println!("error      {e}");
     }
+    if !r.constraints_missed.is_empty() {
+        println!("misses     {} (ranked below every run that meets the constraints)", r.constraints_missed.join("; "));
+    }
     // Read as JSON: the detail repeats `sweeps` (a count in the summary, the list beside it).
     let experiment: serde_json::Value = client.get(&format!("/experiments/{}", r.experiment)).await?;
     println!(

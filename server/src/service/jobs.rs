@@ -368,6 +368,10 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
             if let (JobStatus::Succeeded | JobStatus::Pruned, Some(best)) = (status, req.best_epoch) {
                 store::runs::set_best_epoch(&tx, job.run_id, best, now).await?;
             }
+            if matches!(status, JobStatus::Succeeded | JobStatus::Pruned) {
+                let run = super::runs::get(&tx, job.run_id).await?;
+                super::constraints::record(&tx, job.run_id, run.sweep_id, req.best_epoch).await?;
+            }
         }
         JobKind::Evaluate => {
             super::promotions::evaluation_ended(&tx, &job, status, &req, error.as_deref(), now).await?;
@@ -401,6 +405,10 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
     let error = if status == JobStatus::Pruned { prune_reason(&tx, job.run_id).await? } else { None };
     store::leases::end(&tx, lease_id, "released", now).await?;
     store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await?;
+    if status == JobStatus::Pruned {
+        let run = super::runs::get(&tx, job.run_id).await?;
+        super::constraints::record(&tx, job.run_id, run.sweep_id, run.best_epoch).await?;
+    }
     if status == JobStatus::Queued {
         store::jobs::forgive_attempt(&tx, job.id).await?;
     }
@@ -448,6 +456,12 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
                 (JobStatus::Queued, None)
             };
             store::jobs::finish_lease(&tx, job.id, &lease.id, status, error.as_deref(), now).await?;
+            if status == JobStatus::Pruned
+                && let Ok(run) = super::runs::get(&tx, job.run_id).await
+                && let Err(e) = super::constraints::record(&tx, job.run_id, run.sweep_id, run.best_epoch).await
+            {
+                tracing::warn!(run.id = job.run_id, error = %e, "could not check a pruned run's constraints");
+            }
             if job.kind == JobKind::Evaluate {
                 super::promotions::evaluation_expired(&tx, &job, &lease.worker, status, error.as_deref()).await?;
             }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod compare;
+pub mod constraints;
 pub mod datasets;
 pub mod early_stop;
 pub mod experiments;

@@ -17,7 +17,9 @@ pub const MAX_PAGE: u64 = 10_000;
 
 pub(crate) fn run_info(row: RunRow) -> Result<RunInfo, ApiError> {
     let (status, cancel_requested, params) = (row.status()?, row.cancel_requested()?, row.params()?);
+    let constraints_missed = row.violations()?;
     Ok(RunInfo {
+        constraints_missed,
         id: row.id,
         name: row.name,
         experiment: row.experiment,

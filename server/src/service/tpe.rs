@@ -54,7 +54,8 @@ async fn create(state: &AppState, tx: &DatabaseTransaction, sweep: &store::exper
             // Failed and cancelled runs say nothing about the objective (as in Optuna).
             JobStatus::Failed | JobStatus::Cancelled => continue,
         };
-        history.push(Observation { params, value, feasible: true });
+        // Constrained TPE: a finished run that missed a constraint ranks below every feasible one.
+        history.push(Observation { params, value, feasible: row.feasible != Some(0) });
     }
     let settings = Settings {
         seed: sweep_spec.seed.unwrap_or(spec.train.seed),

@@ -309,6 +309,7 @@ pub struct HistoryRow {
     pub params_json: String,
     pub status: String,
     pub value: Option<f64>,
+    pub feasible: Option<i64>,
 }
 
 pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maximize: bool) -> Result<Vec<HistoryRow>, DbErr> {
@@ -316,7 +317,8 @@ pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maxi
     all(
         conn,
         &format!(
-            "SELECT r.id, r.params_json, j.status, (SELECT {agg}(m.value) FROM metrics m WHERE m.run_id = r.id AND m.key = $2) AS value \
+            "SELECT r.id, r.params_json, j.status, (SELECT {agg}(m.value) FROM metrics m WHERE m.run_id = r.id AND m.key = $2) AS value, \
+             r.feasible \
              FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' WHERE r.sweep_id = $1 ORDER BY r.id"
         ),
         values![sweep_id, key],

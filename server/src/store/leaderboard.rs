@@ -15,17 +15,28 @@ pub struct LeaderRun {
     pub best_epoch: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub feasible: Option<i64>,
+    pub violations: Option<String>,
 }
 
 impl LeaderRun {
     pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
         super::decode_json(&format!("runs row {}", self.id), "params_json", &self.params_json)
     }
+
+    /// The constraints it missed, in words (empty when it met them or is not done).
+    pub fn violations(&self) -> Result<Vec<String>, DbErr> {
+        match &self.violations {
+            Some(text) => super::decode_json(&format!("runs row {}", self.id), "violations", text),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// The sweep's runs (of one status, if given), without their configs.
 pub async fn runs(conn: &impl ConnectionTrait, sweep_id: i64, status: Option<&str>) -> Result<Vec<LeaderRun>, DbErr> {
-    let columns = "SELECT r.id, r.name, j.status, r.params_json, j.error, r.best_epoch, j.started_at, j.finished_at \
+    let columns = "SELECT r.id, r.name, j.status, r.params_json, j.error, r.best_epoch, j.started_at, j.finished_at, \
+        r.feasible, r.violations \
         FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' WHERE r.sweep_id = $1";
     match status {
         Some(s) => all(conn, &format!("{columns} AND j.status = $2 ORDER BY r.id"), values![sweep_id, s]).await,

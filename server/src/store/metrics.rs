@@ -1,7 +1,7 @@
 use protocol::api::MetricPoint;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Value};
 
-use super::{all, exec, placeholders, values};
+use super::{all, exec, one, placeholders, values};
 
 #[derive(Debug, FromQueryResult)]
 pub struct MetricRow {
@@ -85,4 +85,22 @@ pub async fn series(conn: &impl ConnectionTrait, run_id: i64, key: Option<&str>)
         }
         None => all(conn, "SELECT key, step, value FROM metrics WHERE run_id = $1 ORDER BY key, step", values![run_id]).await,
     }
+}
+
+/// A run's value of `key` at `step`, or at its last step when `step` is None.
+pub async fn value_at(conn: &impl ConnectionTrait, run_id: i64, key: &str, step: Option<i64>) -> Result<Option<f64>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct V {
+        value: f64,
+    }
+    let row = match step {
+        Some(step) => {
+            one::<V>(conn, "SELECT value FROM metrics WHERE run_id = $1 AND key = $2 AND step = $3", values![run_id, key, step]).await?
+        }
+        None => {
+            one::<V>(conn, "SELECT value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step DESC LIMIT 1", values![run_id, key])
+                .await?
+        }
+    };
+    Ok(row.map(|v| v.value))
 }

@@ -23,6 +23,10 @@ pub struct RunRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub dataset_version_id: i64,
+    /// Whether it met its sweep's constraints when its training ended (None: not known yet).
+    pub feasible: Option<i64>,
+    /// The constraints it missed, as a JSON list of sentences.
+    pub violations: Option<String>,
     pub sort_value: Option<f64>,
 }
 
@@ -30,7 +34,7 @@ pub struct RunRow {
 /// column: it is derived from its sweep's spec and its params (`service::runs::config_of`).
 const RUN_COLUMNS: &str = "r.id, r.name, r.experiment_id, e.name AS experiment, r.sweep_id, r.idx, j.status, \
     j.cancel_requested, j.attempt, j.max_attempts, r.params_json, j.lease_id AS current_lease_id, j.worker, \
-    j.error, r.best_epoch, r.created_at, j.started_at, j.finished_at, e.dataset_version_id";
+    j.error, r.best_epoch, r.created_at, j.started_at, j.finished_at, e.dataset_version_id, r.feasible, r.violations";
 const RUN_FROM: &str = "FROM runs r JOIN experiments e ON e.id = r.experiment_id JOIN jobs j ON j.run_id = r.id AND j.kind = 'train'";
 
 pub use super::jobs::RunScope;
@@ -50,6 +54,13 @@ impl RunRow {
 
     pub fn params(&self) -> Result<protocol::spec::Params, DbErr> {
         super::decode_json(&self.what(), "params_json", &self.params_json)
+    }
+
+    pub fn violations(&self) -> Result<Vec<String>, DbErr> {
+        match &self.violations {
+            Some(text) => super::decode_json(&self.what(), "violations", text),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -133,7 +144,8 @@ pub async fn list(conn: &impl ConnectionTrait, filter: &Filter, sort: &Sort, lim
                 "LEFT JOIN metrics m ON m.run_id = r.id AND m.key = $1 AND m.step = COALESCE(r.best_epoch, \
                  (SELECT MAX(m2.step) FROM metrics m2 WHERE m2.run_id = r.id AND m2.key = $1))"
                     .to_owned(),
-                format!("CASE WHEN m.value IS NULL THEN 1 ELSE 0 END, m.value {dir}, r.id ASC"),
+                // Runs that miss a constraint rank below every run that meets them all.
+                format!("CASE WHEN r.feasible = 0 THEN 1 ELSE 0 END, CASE WHEN m.value IS NULL THEN 1 ELSE 0 END, m.value {dir}, r.id ASC"),
             )
         }
     };
@@ -159,5 +171,11 @@ pub async fn count(conn: &impl ConnectionTrait, filter: &Filter) -> Result<i64, 
 /// Records the run's best epoch (set when its training job completes).
 pub async fn set_best_epoch(conn: &impl ConnectionTrait, run_id: i64, best_epoch: i64, now: i64) -> Result<(), DbErr> {
     exec(conn, "UPDATE runs SET best_epoch = $1, updated_at = $2 WHERE id = $3", values![best_epoch, now, run_id]).await?;
+    Ok(())
+}
+
+/// Records whether a run met its sweep's constraints when its training ended.
+pub async fn set_constraints(conn: &impl ConnectionTrait, run_id: i64, feasible: bool, violations: &str) -> Result<(), DbErr> {
+    exec(conn, "UPDATE runs SET feasible = $1, violations = $2 WHERE id = $3", values![i64::from(feasible), violations, run_id]).await?;
     Ok(())
 }

@@ -129,6 +129,8 @@ struct SweepRow {
     epochs: Option<i64>,
     duration_s: Option<f64>,
     error: Option<String>,
+    /// The constraints it missed (it then ranks below every run that meets them all).
+    missed: Vec<String>,
 }
 
 impl SweepRow {
@@ -180,6 +182,10 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
         );
         let (info, runs) = (info?, runs?);
         let params: Vec<protocol::spec::Params> = runs.iter().map(|r| r.params()).collect::<Result<_, _>>()?;
+        let mut missed: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for r in &runs {
+            missed.insert(r.id, r.violations()?);
+        }
         let metrics: BTreeMap<(i64, String), f64> = best?.into_iter().map(|m| ((m.run_id, m.key), m.value)).collect();
         let worst: BTreeMap<i64, (String, f64)> = worst?.into_iter().map(|r| (r.run_id, (r.class, r.recall))).collect();
         let epochs: BTreeMap<i64, i64> = epochs?.into_iter().map(|e| (e.run_id, e.epochs)).collect();
@@ -208,6 +214,7 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
                     epochs: epochs.get(&r.id).copied(),
                     duration_s: r.finished_at.zip(r.started_at).map(|(f, s)| (f - s) as f64 / 1000.0),
                     error: r.error.clone(),
+                    missed: missed.remove(&r.id).unwrap_or_default(),
                 }
             })
             .collect();
@@ -216,7 +223,12 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             Some(k) => (k.to_owned(), true),
             None => (sort.clone(), false),
         };
+        let metric_sort = !matches!(key.as_str(), "id" | "status");
         rows.sort_by(|a, b| {
+            // A run that misses a constraint ranks below every run that meets them all.
+            if metric_sort && a.missed.is_empty() != b.missed.is_empty() {
+                return b.missed.is_empty().cmp(&a.missed.is_empty());
+            }
             // Missing values last, whatever the direction.
             let ord = match (a.number(&key), b.number(&key)) {
                 (Some(p), Some(q)) => {

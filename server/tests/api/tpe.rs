@@ -11,6 +11,7 @@ crate::on_both_databases!(
     a_tpe_sweep_creates_its_runs_as_workers_ask,
     the_same_seed_and_history_give_the_same_suggestions,
     the_validation_budget_counts_configurations_and_refuses_more,
+    constraints_rank_runs_that_miss_them_last,
 );
 
 const TPE: &str = "sweep:\n  method: tpe\n  max_runs: 6\n  startup_runs: 2\n  seed: 11\n  \
@@ -124,4 +125,32 @@ async fn the_validation_budget_counts_configurations_and_refuses_more(app: TestA
     let _: Value = ok(app.post(&app.admin, &format!("/runs/{}/metrics", l["run_id"]), &batch).await).await;
     let detail: Value = app.read(&app.admin, "/experiments/e").await;
     assert_eq!((detail["val_configs"].as_u64(), detail["max_val_configs"].as_u64()), (Some(1), Some(3)));
+}
+
+async fn constraints_rank_runs_that_miss_them_last(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let sweep = "select:\n  metric: val_macro_f1\n  constraints: [{metric: val_recall/ap_preop, min: 0.8}]\n\
+                 sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.1, 0.01, 0.001]}\n";
+    let _: Value = ok(app.submit(&spec("e", "d", sweep)).await).await;
+    // The best macro-F1 misses the weak class's recall; the other two meet it.
+    for (f1, recall) in [(0.9, 0.5), (0.7, 0.9), (0.8, 0.85)] {
+        let l = lease(&app).await.expect("run");
+        let batch = json!({"lease_id": l["lease_id"], "metrics": [
+            {"key": "val_macro_f1", "step": 0, "value": f1}, {"key": "val_recall/ap_preop", "step": 0, "value": recall}]});
+        let _: Value = ok(app.post(&app.admin, &format!("/runs/{}/metrics", l["run_id"]), &batch).await).await;
+        let done = json!({"outcome": "succeeded", "best_epoch": 0});
+        let _: Value = ok(app.post(&app.admin, &format!("/leases/{}/complete", l["lease_id"].as_str().expect("id")), &done).await).await;
+    }
+    let list: Value = app.read(&app.admin, "/runs?sweep=1&sort=val_macro_f1").await;
+    let order: Vec<i64> = list["runs"].as_array().expect("runs").iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    assert_eq!(order, vec![3, 2, 1], "feasible runs by macro-F1, then the one that misses a constraint");
+    let missed = &list["runs"][2]["constraints_missed"];
+    assert_eq!(missed, &json!(["val_recall/ap_preop 0.500 < 0.8"]));
+    assert!(list["runs"][0].get("constraints_missed").is_none(), "a run that meets them lists none");
+    // The sweep page ranks the same way and says what is missed.
+    let root = app.base.trim_end_matches("/api/v1");
+    let page = app.http.get(format!("{root}/ui/sweeps/1")).bearer_auth(&app.admin).send().await.expect("page").text().await.expect("html");
+    assert!(page.contains("misses: val_recall&#x2f;ap_preop 0.500 &lt; 0.8"), "{page}");
+    let (third, first) = (page.find("e-s1-2").expect("run 3"), page.find("e-s1-0").expect("run 1"));
+    assert!(third < first, "the infeasible run is listed last");
 }

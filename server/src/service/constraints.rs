@@ -1,0 +1,28 @@
+//! Constraints that protect the weak classes (`select.constraints`): when a run's training
+//! ends (succeeded or pruned), its values at its best epoch are checked against its sweep's
+//! constraints and the outcome is stored on the run (`runs.feasible`, `runs.violations`), so
+//! every ranking (the leaderboard, `cobb runs --sort`, the best-run choice, TPE) can put runs
+//! that miss one below every run that meets them all, in SQL or in Rust, without re-reading
+//! specs.
+
+use sea_orm::ConnectionTrait;
+
+use crate::error::ApiError;
+use crate::store;
+
+/// Checks run `run_id` of `sweep_id` at `best_epoch` (else at each metric's last step) and
+/// stores the result. A sweep without constraints stores "feasible".
+pub async fn record(conn: &impl ConnectionTrait, run_id: i64, sweep_id: i64, best_epoch: Option<i64>) -> Result<Vec<String>, ApiError> {
+    let json = store::experiments::sweep_spec_json(conn, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
+    let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
+    let mut missed = Vec::new();
+    for c in &spec.select.constraints {
+        let value = store::metrics::value_at(conn, run_id, &c.metric, best_epoch).await?;
+        if let Some(why) = c.missed(value) {
+            missed.push(why);
+        }
+    }
+    let text = serde_json::to_string(&missed).map_err(anyhow::Error::from)?;
+    store::runs::set_constraints(conn, run_id, missed.is_empty(), &text).await?;
+    Ok(missed)
+}
