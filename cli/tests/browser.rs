@@ -180,7 +180,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 model: {arch: simple_cnn, image_size: 32}\n\
                 train: {epochs: 3, batch_size: 16, seed: 1, optimizer: {name: adamw, lr: 0.003}}\n\
                 sweep:\n  method: grid\n  early_stop: {method: asha, min_epochs: 1, reduction_factor: 2}\n  \
-                parameters:\n    train.optimizer.lr: {values: [0.003, 0.0003]}\n";
+                parameters:\n    train.optimizer.lr: {values: [0.003, 0.001, 0.0003]}\n    model.dropout: {values: [0.0, 0.3]}\n";
     std::fs::write(dir.path().join("b.yaml"), spec).expect("spec");
     cobb(dir.path(), &url, &["submit", "b.yaml"]);
     cobb(dir.path(), &url, &["worker", "--name", "w1", "--exit-when-idle"]);
@@ -214,7 +214,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 "lat_postop_tether",
                 "Ingestion report",
                 "best validation macro-F1 <b>bold?</b>",
-                "Validation budget: 2 configuration(s) scored",
+                "Validation budget: 6 configuration(s) scored",
             ],
             0,
         ),
@@ -226,9 +226,11 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 "train.optimizer.lr",
                 "succeeded",
                 "early stop: asha on val_macro_f1",
-                "This sweep scored 2 configuration(s)",
+                "This sweep scored 6 configuration(s)",
+                "The search",
+                "Which hyperparameters matter",
             ],
-            0,
+            3,
         ),
         (
             "run",

@@ -205,10 +205,14 @@ fn dry_run_prints_the_expanded_runs_without_a_server() {
     assert!(stdout.contains("demo expands to 4 run(s)"), "{stdout}");
     assert!(stdout.contains("model.arch=resnet18 train.optimizer.lr=0.001"), "{stdout}");
     // The TPE + ASHA example explains what happens after submission.
-    let out = cobb(dir.path(), "http://127.0.0.1:9", &["submit", "--dry-run", &experiments().join("scoliosis-tpe.yaml").display().to_string()]);
+    let out =
+        cobb(dir.path(), "http://127.0.0.1:9", &["submit", "--dry-run", &experiments().join("scoliosis-tpe.yaml").display().to_string()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("tpe: 39 more run(s) suggested one at a time") && stdout.contains("the first 10 seeded random draws"), "{stdout}");
+    assert!(
+        stdout.contains("tpe: 39 more run(s) suggested one at a time") && stdout.contains("the first 10 seeded random draws"),
+        "{stdout}"
+    );
     assert!(stdout.contains("rungs after epochs 2, 6, 18 of 54"), "{stdout}");
     assert!(stdout.contains("at most 60 distinct configurations"), "{stdout}");
 }

@@ -23,6 +23,11 @@ pub fn color(i: usize) -> RGBColor {
 
 /// A line chart of `series` (name, points by epoch), with axis labels and a legend.
 pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    lines_over(title, "epoch", y_label, series)
+}
+
+/// A line chart of `series` over `x_label` (whole numbers on the x axis).
+pub fn lines_over(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in points {
@@ -51,7 +56,7 @@ pub fn lines(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -
             .configure_mesh()
             .x_labels((x_max as usize + 1).min(12))
             .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{x:.0}") } else { String::new() })
-            .x_desc("epoch")
+            .x_desc(x_label)
             .y_desc(y_label)
             .light_line_style(RGBColor(235, 235, 235))
             .draw();
@@ -125,6 +130,60 @@ pub fn grouped_bars(title: &str, x_label: &str, classes: &[String], series: &[(S
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
             .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+/// One axis of a parallel-coordinates chart: its name and the labels of its bottom and top.
+pub struct Axis {
+    pub name: String,
+    pub low: String,
+    pub high: String,
+}
+
+/// Parallel coordinates: one vertical axis per hyperparameter, one line per run through its
+/// values (each scaled to 0..1 on its axis), darker and bluer the better the run's objective
+/// (`shade`, 0 worst .. 1 best); the best run drawn last, on top.
+pub fn parallel_coordinates(title: &str, axes: &[Axis], runs: &[(Vec<f64>, f64)]) -> String {
+    let d = axes.len().max(2);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (120 + 150 * d as u32, 320)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(20)
+            .x_label_area_size(30)
+            .y_label_area_size(10)
+            .build_cartesian_2d(-0.3..(d as f64 - 0.7), -0.08..1.08);
+        let Ok(mut chart) = chart else { return String::new() };
+        let names: Vec<String> = axes.iter().map(|a| a.name.clone()).collect();
+        let _ = chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_y_axis()
+            .x_labels(d * 2 + 1)
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 0.01 { names.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .draw();
+        for (i, axis) in axes.iter().enumerate() {
+            let x = i as f64;
+            let _ = chart.draw_series(std::iter::once(PathElement::new(vec![(x, 0.0), (x, 1.0)], BLACK.stroke_width(1))));
+            let _ = chart.draw_series([
+                Text::new(axis.low.clone(), (x + 0.04, -0.05), ("sans-serif", 11)),
+                Text::new(axis.high.clone(), (x + 0.04, 1.06), ("sans-serif", 11)),
+            ]);
+        }
+        let mut ordered: Vec<&(Vec<f64>, f64)> = runs.iter().collect();
+        ordered.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for (coords, shade) in ordered {
+            let s = shade.clamp(0.0, 1.0);
+            let c = RGBColor((200.0 - 170.0 * s) as u8, (200.0 - 120.0 * s) as u8, (210.0 - 30.0 * s) as u8);
+            let points: Vec<(f64, f64)> = coords.iter().enumerate().map(|(i, &y)| (i as f64, y.clamp(0.0, 1.0))).collect();
+            let _ = chart.draw_series(std::iter::once(PathElement::new(points, c.stroke_width(if s > 0.999 { 3 } else { 1 }))));
+        }
         let _ = root.present();
     }
     svg

@@ -113,6 +113,12 @@ struct SweepPage {
     early_stop: Option<String>,
     /// The experiment's validation budget: configurations scored, and the cap if any.
     budget: (u64, Option<u64>),
+    /// Each parameter's share of importance (PED-ANOVA), with its chart.
+    importance: Vec<(String, f64)>,
+    importance_svg: String,
+    /// Parallel coordinates of the finished runs, and the best value after each finished run.
+    parallel_svg: String,
+    best_svg: String,
 }
 
 #[derive(Serialize)]
@@ -247,10 +253,42 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
         let early_stop = service::early_stop::describe(&state, id).await?;
         let owner = service::experiments::show(&state, &info.experiment).await?;
         let budget = (owner.summary.val_configs, owner.summary.max_val_configs);
+        let (mut importance, mut importance_svg, mut parallel_svg, mut best_svg) =
+            (Vec::new(), String::new(), String::new(), String::new());
+        if let Some(a) = service::tpe::analysis(&state, id).await? {
+            if !a.importance.is_empty() {
+                let names: Vec<String> = a.importance.iter().map(|(p, _)| p.clone()).collect();
+                let shares: Vec<f64> = a.importance.iter().map(|(_, v)| *v).collect();
+                importance_svg =
+                    charts::grouped_bars("Hyperparameter importance (PED-ANOVA)", "share", &names, &[("importance".to_owned(), shares)]);
+            }
+            if a.runs.len() >= 2 {
+                let axes: Vec<charts::Axis> =
+                    a.axes.iter().map(|(n, lo, hi)| charts::Axis { name: n.clone(), low: lo.clone(), high: hi.clone() }).collect();
+                let title = format!("Finished runs by hyperparameter (darker: better {})", a.metric);
+                parallel_svg = charts::parallel_coordinates(&title, &axes, &a.runs);
+                best_svg =
+                    charts::lines_over("Best so far", "finished runs", &a.metric, &[(format!("best {}", a.metric), a.best_so_far.clone())]);
+            }
+            importance = a.importance;
+        }
         Ok(render(
             "sweep.html",
             Some(&v),
-            &SweepPage { sweep: info, rows, varying, sort, status, statuses: RunStatus::ALL, early_stop, budget },
+            &SweepPage {
+                sweep: info,
+                rows,
+                varying,
+                sort,
+                status,
+                statuses: RunStatus::ALL,
+                early_stop,
+                budget,
+                importance,
+                importance_svg,
+                parallel_svg,
+                best_svg,
+            },
         ))
     })
 }
