@@ -39,6 +39,7 @@ mod m008_keyed_pseudonyms;
 mod m009_early_stop;
 mod m010_sweeps_that_think;
 mod m011_constraints;
+mod m012_objective;
 
 pub struct Migrator;
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m009_early_stop::Migration),
             Box::new(m010_sweeps_that_think::Migration),
             Box::new(m011_constraints::Migration),
+            Box::new(m012_objective::Migration),
         ]
     }
 }

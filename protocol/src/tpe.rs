@@ -145,7 +145,7 @@ pub fn suggest(space: &Space, history: &[Observation], index: u64, settings: &Se
     let mut best: Option<(f64, Vec<f64>)> = None;
     for _ in 0..settings.candidates.max(1) {
         let x = l.sample(space, &mut rng);
-        let score = l.log_density(space, &x) - g.log_density(space, &x);
+        let score = l.log_density(&x) - g.log_density(&x);
         if best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, x));
         }
@@ -181,8 +181,24 @@ struct Parzen {
 }
 
 enum Kernel {
-    Normal { mu: f64, sigma: f64 },
-    Categorical(Vec<f64>),
+    /// `log_norm`: the log of the density's constant, truncation to the range included
+    /// (computed once: it does not depend on the point).
+    Normal { mu: f64, sigma: f64, log_norm: f64 },
+    /// Probabilities and their logs.
+    Categorical(Vec<f64>, Vec<f64>),
+}
+
+impl Kernel {
+    fn normal(dim: &Dim, mu: f64, sigma: f64) -> Kernel {
+        let (lo, hi) = dim.bounds();
+        let mass = (normal_cdf((hi - mu) / sigma) - normal_cdf((lo - mu) / sigma)).max(1e-300);
+        Kernel::Normal { mu, sigma, log_norm: -(sigma * std::f64::consts::TAU.sqrt()).ln() - mass.ln() }
+    }
+
+    fn categorical(w: Vec<f64>) -> Kernel {
+        let logs = w.iter().map(|p| p.max(1e-300).ln()).collect();
+        Kernel::Categorical(w, logs)
+    }
 }
 
 impl Parzen {
@@ -202,13 +218,13 @@ impl Parzen {
                             let mut w = vec![PRIOR_WEIGHT / k as f64; k];
                             w[(x as usize).min(k - 1)] += 1.0;
                             let total: f64 = w.iter().sum();
-                            Kernel::Categorical(w.into_iter().map(|v| v / total).collect())
+                            Kernel::categorical(w.into_iter().map(|v| v / total).collect())
                         }
                         _ => {
                             let (lo, hi) = dim.bounds();
                             let range = hi - lo;
                             let sigma = (SIGMA0 * range * n.powf(-1.0 / (d + 4.0))).clamp(range / (n + 1.0).min(100.0), range);
-                            Kernel::Normal { mu: x, sigma: sigma.max(1e-12) }
+                            Kernel::normal(dim, x, sigma.max(1e-12))
                         }
                     })
                     .collect(),
@@ -220,10 +236,10 @@ impl Parzen {
                 .0
                 .iter()
                 .map(|(_, dim)| match dim {
-                    Dim::Categorical(values) => Kernel::Categorical(vec![1.0 / values.len() as f64; values.len()]),
+                    Dim::Categorical(values) => Kernel::categorical(vec![1.0 / values.len() as f64; values.len()]),
                     _ => {
                         let (lo, hi) = dim.bounds();
-                        Kernel::Normal { mu: (lo + hi) / 2.0, sigma: (hi - lo).max(1e-12) }
+                        Kernel::normal(dim, (lo + hi) / 2.0, (hi - lo).max(1e-12))
                     }
                 })
                 .collect(),
@@ -238,7 +254,7 @@ impl Parzen {
             .iter()
             .zip(component)
             .map(|((_, dim), kernel)| match kernel {
-                Kernel::Categorical(w) => {
+                Kernel::Categorical(w, _) => {
                     let mut u = rng.next_f64();
                     for (i, p) in w.iter().enumerate() {
                         if u < *p {
@@ -248,7 +264,7 @@ impl Parzen {
                     }
                     (w.len() - 1) as f64
                 }
-                Kernel::Normal { mu, sigma } => {
+                Kernel::Normal { mu, sigma, .. } => {
                     let (lo, hi) = dim.bounds();
                     for _ in 0..100 {
                         let x = mu + sigma * rng.normal();
@@ -262,23 +278,19 @@ impl Parzen {
             .collect()
     }
 
-    fn log_density(&self, space: &Space, x: &[f64]) -> f64 {
+    fn log_density(&self, x: &[f64]) -> f64 {
         let logs: Vec<f64> = self
             .components
             .iter()
             .map(|component| {
-                space
-                    .0
+                component
                     .iter()
-                    .zip(component)
                     .zip(x)
-                    .map(|(((_, dim), kernel), &v)| match kernel {
-                        Kernel::Categorical(w) => w[(v as usize).min(w.len() - 1)].max(1e-300).ln(),
-                        Kernel::Normal { mu, sigma } => {
-                            let (lo, hi) = dim.bounds();
-                            let mass = (normal_cdf((hi - mu) / sigma) - normal_cdf((lo - mu) / sigma)).max(1e-300);
+                    .map(|(kernel, &v)| match kernel {
+                        Kernel::Categorical(_, logs) => logs[(v as usize).min(logs.len() - 1)],
+                        Kernel::Normal { mu, sigma, log_norm } => {
                             let z = (v - mu) / sigma;
-                            -0.5 * z * z - (sigma * (std::f64::consts::TAU).sqrt()).ln() - mass.ln()
+                            log_norm - 0.5 * z * z
                         }
                     })
                     .sum::<f64>()

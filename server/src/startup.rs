@@ -34,6 +34,7 @@ impl Application {
             token_cache: RwLock::new(HashMap::new()),
             login_failures: std::sync::Mutex::new(HashMap::new()),
             early_stop_rules: std::sync::Mutex::new(HashMap::new()),
+            params_cache: std::sync::Mutex::new(HashMap::new()),
         });
         let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
         tighten_modes(&config.data_dir).with_context(|| format!("while restricting the modes of {}", config.data_dir.display()))?;

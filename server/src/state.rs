@@ -22,7 +22,13 @@ pub struct AppState {
     /// sweep id -> its early-stop rule (None: the sweep has none). A sweep's spec never
     /// changes, so the cache is never stale.
     pub early_stop_rules: std::sync::Mutex<HashMap<i64, Option<std::sync::Arc<crate::service::early_stop::Rule>>>>,
+    /// run id -> its decoded params, for TPE's history (a run's params never change, so
+    /// the cache is never stale; it is emptied when it grows past [`PARAMS_CACHE_MAX`]).
+    pub params_cache: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::Params>>>,
 }
+
+/// The most runs' params kept decoded in memory.
+pub const PARAMS_CACHE_MAX: usize = 200_000;
 
 /// How long a resolved token is trusted without asking the database again. A revocation on
 /// this server evicts the entry at once; one made through another server (two servers on one

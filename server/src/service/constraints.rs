@@ -11,7 +11,8 @@ use crate::error::ApiError;
 use crate::store;
 
 /// Checks run `run_id` of `sweep_id` at `best_epoch` (else at each metric's last step) and
-/// stores the result. A sweep without constraints stores "feasible".
+/// stores the result with the run's objective (its best `select.metric`). A sweep without
+/// constraints stores "feasible".
 pub async fn record(conn: &impl ConnectionTrait, run_id: i64, sweep_id: i64, best_epoch: Option<i64>) -> Result<Vec<String>, ApiError> {
     let json = store::experiments::sweep_spec_json(conn, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
     let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
@@ -23,6 +24,8 @@ pub async fn record(conn: &impl ConnectionTrait, run_id: i64, sweep_id: i64, bes
         }
     }
     let text = serde_json::to_string(&missed).map_err(anyhow::Error::from)?;
-    store::runs::set_constraints(conn, run_id, missed.is_empty(), &text).await?;
+    let maximize = spec.select.goal == protocol::spec::Goal::Maximize;
+    let objective = store::early_stops::best_up_to(conn, run_id, &spec.select.metric, i64::MAX, maximize).await?;
+    store::runs::set_outcome(conn, run_id, missed.is_empty(), &text, objective).await?;
     Ok(missed)
 }

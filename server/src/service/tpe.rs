@@ -39,6 +39,7 @@ pub async fn create_next(state: &AppState, tx: &DatabaseTransaction, now: i64) -
 /// they met the constraints, queued and running ones without a value; failed and cancelled
 /// runs are left out (they say nothing about the objective, as in Optuna).
 pub async fn observations(
+    state: &AppState,
     conn: &impl sea_orm::ConnectionTrait,
     sweep_id: i64,
     spec: &protocol::ExperimentSpec,
@@ -46,7 +47,21 @@ pub async fn observations(
     let (metric, goal) = (spec.select.metric.clone(), spec.select.goal);
     let mut history = Vec::new();
     for row in store::experiments::history(conn, sweep_id, &metric, goal == Goal::Maximize).await? {
-        let params: protocol::spec::Params = store::decode_json(&format!("runs row {}", row.id), "params_json", &row.params_json)?;
+        let cached = state.params_cache.lock().ok().and_then(|c| c.get(&row.id).cloned());
+        let params = match cached {
+            Some(params) => params,
+            None => {
+                let decoded: protocol::spec::Params = store::decode_json(&format!("runs row {}", row.id), "params_json", &row.params_json)?;
+                let decoded = std::sync::Arc::new(decoded);
+                if let Ok(mut cache) = state.params_cache.lock() {
+                    if cache.len() >= crate::state::PARAMS_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(row.id, decoded.clone());
+                }
+                decoded
+            }
+        };
         let status: JobStatus = store::decode_enum(&format!("runs row {}", row.id), "status", &row.status)?;
         let value = match status {
             JobStatus::Succeeded | JobStatus::Pruned => match row.value {
@@ -58,7 +73,7 @@ pub async fn observations(
             JobStatus::Failed | JobStatus::Cancelled => continue,
         };
         // Constrained TPE: a finished run that missed a constraint ranks below every feasible one.
-        history.push(Observation { params, value, feasible: row.feasible != Some(0) });
+        history.push(Observation { params: (*params).clone(), value, feasible: row.feasible != Some(0) });
     }
     Ok(history)
 }
@@ -70,7 +85,7 @@ async fn create(state: &AppState, tx: &DatabaseTransaction, sweep: &store::exper
         return Err(ApiError::Internal(anyhow::anyhow!("sweep {} is a tpe sweep without a sweep section", sweep.id)));
     };
     let goal = spec.select.goal;
-    let history = observations(tx, sweep.id, &spec).await?;
+    let history = observations(state, tx, sweep.id, &spec).await?;
     let settings = Settings {
         seed: sweep_spec.seed.unwrap_or(spec.train.seed),
         startup: sweep_spec.startup_runs() as usize,
@@ -123,7 +138,7 @@ pub async fn analysis(state: &AppState, sweep_id: i64) -> Result<Option<Analysis
     let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
     let Some(sweep_spec) = &spec.sweep else { return Ok(None) };
     let space = Space::of(sweep_spec);
-    let history = observations(conn, sweep_id, &spec).await?;
+    let history = observations(state, conn, sweep_id, &spec).await?;
     let goal = spec.select.goal;
     let importance = protocol::importance::ped_anova(&space, &history, goal);
     let axes: Vec<(String, String, String)> = space

@@ -284,8 +284,8 @@ pub async fn tpe_sweep(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<Opt
         conn,
         "SELECT s.id, s.experiment_id, e.name AS experiment, v.version AS dataset_version, s.spec_json, s.max_runs, s.parallel, \
            s.cancelled_at, (SELECT COUNT(*) FROM runs r WHERE r.sweep_id = s.id) AS created, \
-           (SELECT COUNT(*) FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
-            WHERE r.sweep_id = s.id AND j.status = 'running') AS running \
+           CASE WHEN s.parallel IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' \
+            WHERE r.sweep_id = s.id AND j.status = 'running') END AS running \
          FROM sweeps s JOIN experiments e ON e.id = s.experiment_id JOIN dataset_versions v ON v.id = e.dataset_version_id \
          WHERE s.id = $1",
         values![sweep_id],
@@ -317,8 +317,9 @@ pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maxi
     all(
         conn,
         &format!(
-            "SELECT r.id, r.params_json, j.status, (SELECT {agg}(m.value) FROM metrics m WHERE m.run_id = r.id AND m.key = $2) AS value, \
-             r.feasible \
+            "SELECT r.id, r.params_json, j.status, r.feasible, CASE WHEN r.objective IS NOT NULL THEN r.objective \
+               WHEN j.status IN ('succeeded', 'pruned') THEN (SELECT {agg}(m.value) FROM metrics m WHERE m.run_id = r.id AND m.key = $2) \
+             END AS value \
              FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train' WHERE r.sweep_id = $1 ORDER BY r.id"
         ),
         values![sweep_id, key],

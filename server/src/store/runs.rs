@@ -174,8 +174,20 @@ pub async fn set_best_epoch(conn: &impl ConnectionTrait, run_id: i64, best_epoch
     Ok(())
 }
 
-/// Records whether a run met its sweep's constraints when its training ended.
-pub async fn set_constraints(conn: &impl ConnectionTrait, run_id: i64, feasible: bool, violations: &str) -> Result<(), DbErr> {
-    exec(conn, "UPDATE runs SET feasible = $1, violations = $2 WHERE id = $3", values![i64::from(feasible), violations, run_id]).await?;
+/// Records, when a run's training ends, whether it met its sweep's constraints and its
+/// objective (the best value of its selection metric).
+pub async fn set_outcome(
+    conn: &impl ConnectionTrait,
+    run_id: i64,
+    feasible: bool,
+    violations: &str,
+    objective: Option<f64>,
+) -> Result<(), DbErr> {
+    exec(
+        conn,
+        "UPDATE runs SET feasible = $1, violations = $2, objective = $3 WHERE id = $4",
+        values![i64::from(feasible), violations, objective, run_id],
+    )
+    .await?;
     Ok(())
 }

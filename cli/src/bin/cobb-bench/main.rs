@@ -17,6 +17,7 @@ mod ingest;
 mod pages;
 mod pipeline;
 mod queue;
+mod sweeps;
 mod training;
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +28,7 @@ use ingest::{Args, server_bench};
 use pages::{PagesArgs, pages_bench};
 use pipeline::{DataArgs, data_bench};
 use queue::{QueueArgs, queue_bench};
+use sweeps::{SweepsArgs, sweeps_bench};
 use training::{TrainBenchArgs, train_bench};
 
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ enum Bench {
     /// The queue: lease/heartbeat/complete throughput with many simulated workers, and the
     /// time from a run being queued to a worker holding it.
     Queue(QueueArgs),
+    /// Sampler regret (random, cobb's TPE) and ASHA's savings on a training-curve simulator
+    /// (scripts/optuna_peer.py runs the same simulator with Optuna).
+    Sweeps(SweepsArgs),
     /// Dashboard page times: the sweep page at 1,000 runs and the compare page at 20 runs x
     /// 10 classes x 50 epochs, on SQLite (and PostgreSQL with --postgres-url).
     Pages(PagesArgs),
@@ -96,6 +101,7 @@ async fn main() -> Result<()> {
         }
         Bench::Pages(args) => pages_bench(&args).await,
         Bench::Queue(args) => queue_bench(&args).await,
+        Bench::Sweeps(args) => sweeps_bench(&args),
         Bench::Parity { fixture, device } => {
             let choice: worker::device::DeviceChoice = device.parse().map_err(anyhow::Error::msg)?;
             let diff = worker::train::bench::parity(choice, &fixture).map_err(anyhow::Error::msg)?;

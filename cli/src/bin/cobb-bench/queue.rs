@@ -25,6 +25,14 @@ pub(crate) struct QueueArgs {
     poll_ms: u64,
     #[arg(long, env = "COBB_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// The sweep the runs come from: `random` (expanded at submission) or `tpe-asha` (each
+    /// run suggested by TPE when a worker asks, each epoch report judged by ASHA).
+    #[arg(long, default_value = "random", value_parser = ["random", "tpe", "tpe-asha"])]
+    sweep: String,
+    /// Each simulated run reports one epoch's metrics before completing (always with
+    /// tpe-asha, whose decisions need them).
+    #[arg(long)]
+    report_epoch: bool,
 }
 
 /// One simulated worker: lease, `heartbeats` heartbeats, complete, until the queue is
@@ -36,6 +44,7 @@ pub(crate) async fn simulated_worker(
     heartbeats: usize,
     poll: Option<Duration>,
     until: Arc<std::sync::atomic::AtomicBool>,
+    report_epoch: bool,
 ) -> Result<[Vec<f64>; 3]> {
     let mut times: [Vec<f64>; 3] = Default::default();
     loop {
@@ -57,16 +66,35 @@ pub(crate) async fn simulated_worker(
             api.post(&format!("/leases/{id}/heartbeat"), &json!({})).await?;
             times[1].push(start.elapsed().as_secs_f64() * 1000.0);
         }
+        // One epoch's report (the objective a function of the learning rate); a run the
+        // sweep's early-stop rule prunes completes as stopped, as a real worker does.
+        let mut outcome = "succeeded";
+        if report_epoch {
+            let run = lease["run_id"].as_i64().unwrap_or_default();
+            let lr = lease["params"]["train.optimizer.lr"].as_f64().unwrap_or(1e-3);
+            let value = 1.0 - (lr.log10() + 2.5).powi(2) / 10.0;
+            let batch = json!({"lease_id": id, "metrics": [{"key": "val_macro_f1", "step": 0, "value": value}]});
+            let answer = api.post(&format!("/runs/{run}/metrics"), &batch).await?;
+            if answer.as_ref().and_then(|a| a["stop"].as_bool()) == Some(true) {
+                outcome = "cancelled";
+            }
+        }
         let start = Instant::now();
-        api.post(&format!("/leases/{id}/complete"), &json!({"outcome": "succeeded"})).await?;
+        api.post(&format!("/leases/{id}/complete"), &json!({"outcome": outcome, "best_epoch": 0})).await?;
         times[2].push(start.elapsed().as_secs_f64() * 1000.0);
     }
 }
 
 pub(crate) async fn queue_bench(args: &QueueArgs) -> Result<()> {
     println!(
-        "queue: {} simulated workers over {} runs (lease, {} heartbeats, complete); then {} runs submitted one by one to idle workers polling every {} ms",
-        args.workers, args.runs, args.heartbeats, args.latency_runs, args.poll_ms
+        "queue: {} simulated workers over {} runs of a {} sweep (lease, {} heartbeats, {}complete); then {} runs submitted one by one to idle workers polling every {} ms",
+        args.workers,
+        args.runs,
+        args.sweep,
+        args.heartbeats,
+        if args.report_epoch || args.sweep == "tpe-asha" { "one epoch's metrics, " } else { "" },
+        args.latency_runs,
+        args.poll_ms
     );
     let mut backends: Vec<(&str, Option<String>)> = vec![("sqlite", None)];
     if let Some(url) = &args.postgres_url {
@@ -74,11 +102,25 @@ pub(crate) async fn queue_bench(args: &QueueArgs) -> Result<()> {
     }
     for (label, url) in backends {
         let (_server, admin, worker) = seeded_server(url.as_deref()).await?;
-        submit(&admin, "queue", args.runs).await?;
+        let report = args.report_epoch || args.sweep == "tpe-asha";
+        if args.sweep.starts_with("tpe") {
+            let early_stop =
+                if args.sweep == "tpe-asha" { "  early_stop: {method: asha, min_epochs: 1, reduction_factor: 3}\n" } else { "" };
+            let yaml = format!(
+                "name: queue\ndataset: {{name: bench}}\nmodel: {{arch: simple_cnn, image_size: 32}}\n\
+                 train: {{epochs: 50, batch_size: 8, seed: 1, optimizer: {{name: adamw, lr: 0.001}}}}\n\
+                 sweep:\n  method: tpe\n  max_runs: {}\n{early_stop}  \
+                 parameters:\n    train.optimizer.lr: {{distribution: log_uniform, min: 0.0001, max: 0.1}}\n",
+                args.runs
+            );
+            admin.post("/experiments", &json!({"yaml": yaml})).await?;
+        } else {
+            submit(&admin, "queue", args.runs).await?;
+        }
         let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let started = Instant::now();
         let tasks: Vec<_> = (0..args.workers)
-            .map(|w| tokio::spawn(simulated_worker(worker.clone(), format!("sim-{w}"), args.heartbeats, None, done.clone())))
+            .map(|w| tokio::spawn(simulated_worker(worker.clone(), format!("sim-{w}"), args.heartbeats, None, done.clone(), report)))
             .collect();
         let mut all: [Vec<f64>; 3] = Default::default();
         for t in tasks {
@@ -114,6 +156,7 @@ pub(crate) async fn queue_bench(args: &QueueArgs) -> Result<()> {
                     0,
                     Some(Duration::from_millis(args.poll_ms)),
                     stop.clone(),
+                    false,
                 ))
             })
             .collect();
