@@ -1,13 +1,13 @@
 //! The server's early stopping (`sweep.early_stop`): when a worker reports an epoch, the
 //! sweep's rule (protocol::early_stop) decides whether the run goes on. The decision is a
 //! row (store::early_stops) made once per (run, epoch) inside one transaction that, on
-//! PostgreSQL, holds the sweep's row lock, so decisions at one rung are made one after the
+//! PostgreSQL, holds the sweep's early-stop advisory lock, so decisions at one rung are made one after the
 //! other in report order, and a restarted or second server repeats none and changes none.
 
 use protocol::api::MetricPoint;
 use protocol::early_stop::{self, EarlyStopMethod, EarlyStopSpec};
 use protocol::spec::Goal;
-use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait};
+use sea_orm::TransactionTrait;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -76,10 +76,8 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
         return Ok(false);
     }
     let tx = state.db.write.begin().await?;
-    if tx.get_database_backend() == DbBackend::Postgres {
-        // One decision at a time per sweep: each sees every earlier one.
-        store::exec(&tx, "SELECT id FROM sweeps WHERE id = $1 FOR UPDATE", vec![run.sweep_id.into()]).await?;
-    }
+    // One decision at a time per sweep: each sees every earlier one.
+    store::experiments::lock_sweep(&tx, run.sweep_id, store::experiments::SweepLock::EarlyStop).await?;
     if let Some(done) = store::early_stops::get(&tx, run_id, epochs).await? {
         tx.commit().await?;
         return Ok(done.stop()?);

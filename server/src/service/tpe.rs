@@ -21,7 +21,7 @@ const CANDIDATES: usize = 24;
 /// returns the job id (None when no tpe sweep may create one now).
 pub async fn create_next(state: &AppState, tx: &DatabaseTransaction, now: i64) -> Result<Option<i64>, ApiError> {
     for sweep_id in store::experiments::tpe_sweeps_with_room(tx).await? {
-        store::experiments::lock_sweep(tx, sweep_id).await?;
+        store::experiments::lock_sweep(tx, sweep_id, store::experiments::SweepLock::Suggest).await?;
         // Read again under the lock: another server may have just created one.
         let Some(sweep) = store::experiments::tpe_sweep(tx, sweep_id).await? else { continue };
         let full = sweep.max_runs.is_some_and(|max| sweep.created >= max);

@@ -293,11 +293,23 @@ pub async fn tpe_sweep(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<Opt
     .await
 }
 
-/// Locks a sweep's row until the transaction ends (PostgreSQL; SQLite's one writer already
-/// serialises): decisions about one sweep are made one at a time.
-pub async fn lock_sweep(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<(), DbErr> {
+/// What a sweep lock serialises: two kinds of decision that never wait for each other.
+#[derive(Debug, Clone, Copy)]
+pub enum SweepLock {
+    /// Creating the sweep's next TPE run.
+    Suggest,
+    /// Early-stop decisions on its runs' epochs.
+    EarlyStop,
+}
+
+/// Holds a lock on one kind of decision about a sweep until the transaction ends
+/// (PostgreSQL: a transaction-level advisory lock, so suggestions and early-stop decisions
+/// do not queue behind each other; SQLite's one writer serialises everything anyway).
+pub async fn lock_sweep(conn: &impl ConnectionTrait, sweep_id: i64, what: SweepLock) -> Result<(), DbErr> {
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        exec(conn, "SELECT id FROM sweeps WHERE id = $1 FOR UPDATE", values![sweep_id]).await?;
+        let key = sweep_id.wrapping_mul(2) + matches!(what, SweepLock::EarlyStop) as i64;
+        // A cobb-specific class id (the two-int form keeps other users' advisory keys apart).
+        exec(conn, "SELECT pg_advisory_xact_lock(7213, CAST(($1 % 2147483647) AS INTEGER))", values![key]).await?;
     }
     Ok(())
 }
