@@ -124,3 +124,34 @@ async fn a_pruned_run_is_never_resumed_and_cancel_still_works(app: TestApp) {
     let late = json!({"lease_id": runs[1].0, "metrics": [{"key": "val_macro_f1", "step": 1, "value": 1.0}]});
     fails(app.post(&app.admin, &format!("/runs/{}/metrics", runs[1].1), &late).await, StatusCode::CONFLICT, "lease_lost").await;
 }
+
+mod expiry {
+    use super::*;
+
+    crate::on_both_databases_with!(
+        |c: &mut server::ServerConfig| { c.lease_ttl_secs = 1; c.reap_interval_secs = 3600; };
+        the_reaper_ends_a_pruned_run_and_never_resumes_it
+    );
+
+    async fn the_reaper_ends_a_pruned_run_and_never_resumes_it(app: TestApp) {
+        let runs = four_leased_runs(&app, "{method: asha, min_epochs: 1, reduction_factor: 2}").await;
+        assert!(!report(&app, &runs[0], 0, 0.9).await);
+        assert!(report(&app, &runs[1], 0, 0.1).await);
+        // Every worker dies: the leases expire.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let mut leased = Vec::new();
+        while let Some(l) = {
+            let r = app.post(&app.admin, "/leases", &json!({"worker": "w2"})).await;
+            if r.status() == StatusCode::NO_CONTENT { None } else { Some(ok::<Value>(r).await) }
+        } {
+            leased.push(l["run_id"].as_i64().expect("run"));
+        }
+        leased.sort_unstable();
+        let mut expected = vec![runs[0].1, runs[2].1, runs[3].1];
+        expected.sort_unstable();
+        assert_eq!(leased, expected, "the others are requeued and leased again; the pruned one is not");
+        let pruned = run(&app, runs[1].1).await;
+        assert_eq!(pruned["status"], "pruned");
+        assert!(pruned["error"].as_str().is_some_and(|e| e.contains("pruned by asha after epoch 1")), "{pruned}");
+    }
+}
