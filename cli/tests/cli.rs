@@ -367,6 +367,40 @@ fn start_server_with_short_leases(dir: &Path) -> (Server, String) {
     (server, format!("http://127.0.0.1:{port}"))
 }
 
+/// `count` phantoms of `size` px in `dir/ph`, registered as dataset `phantoms`.
+fn registered_phantoms(dir: &Path, url: &str, count: usize, size: usize) {
+    let out = cobb(dir, url, &["phantoms", "--out", "ph", "--count", &count.to_string(), "--size", &size.to_string()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(cobb(dir, url, &["dataset", "register", "phantoms", "ph"]).status.success());
+}
+
+/// Phantoms registered and one 30-epoch run of experiment `name` queued (for the tests that
+/// stop a worker in the middle of it).
+fn a_long_run_queued(dir: &Path, url: &str, name: &str) {
+    registered_phantoms(dir, url, 150, 48);
+    let spec = format!(
+        "name: {name}\ndataset: {{name: phantoms}}\nmodel: {{arch: simple_cnn, image_size: 32}}\n\
+         train:\n  epochs: 30\n  batch_size: 16\n  seed: 1\n  optimizer: {{name: adamw, lr: 0.003}}\n"
+    );
+    std::fs::write(dir.join(format!("{name}.yaml")), spec).expect("spec");
+    assert!(cobb(dir, url, &["submit", &format!("{name}.yaml")]).status.success());
+}
+
+/// `cobb worker ARGS` against `url` with the server's admin token, stderr captured.
+fn spawn_worker(dir: &Path, url: &str, args: &[&str]) -> Child {
+    let token = std::fs::read_to_string(dir.join("cobb-data/admin.token")).expect("token");
+    Command::new(COBB)
+        .arg("worker")
+        .args(args)
+        .current_dir(dir)
+        .env("COBB_SERVER", url)
+        .env("COBB_TOKEN", token.trim())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts")
+}
+
 fn run_json(dir: &Path, url: &str, id: i64) -> serde_json::Value {
     let out = cobb(dir, url, &["show", &id.to_string(), "--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
@@ -376,28 +410,12 @@ fn run_json(dir: &Path, url: &str, id: i64) -> serde_json::Value {
 fn a_run_survives_its_worker_being_killed() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_server, url) = start_server_with_short_leases(dir.path());
-    let out = cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "150", "--size", "48"]);
-    assert!(out.status.success());
-    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
-    let spec = "name: crash\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
-                train:\n  epochs: 30\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
-    std::fs::write(dir.path().join("crash.yaml"), spec).expect("spec");
-    assert!(cobb(dir.path(), &url, &["submit", "crash.yaml"]).status.success());
+    a_long_run_queued(dir.path(), &url, "crash");
 
     // Each worker has its own data dir, as on two machines: the second one resumes from the
     // checkpoint the first uploaded to the server's artifact store.
-    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
-    let worker = |name: &str| {
-        Command::new(COBB)
-            .args(["worker", "--name", name, "--exit-when-idle", "--data-dir", &format!("machine-{name}")])
-            .current_dir(dir.path())
-            .env("COBB_SERVER", &url)
-            .env("COBB_TOKEN", token.trim())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("worker starts")
-    };
+    let worker =
+        |name: &str| spawn_worker(dir.path(), &url, &["--name", name, "--exit-when-idle", "--data-dir", &format!("machine-{name}")]);
     let mut first = worker("doomed");
     // Kill -9 once a few epochs are stored.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -432,6 +450,7 @@ fn a_run_survives_its_worker_being_killed() {
     let out = Command::new(COBB).args(["show", "1", "--json"]).current_dir(dir.path()).env("COBB_SERVER", &url).output().expect("show");
     let detail: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(detail["latest"]["train_loss"]["step"], 29);
+    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
     let series: serde_json::Value = tokio::runtime::Runtime::new().expect("rt").block_on(async {
         reqwest::Client::new()
             .get(format!("{url}/api/v1/runs/1/metrics?key=train_loss"))
@@ -468,8 +487,7 @@ fn workers_ride_out_a_server_restart() {
     };
     let url = format!("http://127.0.0.1:{port}");
     let mut server = serve();
-    assert!(cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "150", "--size", "48"]).status.success());
-    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
+    registered_phantoms(dir.path(), &url, 150, 48);
     let spec = "name: restart\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
                 train:\n  epochs: 20\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
     std::fs::write(dir.path().join("restart.yaml"), spec).expect("spec");
@@ -504,8 +522,7 @@ fn workers_ride_out_a_server_restart() {
 fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_server, url) = start_server(dir.path());
-    assert!(cobb(dir.path(), &url, &["phantoms", "--out", "ph", "--count", "120", "--size", "40"]).status.success());
-    assert!(cobb(dir.path(), &url, &["dataset", "register", "phantoms", "ph"]).status.success());
+    registered_phantoms(dir.path(), &url, 120, 40);
     let spec = "name: promo\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
                 train:\n  epochs: 2\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n\
                 sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.001]}\n";
@@ -568,4 +585,38 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     let out = cobb(dir.path(), &url, &["audit", "--anchor", &"0".repeat(64)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("not in the chain"), "{}", text(&out).1);
+}
+
+/// Preemption is not failure: SIGTERM (Kubernetes eviction, Slurm's time limit) makes a worker
+/// give its run back and exit 75; the run is requeued without spending an attempt, and the
+/// attempt history says `released (preempted)`. `--exit-when-idle --idle-secs` exits 0.
+#[cfg(unix)]
+#[test]
+fn a_preempted_worker_gives_its_run_back_and_exits_75() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_server, url) = start_server_with_short_leases(dir.path());
+    a_long_run_queued(dir.path(), &url, "preempt");
+    let worker = |extra: &[&str]| spawn_worker(dir.path(), &url, &[&["--name", "node-1"], extra].concat());
+    let child = worker(&[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_json(dir.path(), &url, 1)["latest"]["train_loss"]["step"].as_i64().unwrap_or(-1) < 1 {
+        assert!(Instant::now() < deadline, "the worker made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("worker exits");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "{log}");
+    let run = run_json(dir.path(), &url, 1);
+    assert_eq!(run["run"]["status"], "queued", "{run}");
+    assert_eq!(run["run"]["attempt"], 0, "a preemption costs no attempt: {run}");
+    let reasons: Vec<&str> = run["leases"].as_array().expect("leases").iter().filter_map(|l| l["end_reason"].as_str()).collect();
+    assert_eq!(reasons, ["released (preempted)"], "{run}");
+    // With nothing left to do, --exit-when-idle --idle-secs 1 waits about a second, then exits 0.
+    assert!(cobb(dir.path(), &url, &["cancel", "1"]).status.success());
+    let started = Instant::now();
+    let idle = worker(&["--exit-when-idle", "--idle-secs", "1"]).wait_with_output().expect("idle worker");
+    assert_eq!(idle.status.code(), Some(0), "{}", String::from_utf8_lossy(&idle.stderr));
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited for the idle time");
 }

@@ -99,6 +99,7 @@ impl Server {
             work_dir: dir.to_path_buf(),
             idle_poll: Duration::from_millis(200),
             exit_when_idle,
+            idle_exit_after: Duration::ZERO,
         }
     }
 }

@@ -22,6 +22,7 @@ async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i
         work_dir: data_dir.join("worker"),
         idle_poll: Duration::from_secs(1),
         exit_when_idle: true,
+        idle_exit_after: Duration::ZERO,
     };
     let worker_client = client::Client::patient(&server, Some(token.clone()), Duration::from_secs(300));
     // Evaluation jobs are handed out oldest first; run them until this promotion's is done.

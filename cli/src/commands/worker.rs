@@ -28,9 +28,12 @@ pub struct WorkerArgs {
     /// Worker name shown on the server (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
-    /// Exit when the queue is empty instead of waiting for work.
+    /// Exit when the queue is empty instead of waiting for work (batch jobs, Slurm arrays).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// With --exit-when-idle: how long the queue must stay empty first (seconds).
+    #[arg(long, default_value_t = 0, requires = "exit_when_idle")]
+    pub idle_secs: u64,
 }
 
 /// What a job is, for one line of progress.
@@ -136,7 +139,8 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Starts `count` worker loops; returns their join handles.
+/// Starts `count` worker loops; returns their join handles (each loop's error, if it stopped
+/// on one). With `exit_when_idle`, a loop stops once the queue stayed empty `idle_exit_after`.
 #[allow(clippy::too_many_arguments)]
 fn spawn_workers(
     server: &str,
@@ -146,8 +150,9 @@ fn spawn_workers(
     device: DeviceChoice,
     work_dir: &Path,
     exit_when_idle: bool,
+    idle_exit_after: Duration,
     shutdown: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
     let progress = progress();
     (0..count)
         .map(|i| {
@@ -159,13 +164,15 @@ fn spawn_workers(
                 work_dir: work_dir.to_path_buf(),
                 idle_poll: Duration::from_secs(2),
                 exit_when_idle,
+                idle_exit_after,
             };
             let shutdown = shutdown.clone();
             let progress = progress.clone();
             tokio::spawn(async move {
-                if let Err(e) = jobs::run(config, progress, shutdown).await {
+                jobs::run(config, progress, shutdown).await.map_err(|e| {
                     eprintln!("worker stopped: {e}");
-                }
+                    e.to_string()
+                })
             })
         })
         .collect()
@@ -182,7 +189,13 @@ fn on_signal(shutdown: Arc<AtomicBool>) {
                 Ok(t) => t,
                 Err(_) => return,
             };
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            // SIGTERM: Kubernetes eviction, Slurm's time limit with --signal; SIGUSR1: Slurm
+            // preemption scripts; ctrl-c at a terminal.
+            let mut usr1 = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {}, _ = usr1.recv() => {} }
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
@@ -202,12 +215,32 @@ pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(shutdown.clone());
     let name = args.name.clone().unwrap_or_else(default_name);
-    let handles =
-        spawn_workers(server, &token, &name, args.concurrency.max(1), choice, &data_dir.join("worker"), args.exit_when_idle, shutdown);
+    let handles = spawn_workers(
+        server,
+        &token,
+        &name,
+        args.concurrency.max(1),
+        choice,
+        &data_dir.join("worker"),
+        args.exit_when_idle,
+        Duration::from_secs(args.idle_secs),
+        shutdown.clone(),
+    );
+    let mut unreachable = None;
     for h in handles {
-        let _ = h.await;
+        if let Ok(Err(e)) = h.await {
+            unreachable = Some(e);
+        }
     }
-    Ok(())
+    // The exit code tells a cluster what to do next (docs/deploy.md): 0 done, 75 preempted
+    // (start again), 69 the server was unreachable (retry later), 2 bad configuration.
+    if shutdown.load(Ordering::Relaxed) {
+        return Err(Failure::Preempted);
+    }
+    match unreachable {
+        Some(e) => Err(Failure::Unavailable(anyhow::anyhow!(e))),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -269,7 +302,8 @@ pub async fn up(args: &UpArgs, data_dir: Option<&Path>) -> Result<(), Failure> {
     let token = worker_token(&client, data_dir).await?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(shutdown.clone());
-    let handles = spawn_workers(&url, &token, &default_name(), args.workers, choice, &data_dir.join("worker"), false, shutdown);
+    let handles =
+        spawn_workers(&url, &token, &default_name(), args.workers, choice, &data_dir.join("worker"), false, Duration::ZERO, shutdown);
     eprintln!("cobb is up: server {url} with {} worker(s); data in {}", args.workers, data_dir.display());
     eprintln!("  export COBB_SERVER={url}   # then: cobb submit experiments/demo.yaml, cobb runs");
     for h in handles {
@@ -335,7 +369,17 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
     let token = worker_token(&client, data_dir).await?;
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(shutdown.clone());
-    let workers = spawn_workers(&url, &token, "demo", args.workers, DeviceChoice::Cpu, &data_dir.join("worker"), false, shutdown.clone());
+    let workers = spawn_workers(
+        &url,
+        &token,
+        "demo",
+        args.workers,
+        DeviceChoice::Cpu,
+        &data_dir.join("worker"),
+        false,
+        Duration::ZERO,
+        shutdown.clone(),
+    );
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let list: RunList = client.get(&format!("/runs?sweep={sweep}&limit=100")).await?;
@@ -351,7 +395,7 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
     let token_file = data_dir.join("admin.token");
     println!("\ndashboard: {url}/ui (log in with the token in {})", token_file.display());
     println!("API: {url}/api/v1; try: COBB_SERVER={url} cobb runs --sort val_macro_f1");
-    let stop = |workers: Vec<tokio::task::JoinHandle<()>>| {
+    let stop = |workers: Vec<tokio::task::JoinHandle<Result<(), String>>>| {
         shutdown.store(true, Ordering::Relaxed);
         for w in workers {
             w.abort();

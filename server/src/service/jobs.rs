@@ -403,7 +403,9 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
         JobStatus::Queued
     };
     let error = if status == JobStatus::Pruned { prune_reason(&tx, job.run_id).await? } else { None };
-    store::leases::end(&tx, lease_id, "released", now).await?;
+    // The attempt history says why: `released (preempted)`.
+    let end_reason = format!("released ({})", super::bounded_text(req.reason.trim(), 100));
+    store::leases::end(&tx, lease_id, if req.reason.trim().is_empty() { "released" } else { &end_reason }, now).await?;
     store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await?;
     if status == JobStatus::Pruned {
         let run = super::runs::get(&tx, job.run_id).await?;

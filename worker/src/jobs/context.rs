@@ -22,8 +22,10 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
     /// How long to wait before asking again when nothing is queued.
     pub idle_poll: Duration,
-    /// Stop when the queue is empty (scripts, tests) instead of waiting for work.
+    /// Stop when the queue is empty (scripts, tests, batch jobs) instead of waiting for work.
     pub exit_when_idle: bool,
+    /// With `exit_when_idle`: how long the queue must stay empty before stopping (0: at once).
+    pub idle_exit_after: Duration,
 }
 
 impl WorkerConfig {

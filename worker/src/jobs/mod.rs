@@ -33,11 +33,15 @@ pub async fn run_kinds(
     let client = Client::patient(&config.server, Some(config.token.clone()), std::time::Duration::from_secs(300));
     let device = config.device_name();
     tracing::info!(worker = %config.name, %device, "worker started");
+    let mut idle_since = std::time::Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         match client.lease(&config.name, &device, kinds).await? {
-            Some(job) => run_job(&client, &config, job, progress.clone(), shutdown.clone()).await,
-            None if config.exit_when_idle => break,
-            None => tokio::time::sleep(config.idle_poll).await,
+            Some(job) => {
+                run_job(&client, &config, job, progress.clone(), shutdown.clone()).await;
+                idle_since = std::time::Instant::now();
+            }
+            None if config.exit_when_idle && idle_since.elapsed() >= config.idle_exit_after => break,
+            None => tokio::time::sleep(config.idle_poll.min(config.idle_exit_after.max(std::time::Duration::from_millis(100)))).await,
         }
     }
     Ok(())

@@ -185,8 +185,10 @@ pub(crate) async fn run(
     let complete = match outcome {
         Ok(Ok(result)) => match result.finish {
             Finish::Stopped { .. } if shutdown.load(Ordering::Relaxed) => {
-                let _ = client.release(&lease.lease_id, "worker shutting down").await;
-                progress.finished(&lease, "released", "worker shutting down; the run is requeued");
+                // Preemption (SIGTERM, SIGUSR1, ctrl-c): the epoch's checkpoint is uploaded;
+                // the run goes back to the queue without costing an attempt.
+                let _ = client.release(&lease.lease_id, "preempted").await;
+                progress.finished(&lease, "released", "preempted; the run is requeued and resumes from its last checkpoint");
                 return;
             }
             // Cancelled or pruned (the server knows which): the best epoch so far goes with
