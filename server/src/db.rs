@@ -69,3 +69,21 @@ pub async fn fresh_test_database() -> Option<String> {
     let without_db = head.rsplit_once('/').map(|(h, _)| h.to_owned()).unwrap_or(head);
     Some(format!("{without_db}/{name}{query}"))
 }
+
+/// Open and idle connections of each pool, for `/metrics`.
+pub fn pool_counts(db: &Db) -> crate::prom::PoolCounts {
+    let mut out = Vec::new();
+    for (name, conn) in [("read", &db.read), ("write", &db.write)] {
+        match db.backend {
+            DbBackend::Postgres => {
+                let pool = conn.get_postgres_connection_pool();
+                out.push((name, pool.size(), pool.num_idle()));
+            }
+            _ => {
+                let pool = conn.get_sqlite_connection_pool();
+                out.push((name, pool.size(), pool.num_idle()));
+            }
+        }
+    }
+    out
+}

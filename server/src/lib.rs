@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod principal;
+pub mod prom;
 pub mod routes;
 pub mod service;
 pub mod startup;

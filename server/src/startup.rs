@@ -35,6 +35,7 @@ impl Application {
             login_failures: std::sync::Mutex::new(HashMap::new()),
             early_stop_rules: std::sync::Mutex::new(HashMap::new()),
             params_cache: std::sync::Mutex::new(HashMap::new()),
+            counters: crate::prom::Counters::default(),
         });
         let admin_token = crate::service::tokens::ensure_admin(&state, &config.data_dir).await?;
         tighten_modes(&config.data_dir).with_context(|| format!("while restricting the modes of {}", config.data_dir.display()))?;
@@ -53,6 +54,7 @@ impl Application {
                 .wrap(security_headers())
                 .wrap(actix_web::middleware::Compress::default())
                 .wrap(actix_web::middleware::from_fn(crate::telemetry::request_span))
+                .service(crate::routes::health::metrics)
                 .configure(crate::routes::api)
                 .configure(crate::ui::routes)
         })

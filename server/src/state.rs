@@ -25,6 +25,8 @@ pub struct AppState {
     /// run id -> its decoded params, for TPE's history (a run's params never change, so
     /// the cache is never stale; it is emptied when it grows past [`PARAMS_CACHE_MAX`]).
     pub params_cache: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::Params>>>,
+    /// This process's counters and request histograms for `/metrics`.
+    pub counters: crate::prom::Counters,
 }
 
 /// The most runs' params kept decoded in memory.

@@ -34,7 +34,15 @@ pub async fn request_span(
     let span = tracing::info_span!("http", method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
-    let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = (seconds * 1e6).round() / 1e3;
+    // The request histogram, by route pattern (`/api/v1/runs/{id}`: a few dozen series).
+    if let Ok(response) = &result
+        && let Some(state) = response.request().app_data::<actix_web::web::Data<crate::state::AppState>>()
+    {
+        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        state.counters.observe_request(response.request().method().as_str(), &route, seconds);
+    }
     let _inside = span.enter();
     match &result {
         Ok(response) => {

@@ -8,6 +8,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health);
 }
 
+/// Prometheus metrics (viewer role: scrape with a bearer token, docs/design.md).
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>, who: crate::principal::Principal) -> Result<HttpResponse, ApiError> {
+    who.require(protocol::Role::Viewer)?;
+    let queue = crate::store::jobs::queue_counts(&state.db.read).await?;
+    let pools = crate::db::pool_counts(&state.db);
+    let text = crate::prom::render(&state.counters, &queue, &pools);
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text))
+}
+
 /// Unauthenticated liveness and database check.
 #[get("/health")]
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -115,6 +115,13 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         return Ok(None);
     };
     let (attempt, kind) = (claimed.attempt, claimed.kind(job_id)?);
+    crate::prom::Counters::add(
+        match kind {
+            JobKind::Train => &state.counters.leases_train,
+            JobKind::Evaluate => &state.counters.leases_evaluate,
+        },
+        1,
+    );
     store::leases::insert(&tx, &lease_id, job_id, claimed.run_id, &principal.name, &req.worker, attempt, now, expires_at).await?;
     store::workers::seen(&tx, &req.worker, req.device.as_deref(), Some(claimed.run_id), now).await?;
     if kind == JobKind::Evaluate {
@@ -458,6 +465,12 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
                 (JobStatus::Queued, None)
             };
             store::jobs::finish_lease(&tx, job.id, &lease.id, status, error.as_deref(), now).await?;
+            crate::prom::Counters::add(&state.counters.lease_expiries, 1);
+            match status {
+                JobStatus::Queued => crate::prom::Counters::add(&state.counters.reaped_requeued, 1),
+                JobStatus::Failed => crate::prom::Counters::add(&state.counters.reaped_failed, 1),
+                _ => {}
+            }
             if status == JobStatus::Pruned
                 && let Ok(run) = super::runs::get(&tx, job.run_id).await
                 && let Err(e) = super::constraints::record(&tx, job.run_id, run.sweep_id, run.best_epoch).await

@@ -71,6 +71,7 @@ pub async fn ingest_metrics(
         store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
         tx.commit().await?;
     }
+    crate::prom::Counters::add(&state.counters.metric_points, points.len() as u64);
     // An epoch's report: the sweep's early-stop rule decides whether the run goes on.
     accepted.stop = super::early_stop::after_epoch(state, run_id, &points).await?;
     Ok(accepted)

@@ -321,3 +321,25 @@ pub async fn request_prune(conn: &impl ConnectionTrait, run_id: i64, now: i64) -
 pub async fn of_run_training(conn: &impl ConnectionTrait, run_id: i64) -> Result<Option<i64>, DbErr> {
     Ok(one::<Id>(conn, "SELECT id FROM jobs WHERE run_id = $1 AND kind = 'train'", values![run_id]).await?.map(|r| r.id))
 }
+
+/// Jobs queued or running, by experiment, kind and status (the `/metrics` queue gauges).
+pub async fn queue_counts(conn: &impl ConnectionTrait) -> Result<Vec<(String, String, String, i64)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        experiment: String,
+        kind: String,
+        status: String,
+        n: i64,
+    }
+    Ok(all::<Row>(
+        conn,
+        "SELECT e.name AS experiment, j.kind, j.status, COUNT(*) AS n FROM jobs j JOIN runs r ON r.id = j.run_id \
+         JOIN experiments e ON e.id = r.experiment_id WHERE j.status IN ('queued', 'running') \
+         GROUP BY e.name, j.kind, j.status ORDER BY e.name, j.kind, j.status",
+        vec![],
+    )
+    .await?
+    .into_iter()
+    .map(|r| (r.experiment, r.kind, r.status, r.n))
+    .collect())
+}

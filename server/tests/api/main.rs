@@ -10,6 +10,7 @@ mod experiments;
 mod hardening;
 mod leases;
 mod migration;
+mod observability;
 mod promotions;
 mod tpe;
 mod ui;
