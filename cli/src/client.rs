@@ -54,6 +54,10 @@ impl Client {
     }
 
     /// The body of a successful GET as text (CSV downloads).
+    pub async fn post_for_bytes(&self, path: &str) -> Result<bytes::Bytes, Failure> {
+        Ok(self.inner.post_for_bytes(path).await?)
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String, Failure> {
         Ok(self.inner.get_text(path).await?)
     }

@@ -104,6 +104,18 @@ pub enum Command {
         #[arg(long, value_name = "HASH")]
         anchor: Option<String>,
     },
+    /// Back up a running server's SQLite database (admin): a consistent copy, its audit
+    /// chain verified and its head hash printed (PostgreSQL: pg_dump).
+    Backup {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Restore a backup into a new data dir (offline; then `cobb server --data-dir DIR`).
+    Restore {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Register and inspect frozen dataset versions.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
@@ -203,6 +215,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             commands::audit::audit(&client()?, experiment.as_deref(), *verify || anchor.is_some(), anchor.as_deref(), cli.json).await
         }
         Command::Dataset(cmd) => commands::dataset::run(cmd, &client()?, cli.json).await,
+        Command::Backup { out } => commands::backup::backup(&client()?, out, cli.json).await,
+        Command::Restore { file, data_dir } => commands::backup::restore(file, data_dir, cli.json).await,
         Command::Phantoms(args) => commands::phantoms::run(args, cli.json),
         Command::Train(args) => commands::train::run(args, cli.json),
         Command::Models(args) => commands::models::run(args, cli.json),

@@ -186,6 +186,11 @@ impl Client {
         self.exchange(path, |http, url| http.post(url).json(body)).await.map(|_| ())
     }
 
+    /// The body of a successful POST without a request body, as bytes (a backup).
+    pub async fn post_for_bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        Self::expect(path, self.exchange(path, |http, url| http.post(url)).await?)
+    }
+
     /// The body of a successful GET as text (CSV downloads, pages).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let body = self.exchange(path, |http, url| http.get(url)).await?;

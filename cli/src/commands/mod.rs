@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod backup;
 pub mod compare;
 pub mod dataset;
 pub mod listings;

@@ -1,4 +1,4 @@
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get, post, web};
 use protocol::Role;
 
 use crate::error::ApiError;
@@ -7,7 +7,16 @@ use crate::service;
 use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(audit);
+    cfg.service(audit).service(backup);
+}
+
+/// A consistent copy of the SQLite database, streamed (admin; `cobb backup`).
+#[post("/backup")]
+async fn backup(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Admin)?;
+    let (size, stream) = service::backup::sqlite(&state).await?;
+    tracing::info!(by = %who.name, bytes = size, "database backup taken");
+    Ok(HttpResponse::Ok().content_type("application/vnd.sqlite3").insert_header(("Content-Length", size.to_string())).streaming(stream))
 }
 
 #[derive(serde::Deserialize)]

@@ -2,6 +2,7 @@
 //! function here; functions here call `store`.
 
 pub mod audit;
+pub mod backup;
 pub mod compare;
 pub mod constraints;
 pub mod datasets;

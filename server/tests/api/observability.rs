@@ -1,11 +1,46 @@
-//! `/metrics` (Prometheus text exposition), scraped as Prometheus would (issue 16).
+//! Operations (issue 16): `/metrics` (Prometheus text exposition), scraped as Prometheus
+//! would, and backups.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{CLASSES, GRID_2X2, TestApp, ok, spec};
 
-crate::on_both_databases!(prometheus_scrapes_the_queue_the_counters_and_request_latencies);
+crate::on_both_databases!(
+    prometheus_scrapes_the_queue_the_counters_and_request_latencies,
+    a_backup_is_a_sqlite_copy_or_says_to_use_pg_dump
+);
+
+async fn a_backup_is_a_sqlite_copy_or_says_to_use_pg_dump(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let viewer = app.token("v", "viewer").await;
+    crate::helpers::fails(app.post(&viewer, "/backup", &json!({})).await, StatusCode::FORBIDDEN, "forbidden").await;
+    let answer = app.post(&app.admin, "/backup", &json!({})).await;
+    match app.backend {
+        crate::helpers::Backend::Sqlite => {
+            assert_eq!(answer.status(), StatusCode::OK);
+            let bytes = answer.bytes().await.expect("body");
+            assert!(bytes.starts_with(b"SQLite format 3\0"), "a SQLite database");
+            // The staged copy goes once the stream has ended (just after the last byte).
+            let staged = || {
+                std::fs::read_dir(app.data_dir())
+                    .expect("dir")
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".backup-"))
+                    .count()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while staged() > 0 {
+                assert!(std::time::Instant::now() < deadline, "the staged copy is gone once sent");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        crate::helpers::Backend::Postgres => {
+            let body = crate::helpers::fails(answer, StatusCode::CONFLICT, "conflict").await;
+            assert!(body.message.contains("pg_dump"), "{}", body.message);
+        }
+    }
+}
 
 async fn prometheus_scrapes_the_queue_the_counters_and_request_latencies(app: TestApp) {
     app.register_dataset("d", &CLASSES, 10).await;
