@@ -222,7 +222,9 @@ pub struct ExperimentSummary {
     pub dataset_version: String,
     pub created_at: Millis,
     pub created_by: String,
-    pub sweeps: u64,
+    /// How many sweeps (submissions) it has. Named apart from `ExperimentDetail::sweeps`
+    /// (the list), which flattens this summary beside it.
+    pub sweep_count: u64,
     pub runs: StatusCounts,
     /// The validation budget: distinct configurations scored against the experiment's frozen
     /// validation split so far, all sweeps together.

@@ -16,7 +16,12 @@ pub async fn experiments(client: &Client, json: bool) -> Result<(), Failure> {
         .iter()
         .map(|e| {
             let counts: Vec<String> = e.runs.0.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            vec![e.name.clone(), format!("{}@{}", e.dataset, output::short(&e.dataset_version)), e.sweeps.to_string(), counts.join(", ")]
+            vec![
+                e.name.clone(),
+                format!("{}@{}", e.dataset, output::short(&e.dataset_version)),
+                e.sweep_count.to_string(),
+                counts.join(", "),
+            ]
         })
         .collect();
     output::table(&["EXPERIMENT", "DATASET", "SWEEPS", "RUNS"], &rows);

@@ -126,13 +126,12 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
     if !r.constraints_missed.is_empty() {
         println!("misses     {} (ranked below every run that meets the constraints)", r.constraints_missed.join("; "));
     }
-    // Read as JSON: the detail repeats `sweeps` (a count in the summary, the list beside it).
-    let experiment: serde_json::Value = client.get(&format!("/experiments/{}", r.experiment)).await?;
+    let experiment: protocol::api::ExperimentDetail = client.get(&format!("/experiments/{}", r.experiment)).await?;
     println!(
         "budget     {} configuration(s) of `{}` scored against its validation split{}",
-        experiment["val_configs"].as_u64().unwrap_or(0),
+        experiment.summary.val_configs,
         r.experiment,
-        experiment["max_val_configs"].as_u64().map(|m| format!(" of {m} allowed")).unwrap_or_default()
+        experiment.summary.max_val_configs.map(|m| format!(" of {m} allowed")).unwrap_or_default()
     );
     if !detail.latest.is_empty() {
         println!("\nlatest metrics");

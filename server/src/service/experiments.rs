@@ -238,7 +238,7 @@ fn summary(row: &ExperimentRow, counts: protocol::api::StatusCounts, sweeps: i64
         dataset_version: row.dataset_version.clone(),
         created_at: row.created_at,
         created_by: row.created_by.clone(),
-        sweeps: sweeps as u64,
+        sweep_count: sweeps as u64,
         runs: counts,
     }
 }

@@ -77,6 +77,10 @@ async fn a_tpe_sweep_creates_its_runs_as_workers_ask(app: TestApp) {
     let detail: Value = app.read(&app.admin, "/experiments/e").await;
     assert_eq!(detail["sweeps"][0]["method"], "tpe");
     assert_eq!(detail["sweeps"][0]["max_runs"], 6);
+    // The detail reads back as its type (its summary's count and its list of sweeps used to
+    // share the key `sweeps`).
+    let typed: protocol::api::ExperimentDetail = app.read(&app.admin, "/experiments/e").await;
+    assert_eq!((typed.summary.sweep_count, typed.sweeps.len()), (1, 1));
     assert_eq!(detail["val_configs"], 6, "six configurations scored against the validation split");
     // A cancelled tpe sweep suggests no more runs.
     let again: Value = ok(app.submit(&spec("e", "d", TPE)).await).await;
