@@ -353,9 +353,14 @@ fn the_demo_trains_its_sweep_and_prints_the_leaderboard() {
 
 /// `cobb server` with short leases, for the crash tests.
 fn start_server_with_short_leases(dir: &Path) -> (Server, String) {
+    start_server_with_short_leases_and(dir, &[])
+}
+
+fn start_server_with_short_leases_and(dir: &Path, extra: &[&str]) -> (Server, String) {
     let port = free_port();
     let child = Command::new(COBB)
         .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .current_dir(dir)
         .env("COBB_LEASE_TTL_SECS", "3")
         .env("COBB_HEARTBEAT_SECS", "1")
@@ -666,4 +671,98 @@ fn a_backup_taken_during_ingestion_restores_and_its_audit_chain_verifies() {
     assert!(audit.status.success(), "{:?}", text(&audit));
     let runs: serde_json::Value = serde_json::from_slice(&run(&["runs", "--json"]).stdout).expect("json");
     assert_eq!(runs["total"], 1);
+}
+
+/// Two `cobb server` processes on one PostgreSQL database (and one artifact store), a worker on
+/// each; one server is killed with kill -9 in the middle of the sweep and the sweep finishes
+/// through the other: no run held by two live leases at once, no epoch's metrics lost (issue 16).
+#[test]
+fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(database) = runtime.block_on(server::db::fresh_test_database()) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let shared = ["--database-url", database.as_str(), "--artifacts", "shared-artifacts"];
+    let (mut first, url_a) = start_server_with_short_leases_and(dir.path(), &[&shared[..], &["--data-dir", "a"]].concat());
+    let token = std::fs::read_to_string(dir.path().join("a/admin.token")).expect("the first server's admin token");
+    let (_second, url_b) = start_server_with_short_leases_and(dir.path(), &[&shared[..], &["--data-dir", "b"]].concat());
+    let as_admin = |url: &str, args: &[&str]| {
+        Command::new(COBB)
+            .args(args)
+            .current_dir(dir.path())
+            .env("COBB_SERVER", url)
+            .env("COBB_TOKEN", token.trim())
+            .output()
+            .expect("cobb")
+    };
+    assert!(as_admin(&url_a, &["phantoms", "--out", "ph", "--count", "150", "--size", "48"]).status.success());
+    let key = dir.path().join("site.key");
+    data::pseudonym::PseudonymKey::load_or_create(&key).expect("key");
+    let key = key.display().to_string();
+    assert!(as_admin(&url_a, &["dataset", "register", "phantoms", "ph", "--key-file", &key]).status.success());
+    let spec = "name: pair\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 6\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n\
+                sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.01, 0.005, 0.003, 0.002, 0.001, 0.0005]}\n";
+    std::fs::write(dir.path().join("pair.yaml"), spec).expect("spec");
+    assert!(as_admin(&url_b, &["submit", "pair.yaml"]).status.success());
+    let worker = |name: &str, url: &str| {
+        Command::new(COBB)
+            .args(["worker", "--name", name, "--data-dir", &format!("machine-{name}")])
+            .current_dir(dir.path())
+            .env("COBB_SERVER", url)
+            .env("COBB_TOKEN", token.trim())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker")
+    };
+    let (mut on_a, mut on_b) = (worker("on-a", &url_a), worker("on-b", &url_b));
+    let runs = |url: &str| -> serde_json::Value { serde_json::from_slice(&as_admin(url, &["runs", "--json"]).stdout).unwrap_or_default() };
+    let done =
+        |list: &serde_json::Value, status: &str| list["runs"].as_array().map_or(0, |r| r.iter().filter(|r| r["status"] == status).count());
+    // kill -9 the first server once the sweep is under way on both.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while done(&runs(&url_b), "succeeded") < 1 {
+        assert!(Instant::now() < deadline, "no run finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    first.0.kill().expect("kill -9 the first server");
+    let _ = first.0.wait();
+    while done(&runs(&url_b), "succeeded") < 6 {
+        assert!(Instant::now() < deadline, "the sweep did not finish through the second server: {}", runs(&url_b));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = on_a.kill();
+    let _ = on_b.kill();
+    let _ = (on_a.wait(), on_b.wait());
+    let (mut workers, mut expired) = (std::collections::BTreeSet::new(), 0);
+    for id in 1..=6 {
+        let run: serde_json::Value =
+            serde_json::from_slice(&as_admin(&url_b, &["show", &id.to_string(), "--json"]).stdout).expect("the run");
+        for lease in run["leases"].as_array().into_iter().flatten() {
+            workers.insert(lease["worker"].as_str().unwrap_or_default().to_owned());
+            expired += usize::from(lease["end_reason"] == "expired");
+        }
+        // Leases of one run never overlap: each ended before the next began.
+        let leases = run["leases"].as_array().expect("leases");
+        for pair in leases.windows(2) {
+            let ended = pair[0]["ended_at"].as_i64().expect("an earlier lease ended");
+            assert!(ended <= pair[1]["created_at"].as_i64().expect("created"), "run {id} held twice: {run}");
+        }
+        // Every epoch's metrics are there, once.
+        let series = runtime.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{url_b}/api/v1/runs/{id}/metrics?key=train_loss"))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .expect("get")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        });
+        let steps: Vec<i64> = series[0]["points"].as_array().expect("points").iter().map(|p| p["step"].as_i64().expect("step")).collect();
+        assert_eq!(steps, (0..6).collect::<Vec<i64>>(), "run {id}");
+    }
+    assert!(workers.contains("on-a") && workers.contains("on-b"), "both servers handed out runs: {workers:?}");
+    assert!(expired >= 1, "the killed server's run was taken over after its lease expired");
 }
