@@ -14,8 +14,7 @@ use crate::store;
 /// stores the result with the run's objective (its best `select.metric`). A sweep without
 /// constraints stores "feasible".
 pub async fn record(conn: &impl ConnectionTrait, run_id: i64, sweep_id: i64, best_epoch: Option<i64>) -> Result<Vec<String>, ApiError> {
-    let json = store::experiments::sweep_spec_json(conn, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
-    let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
+    let spec = super::runs::sweep_spec(conn, sweep_id).await?;
     let mut missed = Vec::new();
     for c in &spec.select.constraints {
         let value = store::metrics::value_at(conn, run_id, &c.metric, best_epoch).await?;

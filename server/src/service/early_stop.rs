@@ -34,9 +34,7 @@ async fn rule(state: &AppState, sweep_id: i64) -> Result<Option<Arc<Rule>>, ApiE
     {
         return Ok(rule.clone());
     }
-    let json =
-        store::experiments::sweep_spec_json(&state.db.read, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
-    let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
+    let spec = super::runs::sweep_spec(&state.db.read, sweep_id).await?;
     let rule = spec.sweep.as_ref().and_then(|s| s.early_stop.clone()).map(|early| {
         let metric = early.metric(&spec.select.metric).to_owned();
         let goal = early.goal(&spec.select.metric, spec.select.goal);
@@ -51,9 +49,7 @@ async fn rule(state: &AppState, sweep_id: i64) -> Result<Option<Arc<Rule>>, ApiE
 
 /// The sweep's early-stop rule in a sentence, for its page.
 pub async fn describe(state: &AppState, sweep_id: i64) -> Result<Option<String>, ApiError> {
-    let json =
-        store::experiments::sweep_spec_json(&state.db.read, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
-    let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
+    let spec = super::runs::sweep_spec(&state.db.read, sweep_id).await?;
     Ok(spec
         .sweep
         .as_ref()

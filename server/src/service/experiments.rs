@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store;
-use crate::store::experiments::{ExperimentRow, NewExperiment, NewSweep, SweepRow};
+use crate::store::experiments::{ConfigsBy, ExperimentRow, NewExperiment, NewSweep, SweepRow};
 use crate::store::runs::NewRun;
 
 fn run_name(experiment: &str, sweep_id: Option<i64>, index: u32) -> String {
@@ -246,7 +246,7 @@ fn summary(row: &ExperimentRow, counts: protocol::api::StatusCounts, sweeps: i64
 pub async fn list(state: &AppState) -> Result<Vec<ExperimentSummary>, ApiError> {
     let conn = &state.db.read;
     let counts = store::experiments::run_counts_by_experiment(conn).await?;
-    let scored: BTreeMap<i64, i64> = store::experiments::val_configs_by_experiment(conn).await?.into_iter().collect();
+    let scored: BTreeMap<i64, i64> = store::experiments::val_configs(conn, ConfigsBy::Experiment, None).await?.into_iter().collect();
     let mut out = Vec::new();
     for row in store::experiments::list(conn).await? {
         let sweeps = store::experiments::sweep_count(conn, row.id).await?;
@@ -276,8 +276,8 @@ pub async fn show(state: &AppState, name: &str) -> Result<ExperimentDetail, ApiE
     let row = store::experiments::by_name(conn, name).await?.ok_or_else(|| ApiError::not_found("experiment", name))?;
     let all_counts = store::experiments::run_counts_by_experiment(conn).await?;
     let sweep_counts = store::experiments::run_counts_by_sweep(conn, row.id).await?;
-    let scored: BTreeMap<i64, i64> = store::experiments::val_configs_by_sweep(conn, row.id).await?.into_iter().collect();
-    let total = store::experiments::val_configs_by_experiment(conn).await?.into_iter().find(|(e, _)| *e == row.id).map_or(0, |(_, n)| n);
+    let scored: BTreeMap<i64, i64> = store::experiments::val_configs(conn, ConfigsBy::Sweep, Some(row.id)).await?.into_iter().collect();
+    let total = scored_configs(conn, row.id).await?;
     let sweeps: Vec<SweepInfo> = store::experiments::sweeps_of(conn, row.id)
         .await?
         .into_iter()
@@ -300,7 +300,23 @@ pub async fn sweep(state: &AppState, id: i64) -> Result<SweepInfo, ApiError> {
     let experiment =
         store::experiments::by_name(conn, &row.experiment).await?.ok_or_else(|| ApiError::not_found("experiment", &row.experiment))?;
     let counts = store::experiments::run_counts_by_sweep(conn, experiment.id).await?;
-    let scored =
-        store::experiments::val_configs_by_sweep(conn, experiment.id).await?.into_iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| n);
+    let scored = store::experiments::val_configs(conn, ConfigsBy::Sweep, Some(experiment.id))
+        .await?
+        .into_iter()
+        .find(|(s, _)| *s == id)
+        .map_or(0, |(_, n)| n);
     Ok(sweep_info(row, counts_for(&counts, id), scored))
+}
+
+/// Distinct configurations of one experiment scored against its validation split.
+async fn scored_configs(conn: &impl sea_orm::ConnectionTrait, experiment_id: i64) -> Result<i64, ApiError> {
+    let counts = store::experiments::val_configs(conn, ConfigsBy::Experiment, Some(experiment_id)).await?;
+    Ok(counts.first().map_or(0, |(_, n)| *n))
+}
+
+/// An experiment's validation budget: configurations scored, and its cap if any.
+pub async fn budget(state: &AppState, name: &str) -> Result<(u64, Option<u64>), ApiError> {
+    let conn = &state.db.read;
+    let row = store::experiments::by_name(conn, name).await?.ok_or_else(|| ApiError::not_found("experiment", name))?;
+    Ok((scored_configs(conn, row.id).await? as u64, row.max_val_configs.map(|m| m as u64)))
 }

@@ -114,14 +114,17 @@ pub(crate) fn config_hash(config: &ExperimentSpec) -> String {
     hex::encode(sha2::Sha256::digest(serde_json::to_string(&bare).unwrap_or_default().as_bytes()))
 }
 
+/// The spec a sweep was submitted with (stored once per sweep), decoded.
+pub(crate) async fn sweep_spec(conn: &impl ConnectionTrait, sweep_id: i64) -> Result<ExperimentSpec, ApiError> {
+    let json = store::experiments::sweep_spec_json(conn, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
+    Ok(store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?)
+}
+
 /// The complete spec a run trains with: its sweep's spec (stored once per sweep) with the
 /// run's params set, defaults resolved, and the frozen dataset version it names (lineage).
 /// Derived exactly as the spec was expanded at submission.
 pub(crate) async fn config_of(conn: &impl ConnectionTrait, run: &RunRow, dataset_version: &str) -> Result<ExperimentSpec, ApiError> {
-    let what = format!("sweeps row {}", run.sweep_id);
-    let spec_json =
-        store::experiments::sweep_spec_json(conn, run.sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", run.sweep_id))?;
-    let spec: ExperimentSpec = store::decode_json(&what, "spec_json", &spec_json)?;
+    let spec = sweep_spec(conn, run.sweep_id).await?;
     let params = run.params()?;
     let mut config = protocol::plan::config_for(&spec, &params).map_err(|issue| {
         ApiError::Internal(anyhow::anyhow!("run {}'s params no longer fit its sweep's spec at `{}`: {}", run.id, issue.path, issue.message))

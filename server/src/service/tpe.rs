@@ -134,8 +134,7 @@ pub struct Analysis {
 
 pub async fn analysis(state: &AppState, sweep_id: i64) -> Result<Option<Analysis>, ApiError> {
     let conn = &state.db.read;
-    let json = store::experiments::sweep_spec_json(conn, sweep_id).await?.ok_or_else(|| ApiError::not_found("sweep", sweep_id))?;
-    let spec: protocol::ExperimentSpec = store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?;
+    let spec = super::runs::sweep_spec(conn, sweep_id).await?;
     let Some(sweep_spec) = &spec.sweep else { return Ok(None) };
     let space = Space::of(sweep_spec);
     let history = observations(state, conn, sweep_id, &spec).await?;

@@ -171,35 +171,33 @@ const CONFIG: &str = "COALESCE(r.config_hash, 'run-' || CAST(r.id AS TEXT))";
 /// The run has been scored against the validation split (it reported a val_* metric).
 const SCORED: &str = "EXISTS (SELECT 1 FROM metrics m WHERE m.run_id = r.id AND m.key LIKE 'val%')";
 
-/// Distinct configurations scored against the validation split, by sweep, for one experiment.
-pub async fn val_configs_by_sweep(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Vec<(i64, i64)>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Row {
-        owner: i64,
-        n: i64,
-    }
-    Ok(all::<Row>(
-        conn,
-        &format!("SELECT r.sweep_id AS owner, COUNT(DISTINCT {CONFIG}) AS n FROM runs r WHERE r.experiment_id = $1 AND {SCORED} GROUP BY r.sweep_id"),
-        values![experiment_id],
-    )
-    .await?
-    .into_iter()
-    .map(|r| (r.owner, r.n))
-    .collect())
+/// What [`val_configs`] counts configurations by.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigsBy {
+    Sweep,
+    Experiment,
 }
 
-/// Distinct configurations scored against the validation split, by experiment.
-pub async fn val_configs_by_experiment(conn: &impl ConnectionTrait) -> Result<Vec<(i64, i64)>, DbErr> {
+/// Distinct configurations scored against the validation split, as (sweep or experiment id,
+/// count), of one experiment or of all.
+pub async fn val_configs(conn: &impl ConnectionTrait, by: ConfigsBy, experiment_id: Option<i64>) -> Result<Vec<(i64, i64)>, DbErr> {
     #[derive(FromQueryResult)]
     struct Row {
         owner: i64,
         n: i64,
     }
+    let owner = match by {
+        ConfigsBy::Sweep => "r.sweep_id",
+        ConfigsBy::Experiment => "r.experiment_id",
+    };
+    let (filter, vals) = match experiment_id {
+        Some(id) => ("r.experiment_id = $1 AND", values![id]),
+        None => ("", vec![]),
+    };
     Ok(all::<Row>(
         conn,
-        &format!("SELECT r.experiment_id AS owner, COUNT(DISTINCT {CONFIG}) AS n FROM runs r WHERE {SCORED} GROUP BY r.experiment_id"),
-        vec![],
+        &format!("SELECT {owner} AS owner, COUNT(DISTINCT {CONFIG}) AS n FROM runs r WHERE {filter} {SCORED} GROUP BY {owner}"),
+        vals,
     )
     .await?
     .into_iter()

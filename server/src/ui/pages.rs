@@ -251,8 +251,7 @@ async fn sweep(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>,
             ord.then(a.id.cmp(&b.id))
         });
         let early_stop = service::early_stop::describe(&state, id).await?;
-        let owner = service::experiments::show(&state, &info.experiment).await?;
-        let budget = (owner.summary.val_configs, owner.summary.max_val_configs);
+        let budget = service::experiments::budget(&state, &info.experiment).await?;
         let (mut importance, mut importance_svg, mut parallel_svg, mut best_svg) =
             (Vec::new(), String::new(), String::new(), String::new());
         if let Some(a) = service::tpe::analysis(&state, id).await? {
