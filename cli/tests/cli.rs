@@ -719,10 +719,17 @@ fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
     let runs = |url: &str| -> serde_json::Value { serde_json::from_slice(&as_admin(url, &["runs", "--json"]).stdout).unwrap_or_default() };
     let done =
         |list: &serde_json::Value, status: &str| list["runs"].as_array().map_or(0, |r| r.iter().filter(|r| r["status"] == status).count());
-    // kill -9 the first server once the sweep is under way on both.
+    // kill -9 the first server once the sweep is under way on both and the first server's worker
+    // holds a run (between two runs it would hold no lease that could expire).
     let deadline = Instant::now() + Duration::from_secs(180);
-    while done(&runs(&url_b), "succeeded") < 1 {
-        assert!(Instant::now() < deadline, "no run finished");
+    let on_a_holds_a_run =
+        |list: &serde_json::Value| list["runs"].as_array().is_some_and(|r| r.iter().any(|r| r["status"] == "running" && r["worker"] == "on-a"));
+    loop {
+        let list = runs(&url_b);
+        if done(&list, "succeeded") >= 1 && on_a_holds_a_run(&list) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no run finished while the first server's worker held one: {list}");
         std::thread::sleep(Duration::from_millis(200));
     }
     first.0.kill().expect("kill -9 the first server");
