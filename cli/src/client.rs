@@ -35,7 +35,7 @@ impl Client {
 
     /// The server's base URL (without /api/v1) and the token in use, for in-process workers.
     pub fn worker_login(&self) -> (String, Option<String>) {
-        (self.inner.server().to_owned(), self.inner.token().map(str::to_owned))
+        (self.inner.servers(), self.inner.token().map(str::to_owned))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {

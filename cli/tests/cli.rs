@@ -357,11 +357,16 @@ fn start_server_with_short_leases(dir: &Path) -> (Server, String) {
 }
 
 fn start_server_with_short_leases_and(dir: &Path, extra: &[&str]) -> (Server, String) {
+    start_server_with_short_leases_and_env(dir, extra, &[])
+}
+
+fn start_server_with_short_leases_and_env(dir: &Path, extra: &[&str], env: &[(String, String)]) -> (Server, String) {
     let port = free_port();
     let child = Command::new(COBB)
         .args(["server", "--bind", &format!("127.0.0.1:{port}")])
         .args(extra)
         .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("COBB_LEASE_TTL_SECS", "3")
         .env("COBB_HEARTBEAT_SECS", "1")
         .env("COBB_REAP_INTERVAL_SECS", "1")
@@ -417,10 +422,137 @@ fn run_json(dir: &Path, url: &str, id: i64) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// The S3-compatible server `.ci/run` starts (scripts/s3_test_server.py: moto with its
+/// authentication on), from COBB_TEST_S3_*; None (with a notice) when unset, a failure when
+/// COBB_REQUIRE_S3=1.
+struct S3 {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    key_id: String,
+    secret: String,
+}
+
+impl S3 {
+    fn from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(format!("COBB_TEST_S3_{name}")).ok();
+        let Some(endpoint) = var("ENDPOINT") else {
+            assert!(
+                std::env::var("COBB_REQUIRE_S3").as_deref() != Ok("1"),
+                "COBB_REQUIRE_S3=1 but COBB_TEST_S3_ENDPOINT is not set: the S3 suite must run"
+            );
+            eprintln!("notice: S3 suite skipped; start scripts/s3_test_server.py and export what it writes to run it");
+            return None;
+        };
+        let need = |name: &str| var(name).unwrap_or_else(|| panic!("COBB_TEST_S3_{name} is not set"));
+        Some(Self {
+            endpoint,
+            region: need("REGION"),
+            bucket: need("BUCKET"),
+            key_id: need("ACCESS_KEY_ID"),
+            secret: need("SECRET_ACCESS_KEY"),
+        })
+    }
+
+    /// The `AWS_*` variables a cobb server reads, with `secret` as the secret key.
+    fn server_env(&self, secret: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// The object names under `prefix` in the bucket, read with the S3 API itself.
+    fn list(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region(&self.region)
+            .with_bucket_name(&self.bucket)
+            .with_access_key_id(&self.key_id)
+            .with_secret_access_key(&self.secret)
+            .build()
+            .expect("an S3 client");
+        let listed = tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(store.list(Some(&object_store::path::Path::from(prefix))).try_collect::<Vec<_>>())
+            .expect("list the bucket");
+        listed.into_iter().map(|o| o.location.to_string()).collect()
+    }
+}
+
+/// `cobb server` with `env` that must refuse to start: its exit status and stderr.
+fn a_server_that_will_not_start(dir: &Path, extra: &[&str], env: &[(String, String)]) -> (Option<i32>, String) {
+    let mut child = Command::new(COBB)
+        .args(["server", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started (or hung) with a store it cannot use");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Wrong credentials and a missing bucket stop the server at start with what to do, before any
+/// worker spends hours on a run whose checkpoint could not be stored.
+#[test]
+fn a_bad_s3_store_stops_the_server_at_start_with_what_to_do() {
+    let Some(s3) = S3::from_env() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let artifacts = format!("s3://{}/start-check", s3.bucket);
+    let (code, stderr) = a_server_that_will_not_start(dir.path(), &["--artifacts", &artifacts], &s3.server_env("not-the-secret"));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("refused cobb's credentials") && stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+    let (code, stderr) = a_server_that_will_not_start(dir.path(), &["--artifacts", "s3://no-such-bucket/cobb"], &s3.server_env(&s3.secret));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("does not exist") && stderr.contains("aws s3 mb"), "{stderr}");
+    // The right settings start it.
+    let (_server, url) = start_server_with_short_leases_and_env(dir.path(), &["--artifacts", &artifacts], &s3.server_env(&s3.secret));
+    assert!(reqwest::blocking::get(format!("{url}/api/v1/health")).expect("health").status().is_success());
+}
+
 #[test]
 fn a_run_survives_its_worker_being_killed() {
+    a_run_survives_a_kill_and_its_checkpoint_serves_the_evaluation(&[], &[], None);
+}
+
+/// The same through a real S3-compatible server: the first worker's checkpoints go to the
+/// bucket, a second worker on another data dir resumes from them after kill -9, and a third
+/// evaluates the promoted run from them; nothing lands in the server's data dir.
+#[test]
+fn checkpoints_go_through_s3_to_resume_and_to_evaluate() {
+    let Some(s3) = S3::from_env() else { return };
+    let prefix = format!("cobb-{}", std::process::id());
+    let artifacts = format!("s3://{}/{prefix}", s3.bucket);
+    a_run_survives_a_kill_and_its_checkpoint_serves_the_evaluation(
+        &["--artifacts", &artifacts],
+        &s3.server_env(&s3.secret),
+        Some((&s3, &prefix)),
+    );
+}
+
+fn a_run_survives_a_kill_and_its_checkpoint_serves_the_evaluation(extra: &[&str], env: &[(String, String)], s3: Option<(&S3, &str)>) {
     let dir = tempfile::tempdir().expect("tmp");
-    let (_server, url) = start_server_with_short_leases(dir.path());
+    let (_server, url) = start_server_with_short_leases_and_env(dir.path(), extra, env);
     a_long_run_queued(dir.path(), &url, "crash");
 
     // Each worker has its own data dir, as on two machines: the second one resumes from the
@@ -475,6 +607,26 @@ fn a_run_survives_its_worker_being_killed() {
     });
     let steps: Vec<i64> = series[0]["points"].as_array().expect("points").iter().filter_map(|p| p["step"].as_i64()).collect();
     assert_eq!(steps, (0..30).collect::<Vec<i64>>(), "every epoch exactly once");
+    let Some((s3, prefix)) = s3 else { return };
+
+    // The checkpoints are objects in the bucket, content-addressed; none in the data dir.
+    let objects = s3.list(prefix);
+    let checkpoints: Vec<&str> = detail["artifacts"].as_array().expect("artifacts").iter().filter_map(|a| a["sha256"].as_str()).collect();
+    assert!(!checkpoints.is_empty(), "{detail}");
+    for sha in &checkpoints {
+        assert!(objects.iter().any(|o| o.ends_with(sha)), "{sha} is not in the bucket: {objects:?}");
+    }
+    assert!(!objects.iter().any(|o| o.contains("staging/") || o.contains("cobb-probe/")), "leftovers: {objects:?}");
+    assert!(!dir.path().join("cobb-data/artifacts").exists(), "artifacts were written to the server's disk");
+
+    // A third machine evaluates the promoted run from the stored checkpoint.
+    let out = cobb(dir.path(), &url, &["promote", "1", "--reason", "survived a kill", "--wait-secs", "1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let evaluator = worker("evaluator").wait_with_output().expect("evaluator");
+    let log = String::from_utf8_lossy(&evaluator.stderr).into_owned();
+    assert!(evaluator.status.success(), "{log}");
+    let out = cobb(dir.path(), &url, &["report", "1"]);
+    assert!(out.status.success() && text(&out).0.contains("macro avg"), "{:?}\n{log}", text(&out));
 }
 
 #[test]
@@ -674,8 +826,9 @@ fn a_backup_taken_during_ingestion_restores_and_its_audit_chain_verifies() {
 }
 
 /// Two `cobb server` processes on one PostgreSQL database (and one artifact store), a worker on
-/// each; one server is killed with kill -9 in the middle of the sweep and the sweep finishes
-/// through the other: no run held by two live leases at once, no epoch's metrics lost (issue 16).
+/// each and a third given both; one server is killed with kill -9 in the middle of the sweep
+/// and the sweep finishes through the other (the third worker moves over): no run held by two
+/// live leases at once, no epoch's metrics lost (issue 16).
 #[test]
 fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -711,19 +864,23 @@ fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
             .env("COBB_SERVER", url)
             .env("COBB_TOKEN", token.trim())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log"))
             .spawn()
             .expect("worker")
     };
-    let (mut on_a, mut on_b) = (worker("on-a", &url_a), worker("on-b", &url_b));
+    // A third worker is given both servers: it uses the first and moves to the second when the
+    // first stops answering.
+    let (mut on_a, mut on_b, mut on_both) =
+        (worker("on-a", &url_a), worker("on-b", &url_b), worker("on-both", &format!("{url_a},{url_b}")));
     let runs = |url: &str| -> serde_json::Value { serde_json::from_slice(&as_admin(url, &["runs", "--json"]).stdout).unwrap_or_default() };
     let done =
         |list: &serde_json::Value, status: &str| list["runs"].as_array().map_or(0, |r| r.iter().filter(|r| r["status"] == status).count());
     // kill -9 the first server once the sweep is under way on both and the first server's worker
     // holds a run (between two runs it would hold no lease that could expire).
     let deadline = Instant::now() + Duration::from_secs(180);
-    let on_a_holds_a_run =
-        |list: &serde_json::Value| list["runs"].as_array().is_some_and(|r| r.iter().any(|r| r["status"] == "running" && r["worker"] == "on-a"));
+    let on_a_holds_a_run = |list: &serde_json::Value| {
+        list["runs"].as_array().is_some_and(|r| r.iter().any(|r| r["status"] == "running" && r["worker"] == "on-a"))
+    };
     loop {
         let list = runs(&url_b);
         if done(&list, "succeeded") >= 1 && on_a_holds_a_run(&list) {
@@ -734,20 +891,25 @@ fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
     }
     first.0.kill().expect("kill -9 the first server");
     let _ = first.0.wait();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     while done(&runs(&url_b), "succeeded") < 6 {
         assert!(Instant::now() < deadline, "the sweep did not finish through the second server: {}", runs(&url_b));
         std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = on_a.kill();
-    let _ = on_b.kill();
-    let _ = (on_a.wait(), on_b.wait());
-    let (mut workers, mut expired) = (std::collections::BTreeSet::new(), 0);
+    for worker in [&mut on_a, &mut on_b, &mut on_both] {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    let (mut workers, mut expired, mut both_after_kill) = (std::collections::BTreeSet::new(), 0, 0);
     for id in 1..=6 {
         let run: serde_json::Value =
             serde_json::from_slice(&as_admin(&url_b, &["show", &id.to_string(), "--json"]).stdout).expect("the run");
         for lease in run["leases"].as_array().into_iter().flatten() {
             workers.insert(lease["worker"].as_str().unwrap_or_default().to_owned());
             expired += usize::from(lease["end_reason"] == "expired");
+            both_after_kill += usize::from(
+                lease["worker"] == "on-both" && lease["end_reason"] == "completed" && lease["ended_at"].as_i64().unwrap_or(0) > killed_at,
+            );
         }
         // Leases of one run never overlap: each ended before the next began.
         let leases = run["leases"].as_array().expect("leases");
@@ -772,4 +934,7 @@ fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
     }
     assert!(workers.contains("on-a") && workers.contains("on-b"), "both servers handed out runs: {workers:?}");
     assert!(expired >= 1, "the killed server's run was taken over after its lease expired");
+    let log = std::fs::read_to_string(dir.path().join("on-both.log")).unwrap_or_default();
+    assert!(log.contains("trying the next one"), "the worker given both servers did not move to the second:\n{log}");
+    assert!(both_after_kill >= 1, "the worker given both servers finished no run through the second: {workers:?}\n{log}");
 }

@@ -2,6 +2,8 @@
 //! `cobb-bench`. JSON in and out, bearer token, the server's error body kept whole (code,
 //! message, hint). A client made [`Client::patient`] retries transient failures (connection
 //! refused, 5xx) with backoff, so a worker rides out a server restart; the CLI's does not.
+//! Given several servers (`http://a:8080,http://b:8080`: replicas on one database), a request
+//! that gets no answer from one goes to the next at once; a patient client keeps going round.
 
 use protocol::ErrorBody;
 use protocol::api::{
@@ -55,7 +57,10 @@ impl ClientError {
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    /// Each server's `/api/v1` base, in the order given.
+    bases: std::sync::Arc<Vec<String>>,
+    /// The one in use: the last that answered.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
     /// How long to keep retrying transient failures; None: fail at once.
@@ -63,15 +68,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the server at `server` (`http://host:port`), failing at once when the
-    /// server does not answer.
+    /// A client for the server at `server` (`http://host:port`, or several separated by
+    /// commas), failing when no server answers.
     pub fn new(server: &str, token: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(concat!("cobb/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(600))
             .build()
             .unwrap_or_default();
-        Self { base: format!("{}/api/v1", server.trim_end_matches('/')), token, http, patience: None }
+        let mut bases: Vec<String> =
+            server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("{}/api/v1", s.trim_end_matches('/'))).collect();
+        if bases.is_empty() {
+            bases.push(format!("{}/api/v1", server.trim_end_matches('/')));
+        }
+        Self { bases: std::sync::Arc::new(bases), current: Default::default(), token, http, patience: None }
     }
 
     /// Like [`Client::new`], retrying connection failures and 5xx answers with backoff for up
@@ -80,9 +90,18 @@ impl Client {
         Self { patience: Some(patience), ..Self::new(server, token) }
     }
 
-    /// The server's base URL (without /api/v1).
+    /// The base URL (without /api/v1) of the server in use.
     pub fn server(&self) -> &str {
-        self.base.trim_end_matches("/api/v1")
+        self.base().trim_end_matches("/api/v1")
+    }
+
+    /// Every server this client may use, as given (comma-separated).
+    pub fn servers(&self) -> String {
+        self.bases.iter().map(|b| b.trim_end_matches("/api/v1")).collect::<Vec<_>>().join(",")
+    }
+
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -96,10 +115,12 @@ impl Client {
         path: &str,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<Option<bytes::Bytes>, ClientError> {
-        let url = format!("{}{path}", self.base);
         let mut delay = Duration::from_millis(250);
         let started = std::time::Instant::now();
+        // Servers that gave no answer in this round; after a whole round, wait and go again.
+        let mut failed_in_round = 0;
         loop {
+            let url = format!("{}{path}", self.base());
             let mut request = build(&self.http, &url);
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
@@ -128,13 +149,21 @@ impl Client {
                 }
                 Err(e) => e.to_string(),
             };
+            failed_in_round += 1;
+            if failed_in_round < self.bases.len() {
+                let next = (self.current.load(std::sync::atomic::Ordering::Relaxed) + 1) % self.bases.len();
+                self.current.store(next, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%url, error = %transient, next = %self.server(), "server unavailable; trying the next one");
+                continue;
+            }
+            failed_in_round = 0;
             match self.patience {
                 Some(patience) if started.elapsed() <= patience => {
                     tracing::warn!(%url, error = %transient, retry_in_ms = delay.as_millis() as u64, "server unavailable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
-                _ => return Err(ClientError::Unreachable { url: self.server().to_owned(), message: transient }),
+                _ => return Err(ClientError::Unreachable { url: self.servers(), message: transient }),
             }
         }
     }

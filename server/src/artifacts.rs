@@ -45,6 +45,9 @@ pub enum PutError {
 /// cost the server's memory, whatever its size.
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// How long the start-up probe of the store may take before the server gives up.
+const STARTUP_CHECK_SECS: u64 = 30;
+
 impl ArtifactStore {
     pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
         match config.artifacts.as_deref() {
@@ -64,6 +67,46 @@ impl ArtifactStore {
                 Ok(Self { store: Arc::new(store), location: dir.display().to_string() })
             }
         }
+    }
+
+    /// Proves at start that the store takes writes: a probe object is written, read back and
+    /// deleted. Wrong credentials, a missing bucket or an unreachable endpoint are then a clear
+    /// error when the server starts, not a failed checkpoint upload hours later.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let probe = Path::from(format!("cobb-probe/{}", uuid::Uuid::new_v4().simple()));
+        let attempt = async {
+            self.store.put(&probe, Bytes::from_static(b"cobb").into()).await?;
+            self.store.get(&probe).await?.bytes().await?;
+            self.store.delete(&probe).await
+        };
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(STARTUP_CHECK_SECS), attempt).await;
+        let remote = self.location.contains("://");
+        let error = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Err(_) => anyhow::anyhow!(
+                "the artifact store {} did not answer within {STARTUP_CHECK_SECS} s: check that it is up and that \
+                 AWS_ENDPOINT (and AWS_ALLOW_HTTP=true for a plain-http endpoint) point at it",
+                self.location
+            ),
+            Ok(Err(object_store::Error::NotFound { .. })) if remote => anyhow::anyhow!(
+                "the bucket of the artifact store {} does not exist: create it (for example `aws s3 mb s3://BUCKET`) \
+                 or correct --artifacts",
+                self.location
+            ),
+            Ok(Err(e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }))) => anyhow::anyhow!(
+                "the artifact store {} refused cobb's credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or the role the server runs under) and that they may put, get and delete objects in the bucket ({e})",
+                self.location
+            ),
+            // With no key in the environment the S3 client asks the instance metadata service.
+            Ok(Err(e)) if remote && e.to_string().contains("169.254.169.254") => anyhow::anyhow!(
+                "the artifact store {} needs credentials and found none: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or run the server where an instance or pod role provides them) ({e})",
+                self.location
+            ),
+            Ok(Err(e)) => anyhow::anyhow!("the artifact store {} cannot be written: {e}", self.location),
+        };
+        Err(error)
     }
 
     /// Streams `body` into the store under its sha256 without holding it in memory: the bytes

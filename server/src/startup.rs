@@ -27,6 +27,7 @@ impl Application {
             format!("while connecting to the database ({})", if url.starts_with("postgres") { "postgres" } else { &url })
         })?;
         let artifacts = crate::artifacts::ArtifactStore::open(&config)?;
+        artifacts.check().await?;
         let state = web::Data::new(AppState {
             db,
             artifacts,
