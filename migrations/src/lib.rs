@@ -40,6 +40,7 @@ mod m009_early_stop;
 mod m010_sweeps_that_think;
 mod m011_constraints;
 mod m012_objective;
+mod m013_metrics_hot_path;
 
 pub struct Migrator;
 
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m010_sweeps_that_think::Migration),
             Box::new(m011_constraints::Migration),
             Box::new(m012_objective::Migration),
+            Box::new(m013_metrics_hot_path::Migration),
         ]
     }
 }

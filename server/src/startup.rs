@@ -28,7 +28,11 @@ impl Application {
         })?;
         let artifacts = crate::artifacts::ArtifactStore::open(&config)?;
         artifacts.check().await?;
+        let group_commit =
+            (db.backend == sea_orm::DbBackend::Sqlite).then(|| crate::service::group_commit::GroupCommit::new(db.write.clone()));
         let state = web::Data::new(AppState {
+            group_commit,
+            run_sweeps: std::sync::Mutex::new(HashMap::new()),
             db,
             artifacts,
             config: config.clone(),

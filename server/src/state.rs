@@ -25,6 +25,11 @@ pub struct AppState {
     /// run id -> its decoded params, for TPE's history (a run's params never change, so
     /// the cache is never stale; it is emptied when it grows past [`PARAMS_CACHE_MAX`]).
     pub params_cache: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::Params>>>,
+    /// SQLite's group commit of metric batches (None on PostgreSQL).
+    pub group_commit: Option<crate::service::group_commit::GroupCommit>,
+    /// run id -> its sweep id (never changes), so an epoch report finds its sweep's
+    /// early-stop rule without reading the run.
+    pub run_sweeps: std::sync::Mutex<HashMap<i64, i64>>,
     /// This process's counters and request histograms for `/metrics`.
     pub counters: crate::prom::Counters,
 }

@@ -47,6 +47,21 @@ async fn rule(state: &AppState, sweep_id: i64) -> Result<Option<Arc<Rule>>, ApiE
     Ok(rule)
 }
 
+/// The sweep of `run_id` (cached: a run never changes sweeps; emptied past 200,000 runs).
+async fn sweep_of(state: &AppState, run_id: i64) -> Result<i64, ApiError> {
+    if let Some(&sweep) = state.run_sweeps.lock().ok().as_ref().and_then(|c| c.get(&run_id)) {
+        return Ok(sweep);
+    }
+    let sweep = super::runs::get(&state.db.read, run_id).await?.sweep_id;
+    if let Ok(mut cache) = state.run_sweeps.lock() {
+        if cache.len() >= crate::state::PARAMS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(run_id, sweep);
+    }
+    Ok(sweep)
+}
+
 /// The sweep's early-stop rule in a sentence, for its page.
 pub async fn describe(state: &AppState, sweep_id: i64) -> Result<Option<String>, ApiError> {
     let spec = super::runs::sweep_spec(&state.db.read, sweep_id).await?;
@@ -64,8 +79,8 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
     if !points.iter().any(|p| p.key.starts_with("val_") || p.key.starts_with("train_")) {
         return Ok(false);
     }
-    let run = super::runs::get(&state.db.read, run_id).await?;
-    let Some(rule) = rule(state, run.sweep_id).await? else { return Ok(false) };
+    let sweep_id = sweep_of(state, run_id).await?;
+    let Some(rule) = rule(state, sweep_id).await? else { return Ok(false) };
     let Some(point) = points.iter().find(|p| p.key == rule.metric) else { return Ok(false) };
     let epochs = point.step + 1;
     if !rule.decision_epochs.iter().any(|&e| i64::from(e) == epochs) {
@@ -73,7 +88,7 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
     }
     let tx = state.db.write.begin().await?;
     // One decision at a time per sweep: each sees every earlier one.
-    store::experiments::lock_sweep(&tx, run.sweep_id, store::experiments::SweepLock::EarlyStop).await?;
+    store::experiments::lock_sweep(&tx, sweep_id, store::experiments::SweepLock::EarlyStop).await?;
     if let Some(done) = store::early_stops::get(&tx, run_id, epochs).await? {
         tx.commit().await?;
         return Ok(done.stop()?);
@@ -86,11 +101,11 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
     tracing::debug!(run_id, epochs, value, "early-stop decision");
     let decision = match rule.spec.method {
         EarlyStopMethod::Asha => {
-            let earlier = store::early_stops::values_at(&tx, run.sweep_id, epochs, run_id).await?;
+            let earlier = store::early_stops::values_at(&tx, sweep_id, epochs, run_id).await?;
             early_stop::asha(value, &earlier, rule.spec.reduction_factor(), rule.goal)
         }
         EarlyStopMethod::Median => {
-            let others = store::early_stops::others_best_up_to(&tx, run.sweep_id, run_id, &rule.metric, point.step, maximize).await?;
+            let others = store::early_stops::others_best_up_to(&tx, sweep_id, run_id, &rule.metric, point.step, maximize).await?;
             early_stop::median(value, &others, rule.spec.min_runs(), rule.goal)
         }
     };
@@ -98,7 +113,7 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
     let row = DecisionRow {
         run_id,
         epochs,
-        sweep_id: run.sweep_id,
+        sweep_id,
         method: match rule.spec.method {
             EarlyStopMethod::Asha => "asha".to_owned(),
             EarlyStopMethod::Median => "median".to_owned(),
@@ -112,6 +127,7 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
     };
     store::early_stops::insert(&tx, &row).await?;
     if decision.stop && store::jobs::request_prune(&tx, run_id, now).await? > 0 {
+        let run = super::runs::get(&tx, run_id).await?;
         super::audit::append(
             &tx,
             super::audit::Event {
@@ -119,12 +135,12 @@ pub async fn after_epoch(state: &AppState, run_id: i64, points: &[MetricPoint]) 
                 action: protocol::AuditAction::RunPrune,
                 experiment: Some(&run.experiment),
                 run_id: Some(run_id),
-                details: json!({"sweep_id": run.sweep_id, "method": row.method, "metric": row.metric, "epochs": epochs,
+                details: json!({"sweep_id": sweep_id, "method": row.method, "metric": row.metric, "epochs": epochs,
                                 "value": value, "threshold": decision.threshold, "compared": decision.compared}),
             },
         )
         .await?;
-        tracing::info!(run.id = run_id, sweep.id = run.sweep_id, epochs, value, threshold = ?decision.threshold, "run pruned");
+        tracing::info!(run.id = run_id, sweep.id = sweep_id, epochs, value, threshold = ?decision.threshold, "run pruned");
     }
     tx.commit().await?;
     Ok(decision.stop)

@@ -8,6 +8,7 @@ pub mod constraints;
 pub mod datasets;
 pub mod early_stop;
 pub mod experiments;
+pub mod group_commit;
 pub mod jobs;
 pub mod promotions;
 pub mod runs;

@@ -56,7 +56,8 @@ pub async fn ingest_metrics(
     for m in batch.metrics {
         unique.insert((m.key, m.step), m.value);
     }
-    let points: Vec<MetricPoint> = unique.into_iter().map(|((key, step), value)| MetricPoint { key, step, value }).collect();
+    let points: std::sync::Arc<Vec<MetricPoint>> =
+        std::sync::Arc::new(unique.into_iter().map(|((key, step), value)| MetricPoint { key, step, value }).collect());
     let mut accepted = MetricsAccepted { accepted: points.len() as u64, stop: false };
     if points.is_empty() {
         // Nothing to write, but the lease must still be live.
@@ -66,7 +67,22 @@ pub async fn ingest_metrics(
     }
     // Hot path: one fenced statement for an ordinary batch. Large batches, and refusals
     // (which say why), go through a fenced transaction.
-    if points.len() > 1000 || store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await? == 0 {
+    let written = if points.len() > 1000 {
+        0
+    } else {
+        match &state.group_commit {
+            Some(group) => match group.write(run_id, &lease_id, &who.name, points.clone(), now_ms()).await {
+                super::group_commit::Written::Rows(rows) => rows,
+                super::group_commit::Written::Retry => 0,
+            },
+            None if state.db.backend == sea_orm::DbBackend::Postgres => {
+                let pool = state.db.write.get_postgres_connection_pool();
+                store::metrics::upsert_fenced_pg(pool, run_id, &lease_id, &who.name, &points, now_ms()).await?
+            }
+            None => store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await?,
+        }
+    };
+    if written == 0 {
         let (tx, _, _) = begin_fenced(state, who, &lease_id, Expect::training_of(run_id)).await?;
         store::metrics::upsert(&tx, run_id, &points, now_ms()).await?;
         tx.commit().await?;

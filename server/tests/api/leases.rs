@@ -15,6 +15,7 @@ crate::on_both_databases!(
     cancelling_a_sweep_stops_queued_and_running_runs,
     runs_sort_by_a_metric,
     sixteen_concurrent_leasers_never_share_a_run,
+    concurrent_metric_batches_are_stored_once_each_and_a_lost_lease_among_them_is_refused,
     a_failed_run_is_retried_only_when_retryable,
     a_released_run_is_requeued_at_once,
     sweep_parallel_limits_concurrent_runs,
@@ -231,6 +232,58 @@ async fn sixteen_concurrent_leasers_never_share_a_run(app: TestApp) {
     assert_eq!(unique.len(), 200, "no run leased twice");
     let succeeded: Value = app.read(&app.admin, "/runs?status=succeeded&limit=1").await;
     assert_eq!(succeeded["total"], 200);
+}
+
+/// Metric batches from many workers at once (on SQLite they are committed in groups, on
+/// PostgreSQL each is one statement over arrays): every point of a live lease is stored once,
+/// and the batches of an ended lease, sent among them, are refused and store nothing.
+async fn concurrent_metric_batches_are_stored_once_each_and_a_lost_lease_among_them_is_refused(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    let sweep = "sweep:\n  method: random\n  max_runs: 9\n  parameters:\n    train.optimizer.lr: {distribution: log_uniform, min: 0.0001, max: 0.1}\n";
+    ok::<Value>(app.submit(&spec("busy", "d", sweep)).await).await;
+    let worker = app.token("fleet", "worker").await;
+    let mut leases = Vec::new();
+    for w in 0..9 {
+        leases.push(lease(&app, &worker, &format!("w{w}")).await.expect("a run"));
+    }
+    // The last lease ends before its worker reports anything.
+    let ended = leases[8]["lease_id"].as_str().expect("lease").to_owned();
+    let _: Value = app.write(&worker, &format!("/leases/{ended}/release"), &json!({"reason": "test"})).await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for (w, lease) in leases.iter().enumerate() {
+        let (app, worker) = (app.clone(), worker.clone());
+        let (run, id) = (lease["run_id"].as_i64().expect("run"), lease["lease_id"].as_str().expect("lease").to_owned());
+        tasks.push(tokio::spawn(async move {
+            for epoch in 0..30 {
+                let metrics: Vec<Value> = (0..25)
+                    .map(|k| json!({"key": format!("val_k{k}"), "step": epoch, "value": (w * 1000 + epoch * 25 + k) as f64}))
+                    .collect();
+                let response = app.post(&worker, &format!("/runs/{run}/metrics"), &json!({"lease_id": id, "metrics": metrics})).await;
+                if w == 8 {
+                    fails(response, StatusCode::CONFLICT, "lease_lost").await;
+                } else {
+                    assert_eq!(ok::<Value>(response).await["accepted"], 25);
+                }
+            }
+            run
+        }));
+    }
+    for (w, task) in tasks.into_iter().enumerate() {
+        let run = task.await.expect("worker");
+        let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics")).await;
+        if w == 8 {
+            assert!(series.is_empty(), "the ended lease stored {series:?}");
+            continue;
+        }
+        assert_eq!(series.len(), 25, "run {run}");
+        for s in &series {
+            let k: usize = s["key"].as_str().expect("key")["val_k".len()..].parse().expect("k");
+            let values: Vec<f64> = s["points"].as_array().expect("points").iter().map(|p| p["value"].as_f64().expect("value")).collect();
+            let expected: Vec<f64> = (0..30).map(|epoch| (w * 1000 + epoch * 25 + k) as f64).collect();
+            assert_eq!(values, expected, "run {run} key val_k{k}: each epoch once, its own value");
+        }
+    }
 }
 
 async fn a_failed_run_is_retried_only_when_retryable(app: TestApp) {

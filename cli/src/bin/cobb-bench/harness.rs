@@ -70,7 +70,9 @@ pub(crate) fn start_server(database_url: Option<&str>) -> Result<ServerProcess> 
     command
         .args(["server", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path())
-        .env("COBB_LOG", "warn")
+        // The server's log filter: COBB_BENCH_SERVER_LOG (e.g.
+        // `warn,server::service::group_commit=trace` for the size of each commit group).
+        .env("COBB_LOG", std::env::var("COBB_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(url) = database_url {
