@@ -18,7 +18,7 @@ fn options(url: &str, max: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
     // No ping before each use of a pooled connection: on the metric hot path it was a round
     // trip (PostgreSQL) or a hop to SQLite's thread per request. A connection PostgreSQL
-    // dropped fails its next statement instead, which the request reports as 503 (workers
+    // dropped fails its next statement instead: that request answers 500 (workers
     // retry), and idle connections are closed after ten minutes.
     options.test_before_acquire(false).idle_timeout(Duration::from_secs(600));
     options.max_connections(max).min_connections(1).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false).map_sqlx_sqlite_opts(
