@@ -42,6 +42,15 @@ impl Client {
         Ok(self.inner.get(path).await?)
     }
 
+    /// Like [`Client::get`], with None when the server answers 404.
+    pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Failure> {
+        match self.inner.get(path).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Failure> {
         Ok(self.inner.post(path, body).await?)
     }

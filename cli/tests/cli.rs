@@ -725,6 +725,31 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     let detail = run_json(dir.path(), &url, 1);
     assert!(detail["latest"]["test_accuracy"]["value"].is_number(), "{detail}");
 
+    // The worker stored its best epoch's validation predictions and the evaluation's test
+    // predictions; the tables recomputed from them are the stored ones, and the CLI shows the
+    // intervals and the paired comparison.
+    let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("token");
+    let get = |path: &str| -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .get(format!("{url}/api/v1{path}"))
+            .bearer_auth(token.trim())
+            .send()
+            .expect("get")
+            .json()
+            .expect("json")
+    };
+    let test_report = get("/promotions/1/report");
+    for (split, stored) in [("val", &detail["class_results"]["per_class"]), ("test", &test_report["report"]["per_class"])] {
+        let evidence = get(&format!("/runs/1/evidence?split={split}"));
+        assert!(evidence["intervals"]["images"].as_u64().is_some_and(|n| n > 0), "{split}: {evidence}");
+        assert_eq!(&evidence["recomputed"]["per_class"], stored, "{split}: recomputed from predictions vs stored");
+    }
+    let shown = text(&cobb(dir.path(), &url, &["show", "1"])).0;
+    assert!(shown.contains("validation with 95% intervals") && shown.contains("test with 95% intervals"), "{shown}");
+    assert!(shown.contains("macro-F1   ") && shown.contains(" ["), "{shown}");
+    let compared = text(&cobb(dir.path(), &url, &["compare", "1", "2"])).0;
+    assert!(compared.contains("macro-F1 difference") && compared.contains("McNemar (exact)"), "{compared}");
+
     // With no worker around, --evaluate-here evaluates in the CLI's own process.
     let out = cobb(dir.path(), &url, &["promote", "2", "--reason", "fewer lateral errors", "--evaluate-here"]);
     let (stdout, stderr) = text(&out);

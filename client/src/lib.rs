@@ -8,7 +8,7 @@
 use protocol::ErrorBody;
 use protocol::api::{
     ArtifactInfo, Complete, EpochResults, Heartbeat, HeartbeatReply, ItemList, JobInfo, JobLease, LeaseRequest, MetricsAccepted,
-    MetricsBatch, Release,
+    MetricsBatch, PredictionsUpload, Release,
 };
 use protocol::{JobKind, error::code};
 use reqwest::{Method, StatusCode};
@@ -250,6 +250,11 @@ impl Client {
 
     pub async fn results(&self, run: i64, results: &EpochResults) -> Result<(), ClientError> {
         self.post_ignore(&format!("/runs/{run}/results"), results).await
+    }
+
+    /// The validation predictions of the run's best epoch so far.
+    pub async fn predictions(&self, run: i64, upload: &PredictionsUpload) -> Result<(), ClientError> {
+        self.post_ignore(&format!("/runs/{run}/predictions"), upload).await
     }
 
     pub async fn complete(&self, lease: &str, complete: &Complete) -> Result<JobInfo, ClientError> {

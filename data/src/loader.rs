@@ -43,6 +43,8 @@ pub struct Batch {
     /// `len * size * size` values, image after image.
     pub images: Vec<f32>,
     pub labels: Vec<usize>,
+    /// The items' names (relative paths), in the order of `labels`.
+    pub names: Vec<String>,
     /// Images left out of this batch and why.
     /// (item name, why) of the images that could not be read.
     pub skipped: Vec<(String, String)>,
@@ -86,6 +88,7 @@ fn make_batch(items: &[LoaderItem], indices: &[usize], cache: &ImageCache, confi
                 };
                 batch.images.extend_from_slice(&img);
                 batch.labels.push(item.label);
+                batch.names.push(item.name.clone());
             }
             Err(e) if !e.is_fatal() => batch.skipped.push((item.name.clone(), e.to_string())),
             Err(e) => return Err(e),

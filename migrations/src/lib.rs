@@ -41,6 +41,7 @@ mod m010_sweeps_that_think;
 mod m011_constraints;
 mod m012_objective;
 mod m013_metrics_hot_path;
+mod m014_predictions;
 
 pub struct Migrator;
 
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m011_constraints::Migration),
             Box::new(m012_objective::Migration),
             Box::new(m013_metrics_hot_path::Migration),
+            Box::new(m014_predictions::Migration),
         ]
     }
 }

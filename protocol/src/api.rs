@@ -531,6 +531,70 @@ pub struct Complete {
     /// Evaluation: test images that could not be read, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<IngestionIssue>,
+    /// Evaluation: each test image's prediction (stored with the run's test results).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predictions: Vec<ItemPrediction>,
+}
+
+/// One image's prediction, as a worker reports it: the item (its path relative to the dataset
+/// root, as registered), the predicted class (index into the version's classes, the argmax the
+/// confusion matrix counted) and the softmax probability of each class. No pixels, no patient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemPrediction {
+    pub item: String,
+    pub predicted: u32,
+    pub probabilities: Vec<f32>,
+}
+
+/// The validation predictions of a run's best epoch so far (`POST /runs/{id}/predictions`,
+/// fenced by the training lease); a later best epoch replaces them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PredictionsUpload {
+    pub lease_id: String,
+    pub epoch: i64,
+    pub predictions: Vec<ItemPrediction>,
+}
+
+/// A stored prediction as the server gives it back (`GET /runs/{id}/predictions?split=`):
+/// the item, its hashed patient, true and predicted class, probabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPrediction {
+    pub item: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    pub truth: u32,
+    pub predicted: u32,
+    pub probabilities: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PredictionSet {
+    pub run_id: i64,
+    pub split: Split,
+    /// The epoch whose model made them (validation: the best epoch; test: the best checkpoint).
+    pub epoch: Option<i64>,
+    pub classes: Vec<String>,
+    pub predictions: Vec<StoredPrediction>,
+}
+
+/// A run's evidence on one split (`GET /runs/{id}/evidence?split=val|test`): intervals from a
+/// patient-level bootstrap of its stored predictions, and the per-class table recomputed from
+/// them (equal to the stored one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunEvidence {
+    pub run_id: i64,
+    pub split: Split,
+    pub epoch: Option<i64>,
+    pub intervals: crate::evidence::Intervals,
+    pub recomputed: crate::metrics::ClassificationReport,
+}
+
+/// Two runs compared on the same validation patients (`GET /runs/{a}/versus/{b}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunComparison {
+    pub a: i64,
+    pub b: i64,
+    pub comparison: crate::evidence::Comparison,
 }
 
 /// A job as the server holds it: the answer to complete and release, and an entry of

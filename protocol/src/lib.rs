@@ -9,6 +9,7 @@ pub mod classes;
 pub mod compare;
 pub mod early_stop;
 pub mod error;
+pub mod evidence;
 pub mod importance;
 pub mod issue;
 pub mod keys;

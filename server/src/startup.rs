@@ -33,6 +33,7 @@ impl Application {
         let state = web::Data::new(AppState {
             group_commit,
             run_sweeps: std::sync::Mutex::new(HashMap::new()),
+            evidence_cache: std::sync::Mutex::new(HashMap::new()),
             db,
             artifacts,
             config: config.clone(),

@@ -30,6 +30,8 @@ pub struct AppState {
     /// run id -> its sweep id (never changes), so an epoch report finds its sweep's
     /// early-stop rule without reading the run.
     pub run_sweeps: std::sync::Mutex<HashMap<i64, i64>>,
+    /// Intervals computed from stored predictions, until those predictions change.
+    pub evidence_cache: crate::service::evidence::EvidenceCache,
     /// This process's counters and request histograms for `/metrics`.
     pub counters: crate::prom::Counters,
 }

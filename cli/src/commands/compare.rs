@@ -96,5 +96,50 @@ pub async fn compare(ids: &[i64], client: &Client, json: bool) -> Result<(), Fai
         .collect();
     output::table(&["RUN", "STATUS", "BEST EPOCH", "VAL ACC", "VAL MACRO-F1", "PARAMS"], &rows);
     print_comparison(&c);
+    // Each run against the first, on the same validation patients (when both stored their
+    // predictions): is the difference more than noise?
+    let first = ids[0];
+    for &other in &ids[1..] {
+        let Some(v) = client.get_optional::<protocol::api::RunComparison>(&format!("/runs/{first}/versus/{other}")).await? else {
+            continue;
+        };
+        print_versus(&v);
+    }
     Ok(())
+}
+
+fn verdict(d: &protocol::evidence::Difference) -> &'static str {
+    if d.distinguishable { "distinguishable from noise" } else { "within noise" }
+}
+
+/// Run A against run B: paired bootstrap of the differences and McNemar's exact test.
+pub(crate) fn print_versus(v: &protocol::api::RunComparison) {
+    let c = &v.comparison;
+    println!(
+        "\nrun {} - run {} on the same {} validation images of {} patients (paired bootstrap, {} replicates)",
+        v.a, v.b, c.images, c.patients, c.replicates
+    );
+    println!(
+        "macro-F1 difference  {:+.3} [{:+.3} to {:+.3}]  {}",
+        c.macro_f1.difference.estimate,
+        c.macro_f1.difference.low,
+        c.macro_f1.difference.high,
+        verdict(&c.macro_f1)
+    );
+    println!(
+        "McNemar (exact)      {} images only run {} got right, {} only run {}: p = {:.4}",
+        c.mcnemar.only_a_right, v.a, c.mcnemar.only_b_right, v.b, c.mcnemar.p_value
+    );
+    let rows: Vec<Vec<String>> = c
+        .recall
+        .iter()
+        .map(|d| {
+            vec![
+                d.metric.trim_start_matches("recall/").to_owned(),
+                format!("{:+.3} [{:+.3} to {:+.3}]", d.difference.estimate, d.difference.low, d.difference.high),
+                verdict(d).to_owned(),
+            ]
+        })
+        .collect();
+    output::table(&["CLASS", "RECALL DIFFERENCE", ""], &rows);
 }

@@ -156,6 +156,11 @@ pub async fn show(id: i64, client: &Client, json: bool) -> Result<(), Failure> {
             .collect();
         output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
     }
+    for split in ["val", "test"] {
+        if let Some(evidence) = client.get_optional::<protocol::api::RunEvidence>(&format!("/runs/{id}/evidence?split={split}")).await? {
+            print_evidence(&evidence);
+        }
+    }
     if !detail.leases.is_empty() {
         println!("\nattempts");
         let rows: Vec<Vec<String>> = detail
@@ -199,4 +204,34 @@ pub async fn cancel(target: &str, client: &Client, json: bool) -> Result<(), Fai
         println!("{what}: {} queued run(s) cancelled, {} running run(s) asked to stop", result.cancelled, result.stopping);
     }
     Ok(())
+}
+
+/// A run's metrics on one split with their 95% intervals (patient-level bootstrap).
+pub(crate) fn print_evidence(e: &protocol::api::RunEvidence) {
+    let i = &e.intervals;
+    println!(
+        "\n{} with 95% intervals (patient-level bootstrap: {} images, {} patients, {} replicates{})",
+        if e.split == protocol::Split::Test { "test" } else { "validation" },
+        i.images,
+        i.patients,
+        i.replicates,
+        e.epoch.map(|ep| format!(", epoch {ep}")).unwrap_or_default()
+    );
+    println!("accuracy   {}", i.accuracy.display());
+    println!("macro-F1   {}", i.macro_f1.display());
+    let rows: Vec<Vec<String>> = i
+        .per_class
+        .iter()
+        .map(|c| {
+            vec![
+                c.class.clone(),
+                c.precision.display(),
+                c.recall.display(),
+                c.f1.display(),
+                c.support.to_string(),
+                if c.wide { "wide: too few images to read closely".to_owned() } else { String::new() },
+            ]
+        })
+        .collect();
+    output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT", ""], &rows);
 }

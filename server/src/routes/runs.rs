@@ -17,7 +17,66 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(ingest_metrics)
         .service(results)
         .service(artifacts)
-        .service(compare);
+        .service(compare)
+        .service(record_predictions)
+        .service(predictions)
+        .service(evidence)
+        .service(versus);
+}
+
+#[derive(Deserialize)]
+struct SplitQuery {
+    /// `val` (default) or `test`.
+    split: Option<String>,
+}
+
+fn split_of(q: &SplitQuery) -> Result<protocol::Split, ApiError> {
+    match q.split.as_deref().unwrap_or("val") {
+        "val" => Ok(protocol::Split::Val),
+        "test" => Ok(protocol::Split::Test),
+        other => Err(ApiError::InvalidRequest(format!("split `{other}`: predictions are stored for `val` and `test`"))),
+    }
+}
+
+#[post("/runs/{id}/predictions")]
+async fn record_predictions(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<protocol::api::PredictionsUpload>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Worker)?;
+    service::evidence::record_val(&state, &who, *id, body.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[get("/runs/{id}/predictions")]
+async fn predictions(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    q: web::Query<SplitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(service::evidence::predictions(&state, *id, split_of(&q)?).await?))
+}
+
+#[get("/runs/{id}/evidence")]
+async fn evidence(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    q: web::Query<SplitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(&*service::evidence::run_evidence(&state, *id, split_of(&q)?).await?))
+}
+
+#[get("/runs/{a}/versus/{b}")]
+async fn versus(state: web::Data<AppState>, who: Principal, ids: web::Path<(i64, i64)>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let (a, b) = ids.into_inner();
+    Ok(HttpResponse::Ok().json(service::evidence::versus(&state, a, b).await?))
 }
 
 #[derive(Deserialize)]

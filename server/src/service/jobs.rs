@@ -363,11 +363,11 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
     };
     match job.kind {
         JobKind::Train => {
-            if req.confusion.is_some() {
+            if req.confusion.is_some() || !req.predictions.is_empty() {
                 tx.rollback().await?;
                 return Err(ApiError::InvalidRequest(
-                    "a training job reports its confusion matrices per epoch (POST /runs/{id}/results); \
-                     only an evaluation job completes with one"
+                    "a training job reports its confusion matrices per epoch (POST /runs/{id}/results) and its best \
+                     epoch's predictions (POST /runs/{id}/predictions); only an evaluation job completes with them"
                         .to_owned(),
                 ));
             }

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod constraints;
 pub mod datasets;
 pub mod early_stop;
+pub mod evidence;
 pub mod experiments;
 pub mod group_commit;
 pub mod jobs;

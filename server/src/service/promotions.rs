@@ -317,6 +317,17 @@ pub(crate) async fn evaluation_ended(
         let points: Vec<MetricPoint> = points.into_iter().map(|(key, value)| MetricPoint { key, step: row.best_epoch, value }).collect();
         store::metrics::upsert(conn, row.run_id, &points, now).await?;
         store::results::upsert_epoch(conn, row.run_id, row.best_epoch, Split::Test.as_str(), &matrix, &report).await?;
+        // Each test image's prediction, when the worker sent them: they must make the matrix.
+        if !req.predictions.is_empty() {
+            let (entries, recomputed) =
+                super::evidence::checked(conn, job.dataset_version_id, Split::Test, &matrix.classes, &req.predictions).await?;
+            if recomputed != matrix {
+                return Err(ApiError::InvalidRequest(
+                    "the test predictions do not make the reported test confusion matrix: they must be the same evaluation's".into(),
+                ));
+            }
+            store::predictions::upsert(conn, row.run_id, Split::Test.as_str(), Some(row.best_epoch), &entries, now).await?;
+        }
         audit::append(
             conn,
             Event {

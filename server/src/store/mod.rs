@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod leaderboard;
 pub mod leases;
 pub mod metrics;
+pub mod predictions;
 pub mod promotions;
 pub mod results;
 pub mod runs;

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod datasets;
 mod early_stop;
+mod evidence;
 mod experiments;
 mod hardening;
 mod leases;

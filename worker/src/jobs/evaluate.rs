@@ -14,7 +14,15 @@ use data::cache::ImageCache;
 use data::loader::LoaderItem;
 
 fn failed(error: String, retryable: bool) -> Complete {
-    Complete { outcome: Outcome::Failed, error: Some(error), retryable, best_epoch: None, confusion: None, skipped: Vec::new() }
+    Complete {
+        outcome: Outcome::Failed,
+        error: Some(error),
+        retryable,
+        best_epoch: None,
+        confusion: None,
+        skipped: Vec::new(),
+        predictions: Vec::new(),
+    }
 }
 
 pub(crate) async fn run(client: &Client, config: &WorkerConfig, job: JobLease, work: EvaluateWork, progress: Arc<dyn Progress>) {
@@ -100,6 +108,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
             best_epoch: None,
             confusion: Some(result.confusion),
             skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path, reason }).collect(),
+            predictions: result.predictions,
         },
         Ok(Err(e)) => failed(e.to_string(), matches!(e, TrainError::Device(_))),
         Err(e) => failed(format!("the evaluator crashed: {e}"), true),

@@ -3,7 +3,7 @@
 //! server's artifact store (sha256), complete. A clean shutdown releases the lease so the
 //! run is requeued at once and resumes from its checkpoint.
 
-use protocol::api::{Complete, EpochResults, JobLease, MetricPoint, MetricsBatch, Outcome, TrainWork};
+use protocol::api::{Complete, EpochResults, JobLease, MetricPoint, MetricsBatch, Outcome, PredictionsUpload, TrainWork};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,6 +164,18 @@ pub(crate) async fn run(
             Ok(()) => upload_last(client, &lease, &checkpoint::Store::new(&ckpt_dir).last_dir()).await,
             Err(e) => Err(e),
         };
+        // A new best epoch: its validation predictions replace the stored ones.
+        let sent = match sent {
+            Ok(()) if report.best && !report.predictions.is_empty() => {
+                let upload = PredictionsUpload {
+                    lease_id: lease.lease_id.clone(),
+                    epoch: report.epoch as i64,
+                    predictions: report.predictions.clone(),
+                };
+                client.predictions(lease.run_id, &upload).await
+            }
+            other => other,
+        };
         if let Err(e) = sent {
             if e.is_lease_refusal() {
                 lost.store(true, Ordering::Relaxed);
@@ -216,5 +228,13 @@ pub(crate) async fn run(
 
 /// A training completion with nothing set (callers set the outcome and what they know).
 fn training_complete() -> Complete {
-    Complete { outcome: Outcome::Succeeded, error: None, retryable: false, best_epoch: None, confusion: None, skipped: Vec::new() }
+    Complete {
+        outcome: Outcome::Succeeded,
+        error: None,
+        retryable: false,
+        best_epoch: None,
+        confusion: None,
+        skipped: Vec::new(),
+        predictions: Vec::new(),
+    }
 }

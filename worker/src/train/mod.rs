@@ -85,6 +85,10 @@ pub struct EpochReport {
     pub best: bool,
     /// Images left out (could not be decoded) and why.
     pub skipped: Vec<(String, String)>,
+    /// Each validation image's prediction, on a best epoch only (sent to the server, never
+    /// kept in the checkpoint's history).
+    #[serde(skip)]
+    pub predictions: Vec<protocol::api::ItemPrediction>,
 }
 
 impl EpochReport {
@@ -198,6 +202,7 @@ struct Scored {
     loss_sum: f64,
     seen: usize,
     skipped: Vec<(String, String)>,
+    predictions: Vec<protocol::api::ItemPrediction>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -211,7 +216,8 @@ fn score(
     device: &Device,
     loss_fn: Option<&burn::nn::loss::CrossEntropyLoss>,
 ) -> Result<Scored, TrainError> {
-    let mut out = Scored { confusion: ConfusionMatrix::new(classes.to_vec()), loss_sum: 0.0, seen: 0, skipped: Vec::new() };
+    let mut out =
+        Scored { confusion: ConfusionMatrix::new(classes.to_vec()), loss_sum: 0.0, seen: 0, skipped: Vec::new(), predictions: Vec::new() };
     for batch in Batches::new(items, cache, config.clone(), 0) {
         let mut batch = batch?;
         out.skipped.append(&mut batch.skipped);
@@ -224,9 +230,20 @@ fn score(
             out.loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.len() as f64;
         }
         out.seen += batch.len();
-        let predicted: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
-        for (truth, p) in batch.labels.iter().zip(predicted) {
-            let _ = out.confusion.record(*truth, p.max(0) as usize);
+        let predicted: Vec<i64> = logits.clone().argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+        let probabilities: Vec<f32> =
+            burn::tensor::activation::softmax(logits, 1).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let n = classes.len();
+        for (i, (truth, p)) in batch.labels.iter().zip(predicted).enumerate() {
+            let p = p.max(0) as usize;
+            let _ = out.confusion.record(*truth, p);
+            if let (Some(name), Some(probs)) = (batch.names.get(i), probabilities.get(i * n..(i + 1) * n)) {
+                out.predictions.push(protocol::api::ItemPrediction {
+                    item: name.clone(),
+                    predicted: p as u32,
+                    probabilities: probs.to_vec(),
+                });
+            }
         }
     }
     Ok(out)
@@ -236,6 +253,7 @@ fn score(
 pub struct Evaluation {
     pub confusion: ConfusionMatrix,
     pub skipped: Vec<(String, String)>,
+    pub predictions: Vec<protocol::api::ItemPrediction>,
 }
 
 /// Evaluates the model saved at `model_file` (a best checkpoint, burnpack) on `items`, without
@@ -269,7 +287,7 @@ fn evaluate(
     if scored.seen == 0 {
         return Err(TrainError::NoData { skipped: scored.skipped.len() });
     }
-    Ok(Evaluation { confusion: scored.confusion, skipped: scored.skipped })
+    Ok(Evaluation { confusion: scored.confusion, skipped: scored.skipped, predictions: scored.predictions })
 }
 
 /// Trains on the chosen device: Burn's flex backend on the CPU, or CUDA (`cuda` feature).
@@ -424,7 +442,7 @@ fn run(
                 first: first.join("; "),
             });
         }
-        let (confusion, val_loss_sum, val_seen) = (scored.confusion, scored.loss_sum, scored.seen);
+        let (confusion, val_loss_sum, val_seen, predictions) = (scored.confusion, scored.loss_sum, scored.seen, scored.predictions);
         if val_seen == 0 {
             return Err(TrainError::NoValidation);
         }
@@ -439,6 +457,7 @@ fn run(
             report,
             best: false,
             skipped,
+            predictions: Vec::new(),
         };
         let value = epoch_report.metric(&spec.select.metric).unwrap_or(f64::NAN);
         if value.is_finite() && better(spec.select.goal, value, state.best_value) {
@@ -446,6 +465,10 @@ fn run(
             state.best_epoch = Some(epoch);
             epoch_report.best = true;
             checkpoints.save_best(&model)?;
+        }
+        state.history.push(epoch_report.clone());
+        if epoch_report.best {
+            epoch_report.predictions = predictions;
         }
         if let Some(es) = &t.early_stopping {
             let v = epoch_report.metric(&es.metric).unwrap_or(f64::NAN);
@@ -457,7 +480,6 @@ fn run(
                 state.since_improvement += 1;
             }
         }
-        state.history.push(epoch_report.clone());
         state.next_epoch = epoch + 1;
         checkpoints.save_last(&model, &optim, &state)?;
         reporter.epoch(&epoch_report);
