@@ -587,6 +587,14 @@ pub struct RunEvidence {
     pub epoch: Option<i64>,
     pub intervals: crate::evidence::Intervals,
     pub recomputed: crate::metrics::ClassificationReport,
+    /// Calibration of the stored probabilities.
+    pub calibration: crate::evidence::Calibration,
+    /// Test split: the temperature fitted on the run's validation predictions (temperature
+    /// scaling) and the test calibration after it; the class decisions do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<crate::evidence::Calibration>,
 }
 
 /// Two runs compared on the same validation patients (`GET /runs/{a}/versus/{b}`).

@@ -358,6 +358,133 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
+/// Bins of the reliability diagram and of the expected calibration error.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// One bin of the reliability diagram (top-label confidence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    /// The bin's lower edge (the bin is [lower, lower + 0.1), the last one closed).
+    pub lower: f64,
+    pub images: u64,
+    /// Mean top-label confidence of the images in the bin.
+    pub confidence: f64,
+    /// Share of them predicted right.
+    pub accuracy: f64,
+}
+
+/// How well a run's probabilities match its frequencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Expected calibration error of the top label (10 equal-width bins, weighted by images).
+    pub ece: f64,
+    /// Class-wise ECE: for each class, the ECE of its probability against "is this class",
+    /// averaged over the classes.
+    pub classwise_ece: f64,
+    /// Multiclass Brier score: the mean over images of sum_k (p_k - [truth = k])^2 (0 best, 2 worst).
+    pub brier: f64,
+    /// Mean negative log-likelihood of the true class (probabilities floored at 1e-7).
+    pub nll: f64,
+    pub bins: Vec<ReliabilityBin>,
+}
+
+fn bin_of(p: f64) -> usize {
+    ((p * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1)
+}
+
+/// Calibration of `probabilities` (one row per image, rows summing to 1) against `truth`.
+pub fn calibration(probabilities: &[Vec<f64>], truth: &[usize]) -> Calibration {
+    let n = probabilities.len().min(truth.len());
+    let classes = probabilities.first().map_or(0, Vec::len);
+    let (mut brier, mut nll) = (0.0, 0.0);
+    // Top label: (count, confidence sum, right) per bin.
+    let mut top = vec![(0u64, 0.0f64, 0u64); CALIBRATION_BINS];
+    // Class-wise: per class and bin, (count, probability sum, positives).
+    let mut per_class = vec![vec![(0u64, 0.0f64, 0u64); CALIBRATION_BINS]; classes];
+    for (row, &t) in probabilities.iter().zip(truth).take(n) {
+        let (predicted, confidence) =
+            row.iter().copied().enumerate().fold((0, f64::NEG_INFINITY), |best, (k, p)| if p > best.1 { (k, p) } else { best });
+        let bin = &mut top[bin_of(confidence)];
+        bin.0 += 1;
+        bin.1 += confidence;
+        bin.2 += u64::from(predicted == t);
+        for (k, &p) in row.iter().enumerate() {
+            let y = if k == t { 1.0 } else { 0.0 };
+            brier += (p - y) * (p - y);
+            let bin = &mut per_class[k][bin_of(p)];
+            bin.0 += 1;
+            bin.1 += p;
+            bin.2 += u64::from(k == t);
+        }
+        nll -= row.get(t).copied().unwrap_or(0.0).max(1e-7).ln();
+    }
+    let ece_of = |bins: &[(u64, f64, u64)]| -> f64 {
+        if n == 0 {
+            return 0.0;
+        }
+        bins.iter()
+            .filter(|b| b.0 > 0)
+            .map(|&(count, sum, right)| (count as f64 / n as f64) * (right as f64 / count as f64 - sum / count as f64).abs())
+            .sum()
+    };
+    let classwise_ece = if classes == 0 { 0.0 } else { per_class.iter().map(|b| ece_of(b)).sum::<f64>() / classes as f64 };
+    Calibration {
+        ece: ece_of(&top),
+        classwise_ece,
+        brier: if n == 0 { 0.0 } else { brier / n as f64 },
+        nll: if n == 0 { 0.0 } else { nll / n as f64 },
+        bins: top
+            .iter()
+            .enumerate()
+            .map(|(b, &(count, sum, right))| ReliabilityBin {
+                lower: b as f64 / CALIBRATION_BINS as f64,
+                images: count,
+                confidence: if count == 0 { 0.0 } else { sum / count as f64 },
+                accuracy: if count == 0 { 0.0 } else { right as f64 / count as f64 },
+            })
+            .collect(),
+    }
+}
+
+/// `probabilities` rescaled by temperature `t`: softmax(log p / t) (log p stands for the
+/// logits, which it equals up to a constant per image; p floored at 1e-7).
+pub fn with_temperature(probabilities: &[Vec<f64>], t: f64) -> Vec<Vec<f64>> {
+    probabilities
+        .iter()
+        .map(|row| {
+            let logits: Vec<f64> = row.iter().map(|p| p.max(1e-7).ln() / t).collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            exp.into_iter().map(|e| e / sum).collect()
+        })
+        .collect()
+}
+
+/// The temperature that minimises the negative log-likelihood of `truth` (temperature
+/// scaling, Guo et al. 2017), found by golden-section search over log t in [1/20, 20].
+pub fn fit_temperature(probabilities: &[Vec<f64>], truth: &[usize]) -> f64 {
+    let nll = |log_t: f64| calibration(&with_temperature(probabilities, log_t.exp()), truth).nll;
+    let (mut lo, mut hi) = (-(20f64.ln()), 20f64.ln());
+    let golden = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut x1, mut x2) = (hi - golden * (hi - lo), lo + golden * (hi - lo));
+    let (mut f1, mut f2) = (nll(x1), nll(x2));
+    for _ in 0..60 {
+        if f1 <= f2 {
+            hi = x2;
+            (x2, f2) = (x1, f1);
+            x1 = hi - golden * (hi - lo);
+            f1 = nll(x1);
+        } else {
+            lo = x1;
+            (x1, f1) = (x2, f2);
+            x2 = lo + golden * (hi - lo);
+            f2 = nll(x2);
+        }
+    }
+    ((lo + hi) / 2.0).exp()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +594,49 @@ mod tests {
         let items: Vec<Scored> = (0..50).map(|i| Scored { patient: None, truth: i % 3, predicted: (i * 7) % 3 }).collect();
         assert_eq!(bootstrap(&classes(3), &items, 500, 9), bootstrap(&classes(3), &items, 500, 9));
         assert_ne!(bootstrap(&classes(3), &items, 500, 9), bootstrap(&classes(3), &items, 500, 10));
+    }
+
+    #[test]
+    fn calibration_matches_hand_computed_ece_and_brier() {
+        // Four images, two classes. Confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right).
+        let probabilities = vec![vec![0.9, 0.1], vec![0.9, 0.1], vec![0.4, 0.6], vec![0.4, 0.6]];
+        let truth = [0, 1, 1, 1];
+        let c = calibration(&probabilities, &truth);
+        // Top-label bins: [0.9, 1.0): 2 images, confidence 0.9, accuracy 0.5 -> |0.5 - 0.9| = 0.4;
+        // [0.6, 0.7): 2 images, confidence 0.6, accuracy 1 -> 0.4. ECE = 0.5 * 0.4 + 0.5 * 0.4.
+        assert!((c.ece - 0.4).abs() < 1e-12, "{c:?}");
+        // Brier: (0.1^2 + 0.1^2) + (0.9^2 + 0.9^2) + 2 * (0.4^2 + 0.4^2), over 4 images.
+        let brier = (0.02 + 1.62 + 2.0 * 0.32) / 4.0;
+        assert!((c.brier - brier).abs() < 1e-12, "{c:?}");
+        // NLL: -(ln 0.9 + ln 0.1 + 2 ln 0.6) / 4.
+        let nll = -(0.9f64.ln() + 0.1f64.ln() + 2.0 * 0.6f64.ln()) / 4.0;
+        assert!((c.nll - nll).abs() < 1e-12);
+        // Class-wise: class 0's probabilities 0.9, 0.9 (one positive) and 0.4, 0.4 (none):
+        // 0.5 * |0.5 - 0.9| + 0.5 * |0 - 0.4| = 0.4; class 1 mirrors it: 0.4.
+        assert!((c.classwise_ece - 0.4).abs() < 1e-12, "{c:?}");
+        assert_eq!(c.bins.iter().map(|b| b.images).sum::<u64>(), 4);
+        // Perfectly calibrated one-hot predictions that are right: 0 everywhere.
+        let perfect = calibration(&[vec![1.0, 0.0], vec![0.0, 1.0]], &[0, 1]);
+        assert_eq!((perfect.ece, perfect.classwise_ece, perfect.brier), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn temperature_scaling_undoes_overconfidence() {
+        // Probabilities made over-confident by temperature 1/3 from calibrated ones: the fitted
+        // temperature brings NLL and ECE down.
+        let mut rng = SplitMix64::new(11);
+        let (mut probabilities, mut truth) = (Vec::new(), Vec::new());
+        for _ in 0..2000 {
+            let p = rng.range(0.5, 0.95);
+            let right = rng.chance(p);
+            truth.push(if right { 0 } else { 1 });
+            probabilities.push(vec![p, 1.0 - p]);
+        }
+        let sharp = with_temperature(&probabilities, 1.0 / 3.0);
+        let t = fit_temperature(&sharp, &truth);
+        assert!((t - 3.0).abs() < 0.6, "fitted temperature {t}");
+        let (before, after) = (calibration(&sharp, &truth), calibration(&with_temperature(&sharp, t), &truth));
+        assert!(after.nll < before.nll && after.ece < before.ece / 2.0, "{before:?} -> {after:?}");
     }
 
     #[test]

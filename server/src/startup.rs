@@ -34,6 +34,7 @@ impl Application {
             group_commit,
             run_sweeps: std::sync::Mutex::new(HashMap::new()),
             evidence_cache: std::sync::Mutex::new(HashMap::new()),
+            versus_cache: std::sync::Mutex::new(HashMap::new()),
             db,
             artifacts,
             config: config.clone(),

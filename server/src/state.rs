@@ -32,6 +32,7 @@ pub struct AppState {
     pub run_sweeps: std::sync::Mutex<HashMap<i64, i64>>,
     /// Intervals computed from stored predictions, until those predictions change.
     pub evidence_cache: crate::service::evidence::EvidenceCache,
+    pub versus_cache: crate::service::evidence::VersusCache,
     /// This process's counters and request histograms for `/metrics`.
     pub counters: crate::prom::Counters,
 }

@@ -76,7 +76,7 @@ async fn evidence(
 async fn versus(state: web::Data<AppState>, who: Principal, ids: web::Path<(i64, i64)>) -> Result<HttpResponse, ApiError> {
     who.require(Role::Viewer)?;
     let (a, b) = ids.into_inner();
-    Ok(HttpResponse::Ok().json(service::evidence::versus(&state, a, b).await?))
+    Ok(HttpResponse::Ok().json(&*service::evidence::versus(&state, a, b).await?))
 }
 
 #[derive(Deserialize)]

@@ -152,6 +152,15 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
         return Ok(evidence.clone());
     }
     let set = predictions(state, run_id, split).await?;
+    // Temperature scaling for the test split is fitted on the same run's validation predictions.
+    let validation = match split {
+        Split::Test => match predictions(state, run_id, Split::Val).await {
+            Ok(val) => Some(val),
+            Err(ApiError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        },
+        _ => None,
+    };
     let evidence = tokio::task::spawn_blocking(move || {
         let scored: Vec<Scored> = set
             .predictions
@@ -163,7 +172,17 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
         for p in &set.predictions {
             let _ = matrix.record(p.truth as usize, p.predicted as usize);
         }
-        RunEvidence { run_id, split, epoch: set.epoch, intervals, recomputed: matrix.report() }
+        let rows = |set: &PredictionSet| -> (Vec<Vec<f64>>, Vec<usize>) {
+            set.predictions.iter().map(|p| (p.probabilities.iter().map(|v| f64::from(*v)).collect(), p.truth as usize)).unzip()
+        };
+        let (probabilities, truth) = rows(&set);
+        let calibration = evidence::calibration(&probabilities, &truth);
+        let temperature = validation.as_ref().filter(|v| !v.predictions.is_empty()).map(|v| {
+            let (p, t) = rows(v);
+            evidence::fit_temperature(&p, &t)
+        });
+        let calibrated = temperature.map(|t| evidence::calibration(&evidence::with_temperature(&probabilities, t), &truth));
+        RunEvidence { run_id, split, epoch: set.epoch, intervals, recomputed: matrix.report(), calibration, temperature, calibrated }
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("the bootstrap panicked: {e}")))?;
@@ -177,9 +196,37 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
     Ok(evidence)
 }
 
+/// Cached paired comparisons: (a, b) -> (when each run's predictions were stored, the comparison).
+pub type VersusCache = std::sync::Mutex<HashMap<(i64, i64), ((i64, i64), Arc<RunComparison>)>>;
+
 /// Runs `a` and `b` compared on the validation images both were scored on (the same frozen
-/// split, so the same patients): paired bootstrap of the differences and McNemar's test.
-pub async fn versus(state: &AppState, a: i64, b: i64) -> Result<RunComparison, ApiError> {
+/// split, so the same patients): paired bootstrap of the differences and McNemar's test;
+/// computed once per pair of stored sets.
+pub async fn versus(state: &AppState, a: i64, b: i64) -> Result<Arc<RunComparison>, ApiError> {
+    let stored_at = |run: i64| async move {
+        store::predictions::get(&state.db.read, run, Split::Val.as_str())
+            .await?
+            .map(|row| row.recorded_at)
+            .ok_or_else(|| ApiError::NotFound { what: "stored predictions of run", id: format!("{run} on val") })
+    };
+    let stamps = (stored_at(a).await?, stored_at(b).await?);
+    if let Ok(cache) = state.versus_cache.lock()
+        && let Some((at, comparison)) = cache.get(&(a, b))
+        && *at == stamps
+    {
+        return Ok(comparison.clone());
+    }
+    let comparison = Arc::new(compute_versus(state, a, b).await?);
+    if let Ok(mut cache) = state.versus_cache.lock() {
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((a, b), (stamps, comparison.clone()));
+    }
+    Ok(comparison)
+}
+
+async fn compute_versus(state: &AppState, a: i64, b: i64) -> Result<RunComparison, ApiError> {
     let (set_a, set_b) = (predictions(state, a, Split::Val).await?, predictions(state, b, Split::Val).await?);
     if set_a.classes != set_b.classes {
         return Err(ApiError::InvalidRequest(format!("runs {a} and {b} were trained on different class lists; compare runs of one study")));

@@ -188,3 +188,52 @@ pub fn parallel_coordinates(title: &str, axes: &[Axis], runs: &[(Vec<f64>, f64)]
     }
     svg
 }
+
+/// A reliability diagram: for each confidence bin, the share predicted right (bars) against
+/// the diagonal of perfect calibration; `series` are (name, bins) drawn side by side.
+pub fn reliability(title: &str, series: &[(String, Vec<protocol::evidence::ReliabilityBin>)]) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (420, 360)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.25);
+        let Ok(mut chart) = chart else { return String::new() };
+        let _ = chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(6)
+            .y_label_formatter(&|y| if *y <= 1.0 + 1e-9 { format!("{y:.1}") } else { String::new() })
+            .x_desc("confidence (top label)")
+            .y_desc("share right")
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw();
+        if let Ok(drawn) = chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.5).stroke_width(1))) {
+            drawn.label("perfect calibration").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
+        }
+        let n = series.len().max(1) as f64;
+        for (s, (name, bins)) in series.iter().enumerate() {
+            let c = color(s);
+            let width = 0.1 / n;
+            let bars = bins.iter().filter(|b| b.images > 0).map(move |b| {
+                let left = b.lower + width * s as f64;
+                Rectangle::new([(left + 0.005, 0.0), (left + width - 0.005, b.accuracy)], c.mix(0.75).filled())
+            });
+            if let Ok(drawn) = chart.draw_series(bars) {
+                drawn.label(name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}

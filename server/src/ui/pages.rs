@@ -8,7 +8,7 @@ use protocol::metrics::ConfusionMatrix;
 use protocol::{JobStatus, keys};
 use protocol::{Role, RunStatus};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{charts, check_csrf, error_page, render, viewer};
 use crate::error::ApiError;
@@ -356,6 +356,11 @@ struct RunPage {
     live: bool,
     /// The resolved config, pretty-printed.
     config: String,
+    /// Intervals and calibration from the stored validation predictions (and test, once
+    /// evaluated), with the reliability diagram.
+    val_evidence: Option<std::sync::Arc<protocol::api::RunEvidence>>,
+    test_evidence: Option<std::sync::Arc<protocol::api::RunEvidence>>,
+    reliability: Option<String>,
 }
 
 /// Inline SVG charts.
@@ -403,7 +408,26 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
         let checkpoint = detail.artifacts.iter().rev().find(|a| a.kind == "best_checkpoint").cloned();
         let can_promote = detail.run.status == RunStatus::Succeeded && checkpoint.is_some() && v.principal.role.allows(Role::Reviewer);
         let has_test = detail.latest.keys().any(|k| keys::is_test_metric(k));
+        let evidence_of = |split| service::evidence::run_evidence(&state, *id, split);
+        let optional = |r: Result<std::sync::Arc<protocol::api::RunEvidence>, ApiError>| match r {
+            Ok(e) => Ok(Some(e)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let val_evidence = optional(evidence_of(protocol::Split::Val).await)?;
+        let test_evidence = optional(evidence_of(protocol::Split::Test).await)?;
+        let mut reliability_series = Vec::new();
+        if let Some(e) = &val_evidence {
+            reliability_series.push(("validation".to_owned(), e.calibration.bins.clone()));
+        }
+        if let Some(e) = &test_evidence {
+            reliability_series.push(("test".to_owned(), e.calibration.bins.clone()));
+        }
+        let reliability = (!reliability_series.is_empty()).then(|| charts::reliability("Reliability", &reliability_series));
         let page = RunPage {
+            val_evidence,
+            test_evidence,
+            reliability,
             charts: RunCharts { loss, quality, lr },
             epochs,
             confusion,
@@ -432,6 +456,11 @@ struct ComparePage {
     colors: Vec<String>,
     precision_chart: String,
     recall_chart: String,
+    /// Each other run against the baseline (A = the run, B = the baseline) on the same
+    /// validation patients, where both stored their predictions.
+    versus: Vec<std::sync::Arc<protocol::api::RunComparison>>,
+    /// run id -> class -> the 95% interval of its recall delta against the baseline (paired).
+    recall_ci: HashMap<String, HashMap<String, String>>,
 }
 
 #[get("/ui/compare")]
@@ -463,7 +492,30 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)
             })
             .collect();
-        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp };
+        let mut versus = Vec::new();
+        for r in cmp.runs.iter().filter(|r| r.id != cmp.baseline) {
+            match service::evidence::versus(&state, r.id, cmp.baseline).await {
+                Ok(v) => versus.push(v),
+                Err(ApiError::NotFound { .. } | ApiError::InvalidRequest(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let recall_ci = versus
+            .iter()
+            .map(|v| {
+                let by_class = v
+                    .comparison
+                    .recall
+                    .iter()
+                    .map(|d| {
+                        let class = d.metric.trim_start_matches("recall/").to_owned();
+                        (class, format!("[{:+.3} to {:+.3}]", d.difference.low, d.difference.high))
+                    })
+                    .collect();
+                (v.a.to_string(), by_class)
+            })
+            .collect();
+        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp, versus, recall_ci };
         Ok(render("compare.html", Some(&v), &page))
     })
 }
