@@ -142,12 +142,12 @@ const CACHE_MAX: usize = 10_000;
 /// A run's intervals on `split` (patient-level bootstrap of its stored predictions) and the
 /// per-class table recomputed from them; computed once per stored set.
 pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result<Arc<RunEvidence>, ApiError> {
-    let Some(row) = store::predictions::get(&state.db.read, run_id, split.as_str()).await? else {
+    let Some(stamp) = store::predictions::stamp(&state.db.read, run_id, split.as_str()).await? else {
         return Err(ApiError::NotFound { what: "stored predictions of run", id: format!("{run_id} on {split}") });
     };
     if let Ok(cache) = state.evidence_cache.lock()
         && let Some((at, evidence)) = cache.get(&(run_id, split))
-        && *at == row.recorded_at
+        && *at == stamp
     {
         return Ok(evidence.clone());
     }
@@ -191,7 +191,7 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
-        cache.insert((run_id, split), (row.recorded_at, evidence.clone()));
+        cache.insert((run_id, split), (stamp, evidence.clone()));
     }
     Ok(evidence)
 }
@@ -204,9 +204,8 @@ pub type VersusCache = std::sync::Mutex<HashMap<(i64, i64), ((i64, i64), Arc<Run
 /// computed once per pair of stored sets.
 pub async fn versus(state: &AppState, a: i64, b: i64) -> Result<Arc<RunComparison>, ApiError> {
     let stored_at = |run: i64| async move {
-        store::predictions::get(&state.db.read, run, Split::Val.as_str())
+        store::predictions::stamp(&state.db.read, run, Split::Val.as_str())
             .await?
-            .map(|row| row.recorded_at)
             .ok_or_else(|| ApiError::NotFound { what: "stored predictions of run", id: format!("{run} on val") })
     };
     let stamps = (stored_at(a).await?, stored_at(b).await?);

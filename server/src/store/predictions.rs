@@ -64,3 +64,14 @@ pub async fn upsert(
 pub async fn get(conn: &impl ConnectionTrait, run_id: i64, split: &str) -> Result<Option<PredictionRow>, DbErr> {
     one(conn, "SELECT epoch, body, recorded_at FROM predictions WHERE run_id = $1 AND split = $2", values![run_id, split]).await
 }
+
+/// When the predictions of `run_id` on `split` were stored (their version), without the body.
+pub async fn stamp(conn: &impl ConnectionTrait, run_id: i64, split: &str) -> Result<Option<i64>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Stamp {
+        recorded_at: i64,
+    }
+    let row: Option<Stamp> =
+        one(conn, "SELECT recorded_at FROM predictions WHERE run_id = $1 AND split = $2", values![run_id, split]).await?;
+    Ok(row.map(|r| r.recorded_at))
+}

@@ -12,6 +12,7 @@
 //! `cobb-bench data` measures the data side: phantom generation, decode + resize of large
 //! 16-bit DICOM and PNG radiographs, and the training loader (cold and warm cache).
 
+mod evidence;
 mod harness;
 mod ingest;
 mod pages;
@@ -24,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 
+use evidence::{EvidenceArgs, evidence_bench};
 use ingest::{Args, server_bench};
 use pages::{PagesArgs, pages_bench};
 use pipeline::{DataArgs, data_bench};
@@ -56,6 +58,10 @@ enum Bench {
     /// Dashboard page times: the sweep page at 1,000 runs and the compare page at 20 runs x
     /// 10 classes x 50 epochs, on SQLite (and PostgreSQL with --postgres-url).
     Pages(PagesArgs),
+    /// The patient-level bootstrap, paired comparison and calibration on a realistic test
+    /// split (1,166 images, ~600 patients); `--out` writes the case for
+    /// scripts/evidence_crosscheck.py.
+    Evidence(EvidenceArgs),
     #[command(hide = true)]
     TrainOne {
         arch: String,
@@ -100,6 +106,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Bench::Pages(args) => pages_bench(&args).await,
+        Bench::Evidence(args) => evidence_bench(&args),
         Bench::Queue(args) => queue_bench(&args).await,
         Bench::Sweeps(args) => sweeps_bench(&args),
         Bench::Parity { fixture, device } => {
