@@ -688,7 +688,8 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     registered_phantoms(dir.path(), &url, 120, 40);
     let spec = "name: promo\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
                 train:\n  epochs: 2\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n\
-                sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.001]}\n";
+                sweep:\n  method: grid\n  parameters:\n    train.optimizer.lr: {values: [0.003, 0.001]}\n\
+                promotion:\n  criteria: [{metric: test_accuracy, min: 0.0}, {metric: test_macro_f1, min: 0.999, on: lower_bound}]\n";
     std::fs::write(dir.path().join("promo.yaml"), spec).expect("spec");
     assert!(cobb(dir.path(), &url, &["submit", "promo.yaml"]).status.success());
     let trained = Command::new(COBB)
@@ -717,7 +718,18 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     let out = cobb(dir.path(), &url, &["report", "1"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    for needle in ["test split of promo", "lat_postop_tether", "macro avg", "weighted avg", "accuracy", "-- by view", "-- by phase"] {
+    for needle in [
+        "test split of promo",
+        "lat_postop_tether",
+        "macro avg",
+        "weighted avg",
+        "accuracy",
+        "-- by view",
+        "-- by phase",
+        "acceptance criteria (fixed before the test split was opened): 1 of 2 met",
+        "PASS  test_accuracy >= 0",
+        "FAIL  test_macro_f1 >= 0.999 (lower 95% bound)",
+    ] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
     let csv = text(&cobb(dir.path(), &url, &["report", "1", "--csv"])).0;

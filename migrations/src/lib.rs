@@ -42,6 +42,7 @@ mod m011_constraints;
 mod m012_objective;
 mod m013_metrics_hot_path;
 mod m014_predictions;
+mod m015_acceptance_criteria;
 
 pub struct Migrator;
 
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m012_objective::Migration),
             Box::new(m013_metrics_hot_path::Migration),
             Box::new(m014_predictions::Migration),
+            Box::new(m015_acceptance_criteria::Migration),
         ]
     }
 }

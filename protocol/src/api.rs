@@ -739,4 +739,7 @@ pub struct TestReport {
     /// Roll-ups by view (AP/lateral) and by phase (pre-op/post-op).
     pub by_view: crate::metrics::ClassificationReport,
     pub by_phase: crate::metrics::ClassificationReport,
+    /// The experiment's pre-registered acceptance criteria, each judged PASS or FAIL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub criteria: Vec<crate::evidence::Verdict>,
 }

@@ -485,6 +485,147 @@ pub fn fit_temperature(probabilities: &[Vec<f64>], truth: &[usize]) -> f64 {
     ((lo + hi) / 2.0).exp()
 }
 
+/// Which value of a test metric a criterion is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// The point estimate.
+    #[default]
+    Estimate,
+    /// The lower end of its 95% patient-level interval: the criterion holds with confidence.
+    LowerBound,
+}
+
+/// A pre-registered acceptance criterion: `{metric: test_macro_f1, min: 0.95}`,
+/// `{metric: "test_recall/*", min: 0.90, on: lower_bound}` (`*`: every class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Criterion {
+    pub metric: String,
+    pub min: f64,
+    #[serde(default)]
+    pub on: Bound,
+}
+
+/// The measures a criterion may name: overall, and per class.
+const OVERALL: [&str; 3] = ["accuracy", "macro_f1", "weighted_f1"];
+const PER_CLASS: [&str; 3] = ["precision", "recall", "f1"];
+
+impl Criterion {
+    /// The criterion's measure and class (None: an overall metric; `*`: every class).
+    fn parts(&self) -> Option<(&str, Option<&str>)> {
+        let rest = self.metric.strip_prefix(crate::keys::TEST_PREFIX)?;
+        match rest.split_once('/') {
+            Some((measure, class)) if PER_CLASS.contains(&measure) && !class.is_empty() => Some((measure, Some(class))),
+            None if OVERALL.contains(&rest) => Some((rest, None)),
+            _ => None,
+        }
+    }
+
+    /// Whether the criterion can be judged (a test metric cobb reports, a bound in 0..=1).
+    pub fn check(&self) -> Result<(), String> {
+        let Some((measure, _)) = self.parts() else {
+            return Err(format!(
+                "`{}`: a criterion names a test metric: test_accuracy, test_macro_f1, test_weighted_f1, or \
+                 test_precision|recall|f1/CLASS (`*` for every class)",
+                self.metric
+            ));
+        };
+        if !(0.0..=1.0).contains(&self.min) {
+            return Err(format!("`{}`: min {} is outside 0..=1", self.metric, self.min));
+        }
+        if self.on == Bound::LowerBound && measure == "weighted_f1" {
+            return Err("test_weighted_f1 has no interval; judge it on its estimate".to_owned());
+        }
+        Ok(())
+    }
+
+    /// `test_macro_f1 >= 0.95` (`(lower bound)` when judged on the interval).
+    pub fn describe(&self) -> String {
+        format!("{} >= {}{}", self.metric, self.min, if self.on == Bound::LowerBound { " (lower 95% bound)" } else { "" })
+    }
+
+    /// The classes a criterion names, among `classes` (an unknown class: an error).
+    pub fn classes<'a>(&self, classes: &'a [String]) -> Result<Vec<&'a str>, String> {
+        match self.parts() {
+            Some((_, Some("*"))) => Ok(classes.iter().map(String::as_str).collect()),
+            Some((_, Some(class))) => classes
+                .iter()
+                .find(|c| *c == class)
+                .map(|c| vec![c.as_str()])
+                .ok_or_else(|| format!("`{}`: the dataset has no class `{class}` (its classes: {})", self.metric, classes.join(", "))),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// One criterion judged on a test report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// What was required, for one metric (a `*` criterion gives one verdict per class).
+    pub criterion: String,
+    /// The value judged (the estimate or the interval's lower end); None when unavailable.
+    pub value: Option<f64>,
+    pub passed: bool,
+    /// Why it failed when there was nothing to judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Judges `criteria` on the test `report` and, for lower bounds, its `intervals`.
+pub fn judge(criteria: &[Criterion], report: &crate::metrics::ClassificationReport, intervals: Option<&Intervals>) -> Vec<Verdict> {
+    let classes: Vec<String> = report.per_class.iter().map(|c| c.class.clone()).collect();
+    let mut out = Vec::new();
+    for c in criteria {
+        let Some((measure, class)) = c.parts() else {
+            out.push(Verdict { criterion: c.describe(), value: None, passed: false, note: Some("not a test metric".to_owned()) });
+            continue;
+        };
+        let pick = |i: &Interval| if c.on == Bound::LowerBound { i.low } else { i.estimate };
+        let mut push = |metric: String, estimate: Option<f64>, interval: Option<Interval>| {
+            let value = match c.on {
+                Bound::Estimate => estimate,
+                Bound::LowerBound => interval.map(|i| pick(&i)),
+            };
+            let note = value.is_none().then(|| {
+                if c.on == Bound::LowerBound {
+                    "no interval: the evaluation stored no test predictions".to_owned()
+                } else {
+                    "no such value".to_owned()
+                }
+            });
+            let criterion = Criterion { metric, min: c.min, on: c.on }.describe();
+            out.push(Verdict { criterion, passed: value.is_some_and(|v| v >= c.min), value, note });
+        };
+        match class {
+            None => {
+                let (estimate, interval) = match measure {
+                    "accuracy" => (report.accuracy, intervals.map(|i| i.accuracy)),
+                    "macro_f1" => (report.macro_f1, intervals.map(|i| i.macro_f1)),
+                    _ => (report.weighted_f1, None),
+                };
+                push(c.metric.clone(), Some(estimate), interval);
+            }
+            Some(_) => match c.classes(&classes) {
+                Ok(names) => {
+                    for name in names {
+                        let row = report.per_class.iter().find(|m| m.class == name);
+                        let ci = intervals.and_then(|i| i.per_class.iter().find(|m| m.class == name));
+                        let (estimate, interval) = match measure {
+                            "precision" => (row.map(|r| r.precision), ci.map(|c| c.precision)),
+                            "recall" => (row.map(|r| r.recall), ci.map(|c| c.recall)),
+                            _ => (row.map(|r| r.f1), ci.map(|c| c.f1)),
+                        };
+                        push(format!("test_{measure}/{name}"), estimate, interval);
+                    }
+                }
+                Err(note) => out.push(Verdict { criterion: c.describe(), value: None, passed: false, note: Some(note) }),
+            },
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +778,51 @@ mod tests {
         assert!((t - 3.0).abs() < 0.6, "fitted temperature {t}");
         let (before, after) = (calibration(&sharp, &truth), calibration(&with_temperature(&sharp, t), &truth));
         assert!(after.nll < before.nll && after.ece < before.ece / 2.0, "{before:?} -> {after:?}");
+    }
+
+    #[test]
+    fn criteria_are_judged_on_estimates_and_lower_bounds_and_expand_over_classes() {
+        let matrix = ConfusionMatrix::from_parts(classes(2), vec![vec![9, 1], vec![2, 8]]).expect("matrix");
+        let report = matrix.report();
+        let parse = |yaml: &str| -> Vec<Criterion> { serde_norway::from_str(yaml).expect("criteria") };
+        let criteria = parse(
+            "[{metric: test_accuracy, min: 0.85}, {metric: 'test_recall/*', min: 0.85}, \
+              {metric: test_macro_f1, min: 0.8, on: lower_bound}, {metric: test_f1/c9, min: 0.5}]",
+        );
+        for c in &criteria[..3] {
+            assert_eq!(c.check(), Ok(()));
+        }
+        let items: Vec<Scored> = (0..20)
+            .map(|i| Scored { patient: None, truth: usize::from(i >= 10), predicted: usize::from(matches!(i, 9 | 10..=17)) })
+            .collect();
+        let intervals = bootstrap(&classes(2), &items, 2000, 3);
+        assert_eq!(intervals.accuracy.estimate, report.accuracy);
+        let verdicts = judge(&criteria, &report, Some(&intervals));
+        let summary: Vec<(&str, bool)> = verdicts.iter().map(|v| (v.criterion.as_str(), v.passed)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("test_accuracy >= 0.85", true),
+                ("test_recall/c0 >= 0.85", true),
+                ("test_recall/c1 >= 0.85", false),
+                ("test_macro_f1 >= 0.8 (lower 95% bound)", false),
+                ("test_f1/c9 >= 0.5", false),
+            ]
+        );
+        assert_eq!(verdicts[3].value, Some(intervals.macro_f1.low));
+        assert!(verdicts[4].note.as_deref().is_some_and(|n| n.contains("no class `c9`")));
+        // Without stored test predictions a lower bound cannot be judged: it fails, saying why.
+        let without = judge(&criteria[2..3], &report, None);
+        assert!(!without[0].passed && without[0].note.as_deref().is_some_and(|n| n.contains("no test predictions")));
+        // What a spec may not say.
+        for bad in [
+            "[{metric: val_macro_f1, min: 0.9}]",
+            "[{metric: test_auc, min: 0.9}]",
+            "[{metric: test_accuracy, min: 1.5}]",
+            "[{metric: test_weighted_f1, min: 0.5, on: lower_bound}]",
+        ] {
+            assert!(parse(bad)[0].check().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -24,6 +24,20 @@ pub struct ExperimentSpec {
     /// submission; a later one may lower it, never raise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_val_configs: Option<u32>,
+    /// What the promoted model must reach on the sealed test split, fixed before the split is
+    /// opened (docs/evidence.md "Acceptance criteria").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionSpec>,
+}
+
+/// `promotion:` in a spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionSpec {
+    /// Pre-registered acceptance criteria: the test report states PASS or FAIL for each. Frozen
+    /// once a run of the experiment has been promoted.
+    #[serde(default)]
+    pub criteria: Vec<crate::evidence::Criterion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -412,6 +426,11 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
             &here,
             "min must not exceed max, and both must be numbers".to_owned(),
         );
+    }
+
+    for (i, c) in spec.promotion.iter().flat_map(|p| p.criteria.iter()).enumerate() {
+        let checked = c.check();
+        check(checked.is_ok(), &format!("promotion.criteria.{i}"), checked.err().unwrap_or_default());
     }
 
     let m = &spec.model;

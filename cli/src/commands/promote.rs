@@ -155,6 +155,23 @@ pub fn print_report(t: &TestReport) {
     ]);
     rows.push(vec!["accuracy".into(), String::new(), String::new(), output::number(r.accuracy), r.total.to_string()]);
     output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
+    if !t.criteria.is_empty() {
+        let passed = t.criteria.iter().filter(|v| v.passed).count();
+        println!("\nacceptance criteria (fixed before the test split was opened): {passed} of {} met", t.criteria.len());
+        let rows: Vec<Vec<String>> = t
+            .criteria
+            .iter()
+            .map(|v| {
+                vec![
+                    if v.passed { "PASS" } else { "FAIL" }.to_owned(),
+                    v.criterion.clone(),
+                    v.value.map_or_else(|| "-".to_owned(), output::number),
+                    v.note.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        output::table(&["", "CRITERION", "VALUE", ""], &rows);
+    }
 }
 
 pub async fn promotions(client: &Client, experiment: Option<&str>, json: bool) -> Result<(), Failure> {

@@ -72,6 +72,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
         _ => planned.len() as i64,
     };
     let budget = check_budget(&tx, existing.as_ref(), &parsed, &hashes, max_runs - planned.len() as i64).await?;
+    let criteria = check_criteria(&tx, existing.as_ref(), &parsed, &version).await?;
     if req.dry_run {
         tx.rollback().await?;
         return Ok(SubmitResult {
@@ -119,6 +120,9 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     {
         store::experiments::set_max_val_configs(&tx, e.id, lowered).await?;
     }
+    if let Some(change) = &criteria {
+        store::experiments::set_criteria(&tx, experiment_id, &change.json).await?;
+    }
     let sweep_id = store::experiments::insert_sweep(
         &tx,
         NewSweep {
@@ -164,7 +168,9 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
             experiment: Some(&parsed.name),
             run_id: None,
             details: json!({"sweep_id": sweep_id, "runs": runs.len(), "max_runs": max_runs, "file": req.file,
-                            "dataset_version": version.version, "method": method, "max_val_configs": budget}),
+                            "dataset_version": version.version, "method": method, "max_val_configs": budget,
+                            "criteria": criteria.as_ref().map(|c| &c.criteria),
+                            "criteria_replaced": criteria.as_ref().and_then(|c| c.replaced.as_ref())}),
         },
     )
     .await?;
@@ -178,6 +184,50 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
         dry_run: false,
         runs,
     })
+}
+
+/// Acceptance criteria a submission sets or replaces.
+struct CriteriaChange {
+    criteria: Vec<protocol::evidence::Criterion>,
+    json: String,
+    /// The criteria they replace (audited), when there were others.
+    replaced: Option<serde_json::Value>,
+}
+
+/// The acceptance criteria this submission sets (None: it leaves them as they are), or the
+/// refusal: they must name the dataset's classes, and they are frozen once a run of the
+/// experiment has been promoted (the test split has been opened against them).
+async fn check_criteria(
+    conn: &impl sea_orm::ConnectionTrait,
+    existing: Option<&ExperimentRow>,
+    spec: &protocol::ExperimentSpec,
+    version: &store::datasets::VersionRow,
+) -> Result<Option<CriteriaChange>, ApiError> {
+    let Some(asked) = spec.promotion.as_ref().map(|p| p.criteria.clone()) else { return Ok(None) };
+    let classes = version.classes()?;
+    for c in &asked {
+        c.classes(&classes).map_err(ApiError::InvalidRequest)?;
+    }
+    let json = serde_json::to_string(&asked).map_err(anyhow::Error::from)?;
+    let Some(e) = existing else { return Ok(Some(CriteriaChange { criteria: asked, json, replaced: None })) };
+    let stored = store::experiments::criteria(conn, e.id).await?;
+    let held: Vec<protocol::evidence::Criterion> = match &stored {
+        Some(text) => store::decode_json(&format!("experiments row {}", e.id), "criteria_json", text)?,
+        None => Vec::new(),
+    };
+    if held == asked {
+        return Ok(None);
+    }
+    if store::experiments::promotions(conn, e.id).await? > 0 {
+        return Err(ApiError::Conflict(format!(
+            "experiment `{}`'s acceptance criteria were fixed before its test split was opened and a run has been promoted \
+             against them; they cannot change now ({}). Submit without `promotion:` (the criteria stay), or start a new experiment",
+            e.name,
+            if held.is_empty() { "it has none".to_owned() } else { held.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ") }
+        )));
+    }
+    let replaced = serde_json::to_value(&held).ok();
+    Ok(Some(CriteriaChange { criteria: asked, json, replaced }))
 }
 
 /// The experiment's validation budget after this submission (None: no limit), or the

@@ -113,6 +113,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     let now = now_ms();
     // The hash of the config the model trained with, serialized as the worker received it.
     let config = super::runs::config_of(&tx, &run, &version.version).await?;
+    let criteria_now = store::experiments::criteria(&tx, run.experiment_id).await?;
     let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
         &tx,
@@ -172,6 +173,8 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
                 "dataset_version": version.version,
                 "config_hash": config_hash,
                 "code_version": CODE_VERSION,
+                // The acceptance criteria the test result will be judged on, fixed from now on.
+                "criteria": criteria_now.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
                 "supersedes": current.as_ref().map(|c| json!({"promotion": c.id, "run_id": c.run_id})),
                 "evaluation": if evaluated { "reused: this run was already evaluated on the test split" } else { "queued" },
             }),
@@ -214,8 +217,26 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
         .await?
         .ok_or_else(|| ApiError::not_found("test confusion matrix of run", promotion.run_id))?;
     let confusion = matrix.decode(promotion.run_id, Split::Test.as_str())?;
+    let report = confusion.report();
+    let criteria = match store::experiments::by_name(&state.db.read, &promotion.experiment).await? {
+        Some(e) => match store::experiments::criteria(&state.db.read, e.id).await? {
+            Some(text) => {
+                let criteria: Vec<protocol::evidence::Criterion> =
+                    store::decode_json(&format!("experiments row {}", e.id), "criteria_json", &text)?;
+                let intervals = match super::evidence::run_evidence(state, promotion.run_id, Split::Test).await {
+                    Ok(evidence) => Some(evidence),
+                    Err(ApiError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                protocol::evidence::judge(&criteria, &report, intervals.as_ref().map(|e| &e.intervals))
+            }
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
     Ok(TestReport {
-        report: confusion.report(),
+        criteria,
+        report,
         by_view: confusion.roll_up(protocol::classes::view_of).report(),
         by_phase: confusion.roll_up(protocol::classes::phase_of).report(),
         confusion,

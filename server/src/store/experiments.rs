@@ -336,3 +336,33 @@ pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maxi
     )
     .await
 }
+
+/// The experiment's acceptance criteria as stored (JSON), None when it has none.
+pub async fn criteria(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Option<String>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        criteria_json: Option<String>,
+    }
+    let row: Option<Row> = one(conn, "SELECT criteria_json FROM experiments WHERE id = $1", values![experiment_id]).await?;
+    Ok(row.and_then(|r| r.criteria_json))
+}
+
+pub async fn set_criteria(conn: &impl ConnectionTrait, experiment_id: i64, criteria_json: &str) -> Result<(), DbErr> {
+    exec(conn, "UPDATE experiments SET criteria_json = $1 WHERE id = $2", values![criteria_json, experiment_id]).await?;
+    Ok(())
+}
+
+/// How many promotions the experiment's runs have had (any status).
+pub async fn promotions(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<i64, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        n: i64,
+    }
+    let row: Option<Count> = one(
+        conn,
+        "SELECT COUNT(*) AS n FROM promotions p JOIN runs r ON r.id = p.run_id WHERE r.experiment_id = $1",
+        values![experiment_id],
+    )
+    .await?;
+    Ok(row.map_or(0, |r| r.n))
+}

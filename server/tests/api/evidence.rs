@@ -9,6 +9,7 @@ crate::on_both_databases!(
     predictions_are_stored_checked_and_make_the_stored_table,
     predictions_that_do_not_fit_are_refused_and_nothing_is_lost,
     two_runs_are_compared_on_the_same_patients,
+    acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judged_on_it,
 );
 
 /// The validation items of the helper's dataset (20 per class: 4 in val per class).
@@ -170,4 +171,80 @@ async fn two_runs_are_compared_on_the_same_patients(app: TestApp) {
         reversed["comparison"]["macro_f1"]["difference"]["estimate"].as_f64(),
         c["macro_f1"]["difference"]["estimate"].as_f64().map(|d| -d)
     );
+}
+
+async fn acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judged_on_it(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 20).await;
+    let with = |criteria: &str| format!("{}promotion:\n  criteria: {criteria}\n", spec("e", "d", GRID_2X2));
+    // A class the dataset does not have is refused at submission.
+    let unknown = app.submit(&with("[{metric: test_recall/lat_postop_tether, min: 0.9}]")).await;
+    fails(unknown, StatusCode::BAD_REQUEST, "invalid_request").await;
+    ok::<Value>(app.submit(&with("[{metric: test_accuracy, min: 0.9}]")).await).await;
+    // Before any promotion they may change, and the change is audited with what it replaced.
+    let criteria =
+        "[{metric: test_accuracy, min: 0.5}, {metric: 'test_recall/*', min: 0.5}, {metric: test_macro_f1, min: 0.3, on: lower_bound}]";
+    ok::<Value>(app.submit(&with(criteria)).await).await;
+    let audit: Value = app.read(&app.admin, "/audit?experiment=e").await;
+    let replaced = audit["events"].as_array().expect("events").iter().find(|e| !e["details"]["criteria_replaced"].is_null()).cloned();
+    assert_eq!(replaced.expect("an audited change")["details"]["criteria_replaced"][0]["min"], 0.9);
+
+    // Train a run (validation predictions too), promote it, evaluate it with test predictions.
+    let worker = app.token("box", "worker").await;
+    let (run, lease) = leased_run(&app, &worker).await;
+    let (preds, counts) = predictions(|_| false);
+    assert_eq!(report_epoch(&app, &worker, run, &lease, 0, &counts, &preds).await.status(), StatusCode::NO_CONTENT);
+    let artifact =
+        json!({"lease_id": lease, "kind": "best_checkpoint", "uri": "file:///ckpt", "sha256": format!("{run:064x}"), "bytes": 10});
+    assert_eq!(app.post(&worker, &format!("/runs/{run}/artifacts"), &artifact).await.status(), StatusCode::NO_CONTENT);
+    let _: Value = app.write(&worker, &format!("/leases/{lease}/complete"), &json!({"outcome": "succeeded", "best_epoch": 0})).await;
+    let promotion: Value = ok(app.post(&app.admin, &format!("/runs/{run}/promote"), &json!({"reason": "best"})).await).await;
+    let events: Value = app.read(&app.admin, "/audit?experiment=e").await;
+    let created = events["events"].as_array().expect("events").iter().find(|e| e["action"] == "promotion.create").cloned().expect("event");
+    assert_eq!(created["details"]["criteria"].as_array().map(Vec::len), Some(3), "the criteria are in the promotion's record");
+    let job: Value = ok(app.post(&worker, "/leases", &json!({"worker": "w", "kinds": ["evaluate"]})).await).await;
+    let eval = job["lease_id"].as_str().expect("lease").to_owned();
+    // Test items 9 and 19 of each class; one ap_postop_fusion image is missed.
+    let mut test_counts = vec![vec![0u64; 3]; 3];
+    let mut test_preds = Vec::new();
+    for (c, class) in CLASSES.iter().enumerate() {
+        for i in [9, 19] {
+            let predicted = if c == 1 && i == 19 { 2 } else { c };
+            test_counts[c][predicted] += 1;
+            let mut probabilities = vec![0.1f32; 3];
+            probabilities[predicted] = 0.8;
+            test_preds.push(json!({"item": format!("{class}/{i:04}.png"), "predicted": predicted, "probabilities": probabilities}));
+        }
+    }
+    // Predictions that do not make the reported matrix are refused, and nothing is stored.
+    let mut wrong = test_counts.clone();
+    wrong[0][0] -= 1;
+    wrong[0][1] += 1;
+    let bad = json!({"outcome": "succeeded", "confusion": {"classes": CLASSES, "counts": wrong}, "predictions": test_preds});
+    fails(app.post(&worker, &format!("/leases/{eval}/complete"), &bad).await, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let result = json!({"outcome": "succeeded", "confusion": {"classes": CLASSES, "counts": test_counts}, "predictions": test_preds});
+    let _: Value = app.write(&worker, &format!("/leases/{eval}/complete"), &result).await;
+
+    let id = promotion["id"].as_i64().expect("promotion");
+    let report: Value = app.read(&app.admin, &format!("/promotions/{id}/report")).await;
+    let verdicts: Vec<(String, bool)> = report["criteria"]
+        .as_array()
+        .expect("criteria judged")
+        .iter()
+        .map(|v| (v["criterion"].as_str().expect("criterion").to_owned(), v["passed"].as_bool().expect("passed")))
+        .collect();
+    assert_eq!(verdicts.len(), 5, "{verdicts:?}");
+    assert_eq!(verdicts[0], ("test_accuracy >= 0.5".to_owned(), true));
+    assert_eq!(verdicts[2], ("test_recall/ap_postop_fusion >= 0.5".to_owned(), true));
+    let lower = &report["criteria"][4];
+    assert_eq!(lower["criterion"], "test_macro_f1 >= 0.3 (lower 95% bound)");
+    let evidence: Value = app.read(&app.admin, &format!("/runs/{run}/evidence?split=test")).await;
+    assert_eq!(lower["value"], evidence["intervals"]["macro_f1"]["low"]);
+    assert!(evidence["temperature"].is_number(), "fitted on the validation predictions: {evidence}");
+
+    // Once promoted, the criteria are frozen; leaving `promotion:` out keeps them.
+    let changed = app.submit(&with("[{metric: test_accuracy, min: 0.1}]")).await;
+    fails(changed, StatusCode::CONFLICT, "conflict").await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let again: Value = app.read(&app.admin, &format!("/promotions/{id}/report")).await;
+    assert_eq!(again["criteria"], report["criteria"]);
 }
