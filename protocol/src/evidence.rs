@@ -792,9 +792,8 @@ mod tests {
         for c in &criteria[..3] {
             assert_eq!(c.check(), Ok(()));
         }
-        let items: Vec<Scored> = (0..20)
-            .map(|i| Scored { patient: None, truth: usize::from(i >= 10), predicted: usize::from(matches!(i, 9 | 10..=17)) })
-            .collect();
+        let items: Vec<Scored> =
+            (0..20).map(|i| Scored { patient: None, truth: usize::from(i >= 10), predicted: usize::from((9..=17).contains(&i)) }).collect();
         let intervals = bootstrap(&classes(2), &items, 2000, 3);
         assert_eq!(intervals.accuracy.estimate, report.accuracy);
         let verdicts = judge(&criteria, &report, Some(&intervals));
