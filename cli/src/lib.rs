@@ -86,6 +86,11 @@ pub enum Command {
         promotion: i64,
         #[arg(long)]
         csv: bool,
+        /// `md` or `html`: the study report (data flow, search and budget, results with
+        /// intervals, calibration, acceptance criteria, misclassified test images, provenance;
+        /// mapped to CLAIM 2024 / TRIPOD+AI), for a paper's supplement.
+        #[arg(long, value_parser = ["table", "md", "html"], default_value = "table")]
+        format: String,
     },
     /// The promotion history (newest first), with each test evaluation's state.
     Promotions {
@@ -209,7 +214,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let here = if *evaluate_here { Some(data_dir(flag)?) } else { None };
             commands::promote::promote(&client()?, *run, reason, *wait_secs, here.as_deref(), cli.json).await
         }
-        Command::Report { promotion, csv } => commands::promote::report(&client()?, *promotion, *csv, cli.json).await,
+        Command::Report { promotion, csv, format } => {
+            if format == "md" || format == "html" {
+                commands::promote::study(&client()?, *promotion, format == "html", cli.json).await
+            } else {
+                commands::promote::report(&client()?, *promotion, *csv, cli.json).await
+            }
+        }
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
         Command::Audit { experiment, verify, anchor } => {
             commands::audit::audit(&client()?, experiment.as_deref(), *verify || anchor.is_some(), anchor.as_deref(), cli.json).await

@@ -204,7 +204,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
     browser.type_into("input[name=token]", token.trim());
     browser.click("form[action='/ui/login'] button");
     let shots = screenshots();
-    let pages: [(&str, &str, &[&str], u64); 7] = [
+    let pages: [(&str, &str, &[&str], u64); 8] = [
         ("experiments", "/ui/experiments", &["browser", "<script>document.title='pwned'</script> phantoms", "run 1"], 0),
         (
             "experiment",
@@ -263,7 +263,19 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
             2,
         ),
         ("audit", "/ui/audit", &["Hash chain verified", "evaluation.succeed", "promotion.create"], 0),
-        ("promotion", "/ui/promotions/1", &["Sealed test split", "macro avg", "weighted avg", "Download CSV"], 0),
+        ("promotion", "/ui/promotions/1", &["Sealed test split", "macro avg", "weighted avg", "Download CSV", "Study report"], 0),
+        (
+            "study",
+            "/ui/promotions/1/study",
+            &[
+                "Study report: browser",
+                "Data and its flow per split",
+                "appear in more than one split",
+                "Results with 95% intervals",
+                "TO BE WRITTEN BY THE AUTHORS",
+            ],
+            0,
+        ),
     ];
     for (name, path, needles, charts) in pages {
         browser.go(&format!("{url}{path}"));

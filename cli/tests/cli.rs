@@ -732,6 +732,29 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     ] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
+    // The study report: every section, the criteria, the grouping check, placeholders.
+    let study = cobb(dir.path(), &url, &["report", "1", "--format", "md"]);
+    let (md, err) = text(&study);
+    assert!(study.status.success(), "{err}");
+    for needle in [
+        "# Study report: promo (promotion 1, run 1)",
+        "## 2. Data and its flow per split",
+        "**0 patient(s) appear in more than one split**",
+        "configuration(s)** against its frozen validation split",
+        "## 4. Results with 95% intervals",
+        "### Sealed test split",
+        "Calibration: ECE",
+        "| FAIL | `test_macro_f1 >= 0.999 (lower 95% bound)`",
+        "## 6. Failure analysis",
+        "best checkpoint sha256",
+        "[TO BE WRITTEN BY THE AUTHORS]",
+        "CLAIM",
+        "TRIPOD+AI",
+    ] {
+        assert!(md.contains(needle), "`{needle}` missing from the study report:\n{md}");
+    }
+    let html = text(&cobb(dir.path(), &url, &["report", "1", "--format", "html"])).0;
+    assert!(html.starts_with("<!doctype html>") && html.contains("<h2>4. Results with 95% intervals"), "{html}");
     let csv = text(&cobb(dir.path(), &url, &["report", "1", "--csv"])).0;
     assert!(csv.starts_with("section,class,precision,recall,f1,support"), "{csv}");
     let detail = run_json(dir.path(), &url, 1);

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod rng;
 pub mod spec;
 pub mod status;
+pub mod study;
 pub mod sweep;
 pub mod time;
 pub mod tpe;

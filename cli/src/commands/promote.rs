@@ -117,6 +117,19 @@ pub async fn report(client: &Client, promotion: i64, csv: bool, json: bool) -> R
     Ok(())
 }
 
+/// The study report of a promotion: Markdown or HTML (or its JSON with --json).
+pub async fn study(client: &Client, promotion: i64, html: bool, json: bool) -> Result<(), Failure> {
+    let report: protocol::study::StudyReport = client.get(&format!("/promotions/{promotion}/study")).await?;
+    if json {
+        output::json(&report);
+    } else if html {
+        print!("{}", protocol::study::html(&report));
+    } else {
+        print!("{}", protocol::study::markdown(&report));
+    }
+    Ok(())
+}
+
 /// The source study's table: per class, then averages, then view and phase roll-ups.
 pub fn print_report(t: &TestReport) {
     let r = &t.report;

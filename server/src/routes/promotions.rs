@@ -11,7 +11,14 @@ use crate::service::promotions;
 use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(promote).service(list).service(report_csv).service(test_report).service(one);
+    cfg.service(promote)
+        .service(list)
+        .service(report_csv)
+        .service(study_md)
+        .service(study_html)
+        .service(study)
+        .service(test_report)
+        .service(one);
 }
 
 #[post("/runs/{id}/promote")]
@@ -56,4 +63,27 @@ async fn report_csv(state: web::Data<AppState>, who: Principal, id: web::Path<i6
         .content_type("text/csv; charset=utf-8")
         .insert_header(("Content-Disposition", format!("attachment; filename=\"promotion-{}-test-report.csv\"", *id)))
         .body(promotions::report_csv(&report)))
+}
+
+#[get("/promotions/{id}/study")]
+async fn study(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    Ok(HttpResponse::Ok().json(promotions::study(&state, *id).await?))
+}
+
+#[get("/promotions/{id}/study.md")]
+async fn study_md(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let report = promotions::study(&state, *id).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/markdown; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"promotion-{}-study-report.md\"", *id)))
+        .body(protocol::study::markdown(&report)))
+}
+
+#[get("/promotions/{id}/study.html")]
+async fn study_html(state: web::Data<AppState>, who: Principal, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Viewer)?;
+    let report = promotions::study(&state, *id).await?;
+    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(protocol::study::html(&report)))
 }

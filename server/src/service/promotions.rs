@@ -415,6 +415,102 @@ pub(crate) async fn evaluation_expired(
     .await
 }
 
+/// The study report of a promotion (protocol::study): the data flow per split and class, the
+/// grouping check, the search and its budget, the chosen configuration and its curve, the
+/// validation and test results with intervals and calibration, the acceptance criteria, the
+/// misclassified test images, the provenance. Everything from stored data.
+pub async fn study(state: &AppState, id: i64) -> Result<protocol::study::StudyReport, ApiError> {
+    use protocol::study::{EpochPoint, Misclassified, StudyReport};
+    let test = report(state, id).await?;
+    let promotion = test.promotion.clone();
+    let conn = &state.db.read;
+    let detail = super::runs::show(state, promotion.run_id, false).await?;
+    let dataset = super::datasets::show(state, &detail.dataset, Some(&detail.dataset_version)).await?;
+    let version = super::datasets::resolve(conn, &detail.dataset, Some(&detail.dataset_version)).await?;
+    // The grouping check: distinct patients per split, and those in more than one.
+    let items = store::datasets::items(conn, version.id, &["train", "val", "test"]).await?;
+    let mut splits_of: std::collections::HashMap<&str, std::collections::BTreeSet<&str>> = std::collections::HashMap::new();
+    for item in &items {
+        if let Some(p) = item.patient.as_deref() {
+            splits_of.entry(p).or_default().insert(item.split.as_str());
+        }
+    }
+    let mut patients = [0u64; 3];
+    for splits in splits_of.values() {
+        for (i, split) in ["train", "val", "test"].iter().enumerate() {
+            patients[i] += u64::from(splits.contains(split));
+        }
+    }
+    let patients_in_two_splits = splits_of.values().filter(|s| s.len() > 1).count() as u64;
+    // The search that chose the run.
+    let run = super::runs::get(conn, promotion.run_id).await?;
+    let sweep = super::runs::sweep_spec(conn, run.sweep_id).await?;
+    let sweep_runs = store::runs::count(conn, &store::runs::Filter { experiment: None, sweep: Some(run.sweep_id), status: None }).await?;
+    let (val_configs, max_val_configs) = super::experiments::budget(state, &promotion.experiment).await?;
+    // The chosen run's curve.
+    let series = super::runs::metrics(state, promotion.run_id, None).await?;
+    let value = |key: &str, epoch: i64| {
+        series.iter().find(|s| s.key == key).and_then(|s| s.points.iter().find(|p| p.step == epoch)).map(|p| p.value)
+    };
+    let mut epochs: Vec<i64> =
+        series.iter().filter(|s| s.key == protocol::keys::TRAIN_LOSS).flat_map(|s| s.points.iter().map(|p| p.step)).collect();
+    epochs.sort_unstable();
+    let curve = epochs
+        .into_iter()
+        .map(|e| EpochPoint {
+            epoch: e,
+            train_loss: value(protocol::keys::TRAIN_LOSS, e),
+            val_loss: value(protocol::keys::VAL_LOSS, e),
+            val_macro_f1: value(protocol::keys::VAL_MACRO_F1, e),
+        })
+        .collect();
+    let optional = |r: Result<std::sync::Arc<protocol::api::RunEvidence>, ApiError>| match r {
+        Ok(e) => Ok(Some((*e).clone())),
+        Err(ApiError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let validation = optional(super::evidence::run_evidence(state, promotion.run_id, Split::Val).await)?;
+    let test_evidence = optional(super::evidence::run_evidence(state, promotion.run_id, Split::Test).await)?;
+    // Misclassified test images by confusion cell, the largest cells first.
+    let mut misclassified: Vec<Misclassified> = Vec::new();
+    match super::evidence::predictions(state, promotion.run_id, Split::Test).await {
+        Ok(set) => {
+            type Images = Vec<(String, Option<String>)>;
+            let mut cells: std::collections::BTreeMap<(u32, u32), Images> = std::collections::BTreeMap::new();
+            for p in set.predictions.into_iter().filter(|p| p.truth != p.predicted) {
+                cells.entry((p.truth, p.predicted)).or_default().push((p.item, p.patient));
+            }
+            for ((t, p), items) in cells {
+                let name = |i: u32| set.classes.get(i as usize).cloned().unwrap_or_default();
+                misclassified.push(Misclassified { truth: name(t), predicted: name(p), items });
+            }
+            misclassified.sort_by_key(|m| std::cmp::Reverse(m.items.len()));
+        }
+        Err(ApiError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(StudyReport {
+        description: sweep.description.clone(),
+        method: sweep.sweep.as_ref().map_or_else(|| "single run".to_owned(), |s| format!("{:?}", s.method).to_lowercase()),
+        search_space: serde_json::to_value(sweep.sweep.as_ref().map(|s| &s.parameters)).map_err(anyhow::Error::from)?,
+        select: sweep.select.clone(),
+        params: detail.run.params.clone(),
+        config: serde_json::to_value(&detail.config).map_err(anyhow::Error::from)?,
+        promotion,
+        dataset,
+        patients,
+        patients_in_two_splits,
+        sweep_runs: sweep_runs.max(0) as u64,
+        val_configs,
+        max_val_configs,
+        curve,
+        validation,
+        test,
+        test_evidence,
+        misclassified,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::csv_cell;

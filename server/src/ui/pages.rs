@@ -26,6 +26,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(promotion)
         .service(promotion_csv)
         .service(promotion_json)
+        .service(promotion_study)
+        .service(promotion_study_page)
         .service(promote);
 }
 
@@ -582,6 +584,25 @@ async fn promotion_json(req: HttpRequest, state: web::Data<AppState>, id: web::P
         Ok(HttpResponse::Ok()
             .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"promotion-{}-test-report.json\"", *id)))
             .json(report))
+    })
+}
+
+#[get("/ui/promotions/{id}/study.md")]
+async fn promotion_study(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |_v| {
+        let report = service::promotions::study(&state, *id).await?;
+        Ok(HttpResponse::Ok()
+            .content_type("text/markdown; charset=utf-8")
+            .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"promotion-{}-study-report.md\"", *id)))
+            .body(protocol::study::markdown(&report)))
+    })
+}
+
+#[get("/ui/promotions/{id}/study")]
+async fn promotion_study_page(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    page!(req, state, |_v| {
+        let report = service::promotions::study(&state, *id).await?;
+        Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(protocol::study::html(&report)))
     })
 }
 
