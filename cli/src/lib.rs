@@ -81,6 +81,13 @@ pub enum Command {
         #[arg(long)]
         evaluate_here: bool,
     },
+    /// Sign a promotion whose experiment asks for several reviewers (`promotion.approvals`):
+    /// the last signature needed releases its test evaluation.
+    Approve {
+        promotion: i64,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// The test-split report of a promotion (the source study's table); --csv for a file.
     Report {
         promotion: i64,
@@ -221,6 +228,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 commands::promote::report(&client()?, *promotion, *csv, cli.json).await
             }
         }
+        Command::Approve { promotion, note } => commands::promote::approve(&client()?, *promotion, note, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
         Command::Audit { experiment, verify, anchor } => {
             commands::audit::audit(&client()?, experiment.as_deref(), *verify || anchor.is_some(), anchor.as_deref(), cli.json).await

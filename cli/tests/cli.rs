@@ -747,6 +747,7 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
         "| FAIL | `test_macro_f1 >= 0.999 (lower 95% bound)`",
         "## 6. Failure analysis",
         "best checkpoint sha256",
+        "(the server's build; Burn 0.22.1 in its workspace)",
         "[TO BE WRITTEN BY THE AUTHORS]",
         "CLAIM",
         "TRIPOD+AI",

@@ -728,6 +728,19 @@ pub struct PromotionInfo {
     /// True when an earlier promotion of the same run already evaluated it: the test split
     /// is not evaluated twice for one model.
     pub reused_evaluation: bool,
+    /// Signatures the promotion needs before its test evaluation runs (the experiment's
+    /// `promotion.approvals`), and the token names that gave them (the promoter first).
+    #[serde(default = "one")]
+    pub approvals_needed: u32,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// The evaluation waits for approvals (`cobb approve ID` by another reviewer).
+    #[serde(default)]
+    pub awaiting_approval: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The test-split result of a promoted run: the source study's table.

@@ -38,6 +38,10 @@ pub struct PromotionSpec {
     /// once a run of the experiment has been promoted.
     #[serde(default)]
     pub criteria: Vec<crate::evidence::Criterion>,
+    /// How many reviewers (distinct tokens, the promoter included) must sign a promotion before
+    /// its test evaluation runs; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,6 +432,9 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
         );
     }
 
+    if let Some(n) = spec.promotion.as_ref().and_then(|p| p.approvals) {
+        check((1..=5).contains(&n), "promotion.approvals", format!("{n}: a promotion needs 1 to 5 approvals (the promoter counts as one)"));
+    }
     for (i, c) in spec.promotion.iter().flat_map(|p| p.criteria.iter()).enumerate() {
         let checked = c.check();
         check(checked.is_ok(), &format!("promotion.criteria.{i}"), checked.err().unwrap_or_default());

@@ -88,6 +88,7 @@ string_enum!(
         RunPrune => "run.prune",
         SweepCancel => "sweep.cancel",
         PromotionCreate => "promotion.create",
+        PromotionApprove => "promotion.approve",
         EvaluationStart => "evaluation.start",
         EvaluationSucceed => "evaluation.succeed",
         EvaluationRetry => "evaluation.retry",

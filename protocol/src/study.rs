@@ -53,6 +53,10 @@ pub struct StudyReport {
     pub test: TestReport,
     pub test_evidence: Option<RunEvidence>,
     pub misclassified: Vec<Misclassified>,
+    /// The Burn version of the workspace the server was built from (workers of the same commit
+    /// train with it).
+    #[serde(default)]
+    pub burn_version: String,
 }
 
 /// What only the authors can write, as a block and inline.
@@ -271,7 +275,7 @@ pub fn markdown(r: &StudyReport) -> String {
     let _ = writeln!(md, "## 7. Provenance (CLAIM 14, 38-40; TRIPOD+AI 18c-18f)\n");
     let _ = writeln!(
         md,
-        "- promoted by `{}` on {} for: {}\n- best checkpoint sha256 `{}` (epoch {})\n- dataset version `{}`\n- resolved configuration sha256 `{}`\n- server code version `{}`\n- the audit chain (`cobb audit --verify`) holds every step from registration to this evaluation\n",
+        "- promoted by `{}` on {} for: {}\n- best checkpoint sha256 `{}` (epoch {})\n- dataset version `{}`\n- resolved configuration sha256 `{}`\n- code commit `{}` (the server's build; Burn {} in its workspace)\n- the audit chain (`cobb audit --verify`) holds every step from registration to this evaluation\n",
         p.actor,
         crate::time::utc(p.created_at),
         p.reason,
@@ -279,7 +283,8 @@ pub fn markdown(r: &StudyReport) -> String {
         p.best_epoch,
         p.dataset_version,
         p.config_hash,
-        p.code_version
+        p.code_version,
+        r.burn_version
     );
     let _ = writeln!(md, "## 8. Limitations and intended use (CLAIM 41-44; TRIPOD+AI 20b-22)\n\n{PLACEHOLDER}");
     md

@@ -64,6 +64,22 @@ pub async fn promote(
             println!("this run was evaluated on the test split before; its result is reused (a model is evaluated once)");
         }
     }
+    if promotion.awaiting_approval {
+        if json {
+            output::json(&promotion);
+        } else {
+            println!(
+                "promotion {} needs {} signatures before its test evaluation runs ({} so far: {}); another reviewer signs it with \
+                 `cobb approve {}`",
+                promotion.id,
+                promotion.approvals_needed,
+                promotion.approvers.len(),
+                promotion.approvers.join(", "),
+                promotion.id
+            );
+        }
+        return Ok(());
+    }
     if let Some(data_dir) = here
         && promotion.status == JobStatus::Queued
     {
@@ -213,5 +229,31 @@ pub async fn promotions(client: &Client, experiment: Option<&str>, json: bool) -
         })
         .collect();
     output::table(&["#", "TIME", "EXPERIMENT", "RUN", "BY", "TEST EVAL", "STATE", "REASON"], &rows);
+    Ok(())
+}
+
+/// `cobb approve ID`: a second reviewer's signature on a promotion that needs it.
+pub async fn approve(client: &Client, promotion: i64, note: &str, json: bool) -> Result<(), Failure> {
+    let info: PromotionInfo = client.post(&format!("/promotions/{promotion}/approve"), &serde_json::json!({"note": note})).await?;
+    if json {
+        output::json(&info);
+    } else if info.awaiting_approval {
+        println!(
+            "signed: promotion {} has {} of {} signatures ({}); its test evaluation waits for the rest",
+            info.id,
+            info.approvers.len(),
+            info.approvals_needed,
+            info.approvers.join(", ")
+        );
+    } else {
+        println!(
+            "signed: promotion {} has all {} signatures ({}); its test evaluation is {} (a worker runs it; `cobb report {}` when done)",
+            info.id,
+            info.approvals_needed,
+            info.approvers.join(", "),
+            info.status.as_str(),
+            info.id
+        );
+    }
     Ok(())
 }

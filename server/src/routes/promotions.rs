@@ -17,6 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(study_md)
         .service(study_html)
         .service(study)
+        .service(approve)
         .service(test_report)
         .service(one);
 }
@@ -86,4 +87,21 @@ async fn study_html(state: web::Data<AppState>, who: Principal, id: web::Path<i6
     who.require(Role::Viewer)?;
     let report = promotions::study(&state, *id).await?;
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(protocol::study::html(&report)))
+}
+
+#[derive(serde::Deserialize)]
+struct ApproveRequest {
+    #[serde(default)]
+    note: String,
+}
+
+#[post("/promotions/{id}/approve")]
+async fn approve(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<ApproveRequest>,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Role::Reviewer)?;
+    Ok(HttpResponse::Ok().json(promotions::approve(&state, &who, *id, &body.note).await?))
 }

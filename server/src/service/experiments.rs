@@ -122,6 +122,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     }
     if let Some(change) = &criteria {
         store::experiments::set_criteria(&tx, experiment_id, &change.json).await?;
+        store::experiments::set_approvals(&tx, experiment_id, change.approvals.map(i64::from)).await?;
     }
     let sweep_id = store::experiments::insert_sweep(
         &tx,
@@ -170,6 +171,7 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
             details: json!({"sweep_id": sweep_id, "runs": runs.len(), "max_runs": max_runs, "file": req.file,
                             "dataset_version": version.version, "method": method, "max_val_configs": budget,
                             "criteria": criteria.as_ref().map(|c| &c.criteria),
+                            "approvals": criteria.as_ref().and_then(|c| c.approvals),
                             "criteria_replaced": criteria.as_ref().and_then(|c| c.replaced.as_ref())}),
         },
     )
@@ -186,9 +188,10 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     })
 }
 
-/// Acceptance criteria a submission sets or replaces.
+/// The promotion rules (acceptance criteria, approvals) a submission sets or replaces.
 struct CriteriaChange {
     criteria: Vec<protocol::evidence::Criterion>,
+    approvals: Option<u32>,
     json: String,
     /// The criteria they replace (audited), when there were others.
     replaced: Option<serde_json::Value>,
@@ -203,31 +206,35 @@ async fn check_criteria(
     spec: &protocol::ExperimentSpec,
     version: &store::datasets::VersionRow,
 ) -> Result<Option<CriteriaChange>, ApiError> {
-    let Some(asked) = spec.promotion.as_ref().map(|p| p.criteria.clone()) else { return Ok(None) };
+    let Some(rules) = spec.promotion.as_ref() else { return Ok(None) };
+    let (asked, approvals) = (rules.criteria.clone(), rules.approvals.filter(|n| *n > 1));
     let classes = version.classes()?;
     for c in &asked {
         c.classes(&classes).map_err(ApiError::InvalidRequest)?;
     }
     let json = serde_json::to_string(&asked).map_err(anyhow::Error::from)?;
-    let Some(e) = existing else { return Ok(Some(CriteriaChange { criteria: asked, json, replaced: None })) };
+    let Some(e) = existing else { return Ok(Some(CriteriaChange { criteria: asked, approvals, json, replaced: None })) };
     let stored = store::experiments::criteria(conn, e.id).await?;
     let held: Vec<protocol::evidence::Criterion> = match &stored {
         Some(text) => store::decode_json(&format!("experiments row {}", e.id), "criteria_json", text)?,
         None => Vec::new(),
     };
-    if held == asked {
+    let held_approvals = store::experiments::approvals(conn, e.id).await?.map(|n| n as u32).filter(|n| *n > 1);
+    if held == asked && held_approvals == approvals {
         return Ok(None);
     }
     if store::experiments::promotions(conn, e.id).await? > 0 {
         return Err(ApiError::Conflict(format!(
-            "experiment `{}`'s acceptance criteria were fixed before its test split was opened and a run has been promoted \
-             against them; they cannot change now ({}). Submit without `promotion:` (the criteria stay), or start a new experiment",
+            "experiment `{}`'s promotion rules (acceptance criteria and approvals) were fixed before its test split was opened \
+             and a run has been promoted under them; they cannot change now (criteria: {}; approvals: {}). Submit without \
+             `promotion:` (the rules stay), or start a new experiment",
             e.name,
-            if held.is_empty() { "it has none".to_owned() } else { held.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ") }
+            if held.is_empty() { "none".to_owned() } else { held.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ") },
+            held_approvals.unwrap_or(1)
         )));
     }
-    let replaced = serde_json::to_value(&held).ok();
-    Ok(Some(CriteriaChange { criteria: asked, json, replaced }))
+    let replaced = Some(serde_json::json!({"criteria": held, "approvals": held_approvals.unwrap_or(1)}));
+    Ok(Some(CriteriaChange { criteria: asked, approvals, json, replaced }))
 }
 
 /// The experiment's validation budget after this submission (None: no limit), or the

@@ -53,6 +53,9 @@ fn info(row: PromotionRow, reused: bool) -> Result<PromotionInfo, DbErr> {
         superseded_by: row.superseded_by,
         superseded_at: row.superseded_at,
         reused_evaluation: reused,
+        approvals_needed: row.approvals_needed.clamp(1, 5) as u32,
+        approvers: serde_json::from_str(&row.approvers_json).unwrap_or_default(),
+        awaiting_approval: row.held == 1,
     })
 }
 
@@ -114,6 +117,10 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     // The hash of the config the model trained with, serialized as the worker received it.
     let config = super::runs::config_of(&tx, &run, &version.version).await?;
     let criteria_now = store::experiments::criteria(&tx, run.experiment_id).await?;
+    // A promotion of an experiment that asks for several signatures holds its evaluation until
+    // they are given (a model evaluated before needs none: nothing new leaves the server).
+    let approvals_needed = store::experiments::approvals(&tx, run.experiment_id).await?.unwrap_or(1).clamp(1, 5);
+    let approvals_needed = if evaluated { 1 } else { approvals_needed };
     let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
         &tx,
@@ -129,12 +136,19 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
             config_hash: &config_hash,
             code_version: CODE_VERSION,
             now,
+            approvals_needed,
         },
     )
     .await?;
     if !evaluated {
-        let job =
-            NewJob { kind: JobKind::Evaluate, run_id, promotion_id: Some(id), max_attempts: i64::from(state.config.max_attempts), now };
+        let job = NewJob {
+            kind: JobKind::Evaluate,
+            run_id,
+            promotion_id: Some(id),
+            max_attempts: i64::from(state.config.max_attempts),
+            now,
+            held: approvals_needed > 1,
+        };
         store::jobs::insert(&tx, job).await?;
     }
     if let Some(old) = &current {
@@ -175,6 +189,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
                 "code_version": CODE_VERSION,
                 // The acceptance criteria the test result will be judged on, fixed from now on.
                 "criteria": criteria_now.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
+                "approvals_needed": approvals_needed,
                 "supersedes": current.as_ref().map(|c| json!({"promotion": c.id, "run_id": c.run_id})),
                 "evaluation": if evaluated { "reused: this run was already evaluated on the test split" } else { "queued" },
             }),
@@ -415,6 +430,58 @@ pub(crate) async fn evaluation_expired(
     .await
 }
 
+/// A reviewer's signature on a promotion that needs several: a different token than every
+/// earlier signer; the last one needed releases the held test evaluation. Audited.
+pub async fn approve(state: &AppState, who: &Principal, id: i64, note: &str) -> Result<PromotionInfo, ApiError> {
+    let note = note.trim();
+    if note.len() > MAX_REASON {
+        return Err(ApiError::InvalidRequest(format!("the note is at most {MAX_REASON} bytes")));
+    }
+    let tx = state.db.write.begin().await?;
+    let row = store::promotions::get(&tx, id).await?.ok_or_else(|| ApiError::not_found("promotion", id))?;
+    if row.superseded_by.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "promotion {id} was superseded by promotion {}; approve that one",
+            row.superseded_by.unwrap_or_default()
+        )));
+    }
+    let (Some(job_id), 1) = (row.job_id, row.held) else {
+        return Err(ApiError::Conflict(format!(
+            "promotion {id} waits for no approval (it needed {}, and its test evaluation is {})",
+            row.approvals_needed, row.status
+        )));
+    };
+    let mut approvers: Vec<String> = store::decode_json(&format!("promotions row {id}"), "approvers_json", &row.approvers_json)?;
+    if approvers.contains(&who.name) {
+        return Err(ApiError::Conflict(format!(
+            "`{}` has signed promotion {id} already; it needs {} signature(s) from different reviewers' tokens ({} so far: {})",
+            who.name,
+            row.approvals_needed,
+            approvers.len(),
+            approvers.join(", ")
+        )));
+    }
+    approvers.push(who.name.clone());
+    store::promotions::set_approvers(&tx, id, &serde_json::to_string(&approvers).map_err(anyhow::Error::from)?).await?;
+    let now = now_ms();
+    let released = approvers.len() as i64 >= row.approvals_needed && store::jobs::release_hold(&tx, job_id, now).await? > 0;
+    audit::append(
+        &tx,
+        Event {
+            actor: &who.name,
+            action: AuditAction::PromotionApprove,
+            experiment: Some(&row.experiment),
+            run_id: Some(row.run_id),
+            details: json!({"promotion": id, "note": note, "approvals": approvers.len(), "approvals_needed": row.approvals_needed,
+                            "approvers": approvers, "evaluation_released": released, "checkpoint_sha256": row.checkpoint_sha256}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(promotion = id, approver = %who.name, released, "promotion approved");
+    get(state, id).await
+}
+
 /// The study report of a promotion (protocol::study): the data flow per split and class, the
 /// grouping check, the search and its budget, the chosen configuration and its curve, the
 /// validation and test results with intervals and calibration, the acceptance criteria, the
@@ -508,6 +575,7 @@ pub async fn study(state: &AppState, id: i64) -> Result<protocol::study::StudyRe
         test,
         test_evidence,
         misclassified,
+        burn_version: env!("COBB_BURN_VERSION").to_owned(),
     })
 }
 

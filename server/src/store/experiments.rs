@@ -366,3 +366,18 @@ pub async fn promotions(conn: &impl ConnectionTrait, experiment_id: i64) -> Resu
     .await?;
     Ok(row.map_or(0, |r| r.n))
 }
+
+/// How many approvals a promotion of the experiment needs (None: one, the promoter's).
+pub async fn approvals(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Option<i64>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        approvals: Option<i64>,
+    }
+    let row: Option<Row> = one(conn, "SELECT approvals FROM experiments WHERE id = $1", values![experiment_id]).await?;
+    Ok(row.and_then(|r| r.approvals))
+}
+
+pub async fn set_approvals(conn: &impl ConnectionTrait, experiment_id: i64, approvals: Option<i64>) -> Result<(), DbErr> {
+    exec(conn, "UPDATE experiments SET approvals = $1 WHERE id = $2", values![approvals, experiment_id]).await?;
+    Ok(())
+}

@@ -112,15 +112,26 @@ pub struct NewJob {
     pub promotion_id: Option<i64>,
     pub max_attempts: i64,
     pub now: i64,
+    /// Queued but not handed out until released (an evaluation awaiting approvals).
+    pub held: bool,
 }
 
 /// A queued job.
 pub async fn insert(conn: &impl ConnectionTrait, job: NewJob) -> Result<i64, DbErr> {
     one::<Id>(
         conn,
-        "INSERT INTO jobs (kind, run_id, promotion_id, priority, status, max_attempts, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-        values![job.kind.as_str(), job.run_id, job.promotion_id, priority(job.kind), JobStatus::Queued.as_str(), job.max_attempts, job.now],
+        "INSERT INTO jobs (kind, run_id, promotion_id, priority, status, max_attempts, created_at, updated_at, held) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
+        values![
+            job.kind.as_str(),
+            job.run_id,
+            job.promotion_id,
+            priority(job.kind),
+            JobStatus::Queued.as_str(),
+            job.max_attempts,
+            job.now,
+            i64::from(job.held)
+        ],
     )
     .await?
     .map(|r| r.id)
@@ -188,7 +199,7 @@ pub async fn next_queued(conn: &impl ConnectionTrait, kinds: &[JobKind]) -> Resu
     };
     let sql = format!(
         "SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id JOIN sweeps s ON s.id = r.sweep_id \
-         WHERE j.status = $1 {kind_filter} AND (j.kind <> 'train' OR s.parallel IS NULL OR \
+         WHERE j.status = $1 AND j.held = 0 {kind_filter} AND (j.kind <> 'train' OR s.parallel IS NULL OR \
            (SELECT COUNT(*) FROM jobs x JOIN runs xr ON xr.id = x.run_id \
             WHERE xr.sweep_id = r.sweep_id AND x.kind = 'train' AND x.status = $2) < s.parallel) \
          ORDER BY j.priority DESC, j.id LIMIT 1 {lock}"
@@ -342,4 +353,9 @@ pub async fn queue_counts(conn: &impl ConnectionTrait) -> Result<Vec<(String, St
     .into_iter()
     .map(|r| (r.experiment, r.kind, r.status, r.n))
     .collect())
+}
+
+/// Lets a held job be handed out (its approvals are all given).
+pub async fn release_hold(conn: &impl ConnectionTrait, job_id: i64, now: i64) -> Result<u64, DbErr> {
+    exec(conn, "UPDATE jobs SET held = 0, updated_at = $1 WHERE id = $2 AND held = 1", values![now, job_id]).await
 }

@@ -32,12 +32,17 @@ pub struct PromotionRow {
     pub finished_at: Option<i64>,
     pub superseded_by: Option<i64>,
     pub superseded_at: Option<i64>,
+    pub approvals_needed: i64,
+    pub approvers_json: String,
+    /// 1 while its evaluation job waits for approvals.
+    pub held: i64,
 }
 
 const COLUMNS: &str = "p.id, p.experiment_id, e.name AS experiment, p.run_id, r.name AS run_name, p.actor, p.reason, \
     p.created_at, p.checkpoint_uri, p.checkpoint_sha256, p.best_epoch, p.dataset_version, p.config_hash, p.code_version, \
     COALESCE(j.status, 'succeeded') AS status, j.id AS job_id, COALESCE(j.attempt, 0) AS attempt, j.worker, j.error, \
-    j.started_at, COALESCE(j.finished_at, p.created_at) AS finished_at, p.superseded_by, p.superseded_at";
+    j.started_at, COALESCE(j.finished_at, p.created_at) AS finished_at, p.superseded_by, p.superseded_at, \
+    p.approvals_needed, p.approvers_json, COALESCE(j.held, 0) AS held";
 const FROM: &str = "FROM promotions p JOIN experiments e ON e.id = p.experiment_id JOIN runs r ON r.id = p.run_id \
     LEFT JOIN jobs j ON j.promotion_id = p.id";
 
@@ -53,14 +58,15 @@ pub struct NewPromotion<'a> {
     pub config_hash: &'a str,
     pub code_version: &'a str,
     pub now: i64,
+    pub approvals_needed: i64,
 }
 
 pub async fn insert(conn: &impl ConnectionTrait, p: NewPromotion<'_>) -> Result<i64, DbErr> {
     one::<Id>(
         conn,
         "INSERT INTO promotions (experiment_id, run_id, actor, reason, created_at, checkpoint_uri, checkpoint_sha256, \
-         best_epoch, dataset_version, config_hash, code_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+         best_epoch, dataset_version, config_hash, code_version, approvals_needed, approvers_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         values![
             p.experiment_id,
             p.run_id,
@@ -72,7 +78,9 @@ pub async fn insert(conn: &impl ConnectionTrait, p: NewPromotion<'_>) -> Result<
             p.best_epoch,
             p.dataset_version,
             p.config_hash,
-            p.code_version
+            p.code_version,
+            p.approvals_needed,
+            serde_json::json!([p.actor]).to_string()
         ],
     )
     .await?
@@ -119,4 +127,10 @@ pub async fn supersede(conn: &impl ConnectionTrait, old: i64, new: i64, now: i64
         values![new, now, old],
     )
     .await
+}
+
+/// Records who has signed the promotion (JSON list of token names, the promoter first).
+pub async fn set_approvers(conn: &impl ConnectionTrait, id: i64, approvers_json: &str) -> Result<(), DbErr> {
+    exec(conn, "UPDATE promotions SET approvers_json = $1 WHERE id = $2", values![approvers_json, id]).await?;
+    Ok(())
 }

@@ -86,8 +86,14 @@ pub async fn insert(conn: &impl ConnectionTrait, r: NewRun<'_>) -> Result<i64, D
     .await?
     .map(|r| r.id)
     .ok_or(DbErr::RecordNotInserted)?;
-    let job =
-        super::jobs::NewJob { kind: protocol::JobKind::Train, run_id: id, promotion_id: None, max_attempts: r.max_attempts, now: r.now };
+    let job = super::jobs::NewJob {
+        kind: protocol::JobKind::Train,
+        run_id: id,
+        promotion_id: None,
+        max_attempts: r.max_attempts,
+        now: r.now,
+        held: false,
+    };
     super::jobs::insert(conn, job).await?;
     Ok(id)
 }

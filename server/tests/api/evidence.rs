@@ -10,6 +10,7 @@ crate::on_both_databases!(
     predictions_that_do_not_fit_are_refused_and_nothing_is_lost,
     two_runs_are_compared_on_the_same_patients,
     acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judged_on_it,
+    a_promotion_that_needs_two_signatures_waits_for_a_second_reviewer,
 );
 
 /// The validation items of the helper's dataset (20 per class: 4 in val per class).
@@ -186,7 +187,7 @@ async fn acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judge
     ok::<Value>(app.submit(&with(criteria)).await).await;
     let audit: Value = app.read(&app.admin, "/audit?experiment=e").await;
     let replaced = audit["events"].as_array().expect("events").iter().find(|e| !e["details"]["criteria_replaced"].is_null()).cloned();
-    assert_eq!(replaced.expect("an audited change")["details"]["criteria_replaced"][0]["min"], 0.9);
+    assert_eq!(replaced.expect("an audited change")["details"]["criteria_replaced"]["criteria"][0]["min"], 0.9);
 
     // Train a run (validation predictions too), promote it, evaluate it with test predictions.
     let worker = app.token("box", "worker").await;
@@ -247,4 +248,42 @@ async fn acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judge
     ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
     let again: Value = app.read(&app.admin, &format!("/promotions/{id}/report")).await;
     assert_eq!(again["criteria"], report["criteria"]);
+}
+
+async fn a_promotion_that_needs_two_signatures_waits_for_a_second_reviewer(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 20).await;
+    let yaml = format!("{}promotion:\n  approvals: 2\n", spec("e", "d", GRID_2X2));
+    ok::<Value>(app.submit(&yaml).await).await;
+    let worker = app.token("box", "worker").await;
+    let run = crate::promotions::finish_a_run(&app, &worker).await;
+    let (first, second) = (app.token("dr-a", "reviewer").await, app.token("dr-b", "reviewer").await);
+    let promotion: Value = ok(app.post(&first, &format!("/runs/{run}/promote"), &json!({"reason": "best"})).await).await;
+    let id = promotion["id"].as_i64().expect("id");
+    assert_eq!(promotion["awaiting_approval"], true, "{promotion}");
+    assert_eq!(promotion["approvals_needed"], 2);
+    assert_eq!(promotion["approvers"], json!(["dr-a"]));
+    // Held: no worker gets the evaluation, so no test item leaves the server.
+    let none = app.post(&worker, "/leases", &json!({"worker": "w", "kinds": ["evaluate"]})).await;
+    assert_eq!(none.status(), StatusCode::NO_CONTENT);
+    // The promoter cannot sign twice; a submitter cannot sign at all.
+    fails(app.post(&first, &format!("/promotions/{id}/approve"), &json!({})).await, StatusCode::CONFLICT, "conflict").await;
+    let submitter = app.token("someone", "submitter").await;
+    fails(app.post(&submitter, &format!("/promotions/{id}/approve"), &json!({})).await, StatusCode::FORBIDDEN, "forbidden").await;
+    // A second reviewer's signature releases the evaluation.
+    let signed: Value = ok(app.post(&second, &format!("/promotions/{id}/approve"), &json!({"note": "checked the split"})).await).await;
+    assert_eq!(signed["awaiting_approval"], false, "{signed}");
+    assert_eq!(signed["approvers"], json!(["dr-a", "dr-b"]));
+    let job: Value = ok(app.post(&worker, "/leases", &json!({"worker": "w", "kinds": ["evaluate"]})).await).await;
+    assert_eq!(job["kind"], "evaluate");
+    fails(app.post(&second, &format!("/promotions/{id}/approve"), &json!({})).await, StatusCode::CONFLICT, "conflict").await;
+    // Both signatures are in the audit chain.
+    let audit: Value = app.read(&app.admin, "/audit?experiment=e").await;
+    let events = audit["events"].as_array().expect("events");
+    assert!(events.iter().any(|e| e["action"] == "promotion.create" && e["actor"] == "dr-a" && e["details"]["approvals_needed"] == 2));
+    let approve = events.iter().find(|e| e["action"] == "promotion.approve").expect("approve event");
+    assert_eq!(approve["actor"], "dr-b");
+    assert_eq!(approve["details"]["evaluation_released"], true);
+    assert_eq!(audit["chain"]["ok"], true);
+    // The rule is frozen like the criteria.
+    fails(app.submit(&spec("e", "d", &format!("{GRID_2X2}promotion:\n  approvals: 1\n"))).await, StatusCode::CONFLICT, "conflict").await;
 }
