@@ -214,12 +214,13 @@ async fn check_criteria(
     }
     let json = serde_json::to_string(&asked).map_err(anyhow::Error::from)?;
     let Some(e) = existing else { return Ok(Some(CriteriaChange { criteria: asked, approvals, json, replaced: None })) };
-    let stored = store::experiments::criteria(conn, e.id).await?;
+    let rules = store::experiments::rules(conn, e.id).await?;
+    let stored = rules.criteria_json;
     let held: Vec<protocol::evidence::Criterion> = match &stored {
         Some(text) => store::decode_json(&format!("experiments row {}", e.id), "criteria_json", text)?,
         None => Vec::new(),
     };
-    let held_approvals = store::experiments::approvals(conn, e.id).await?.map(|n| n as u32).filter(|n| *n > 1);
+    let held_approvals = rules.approvals.map(|n| n as u32).filter(|n| *n > 1);
     if held == asked && held_approvals == approvals {
         return Ok(None);
     }

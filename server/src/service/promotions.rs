@@ -116,10 +116,11 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     let now = now_ms();
     // The hash of the config the model trained with, serialized as the worker received it.
     let config = super::runs::config_of(&tx, &run, &version.version).await?;
-    let criteria_now = store::experiments::criteria(&tx, run.experiment_id).await?;
+    let rules = store::experiments::rules(&tx, run.experiment_id).await?;
+    let criteria_now = rules.criteria_json;
     // A promotion of an experiment that asks for several signatures holds its evaluation until
     // they are given (a model evaluated before needs none: nothing new leaves the server).
-    let approvals_needed = store::experiments::approvals(&tx, run.experiment_id).await?.unwrap_or(1).clamp(1, 5);
+    let approvals_needed = rules.approvals.unwrap_or(1).clamp(1, 5);
     let approvals_needed = if evaluated { 1 } else { approvals_needed };
     let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
@@ -234,7 +235,7 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     let confusion = matrix.decode(promotion.run_id, Split::Test.as_str())?;
     let report = confusion.report();
     let criteria = match store::experiments::by_name(&state.db.read, &promotion.experiment).await? {
-        Some(e) => match store::experiments::criteria(&state.db.read, e.id).await? {
+        Some(e) => match store::experiments::rules(&state.db.read, e.id).await?.criteria_json {
             Some(text) => {
                 let criteria: Vec<protocol::evidence::Criterion> =
                     store::decode_json(&format!("experiments row {}", e.id), "criteria_json", &text)?;

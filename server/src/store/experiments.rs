@@ -337,14 +337,17 @@ pub async fn history(conn: &impl ConnectionTrait, sweep_id: i64, key: &str, maxi
     .await
 }
 
-/// The experiment's acceptance criteria as stored (JSON), None when it has none.
-pub async fn criteria(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Option<String>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Row {
-        criteria_json: Option<String>,
-    }
-    let row: Option<Row> = one(conn, "SELECT criteria_json FROM experiments WHERE id = $1", values![experiment_id]).await?;
-    Ok(row.and_then(|r| r.criteria_json))
+/// An experiment's promotion rules as stored: its acceptance criteria (JSON; None: none) and
+/// the signatures a promotion needs (None: one).
+#[derive(Debug, Default, FromQueryResult)]
+pub struct Rules {
+    pub criteria_json: Option<String>,
+    pub approvals: Option<i64>,
+}
+
+pub async fn rules(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Rules, DbErr> {
+    let row: Option<Rules> = one(conn, "SELECT criteria_json, approvals FROM experiments WHERE id = $1", values![experiment_id]).await?;
+    Ok(row.unwrap_or_default())
 }
 
 pub async fn set_criteria(conn: &impl ConnectionTrait, experiment_id: i64, criteria_json: &str) -> Result<(), DbErr> {
@@ -365,16 +368,6 @@ pub async fn promotions(conn: &impl ConnectionTrait, experiment_id: i64) -> Resu
     )
     .await?;
     Ok(row.map_or(0, |r| r.n))
-}
-
-/// How many approvals a promotion of the experiment needs (None: one, the promoter's).
-pub async fn approvals(conn: &impl ConnectionTrait, experiment_id: i64) -> Result<Option<i64>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Row {
-        approvals: Option<i64>,
-    }
-    let row: Option<Row> = one(conn, "SELECT approvals FROM experiments WHERE id = $1", values![experiment_id]).await?;
-    Ok(row.and_then(|r| r.approvals))
 }
 
 pub async fn set_approvals(conn: &impl ConnectionTrait, experiment_id: i64, approvals: Option<i64>) -> Result<(), DbErr> {
