@@ -785,6 +785,9 @@ fn a_promoted_run_gets_one_test_report_and_an_audited_trail() {
     assert!(shown.contains("macro-F1   ") && shown.contains(" ["), "{shown}");
     let compared = text(&cobb(dir.path(), &url, &["compare", "1", "2"])).0;
     assert!(compared.contains("macro-F1 difference") && compared.contains("McNemar (exact)"), "{compared}");
+    assert!(compared.contains("VAL MACRO-F1 [95%]") && compared.matches(" [0.").count() >= 2, "each run's interval: {compared}");
+    let reported = text(&cobb(dir.path(), &url, &["report", "1"])).0;
+    assert!(reported.contains("test with 95% intervals") && reported.contains("calibration: ECE"), "{reported}");
 
     // With no worker around, --evaluate-here evaluates in the CLI's own process.
     let out = cobb(dir.path(), &url, &["promote", "2", "--reason", "fewer lateral errors", "--evaluate-here"]);

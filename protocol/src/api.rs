@@ -755,4 +755,8 @@ pub struct TestReport {
     /// The experiment's pre-registered acceptance criteria, each judged PASS or FAIL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub criteria: Vec<crate::evidence::Verdict>,
+    /// Patient-level intervals and calibration (before and after temperature scaling) from the
+    /// evaluation's stored test predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<RunEvidence>,
 }

@@ -25,6 +25,9 @@ pub const DEFAULT_REPLICATES: u32 = 2000;
 pub const DEFAULT_SEED: u64 = 20_261_202;
 /// A class whose recall interval is wider than this is flagged as too uncertain to read.
 pub const WIDE_INTERVAL: f64 = 0.3;
+/// A class with fewer images than this is flagged too: a bootstrap over 3 images can give a
+/// zero-width interval (every resample right), which says nothing.
+pub const MIN_SUPPORT: u64 = 10;
 
 /// One scored image: its patient (hashed id; None counts as its own patient), true class and
 /// predicted class (indices into the class list).
@@ -66,8 +69,9 @@ pub struct ClassIntervals {
     pub precision: Interval,
     pub recall: Interval,
     pub f1: Interval,
-    /// The recall interval is wider than [`WIDE_INTERVAL`]: too few images (or patients) of
-    /// this class to read its numbers as more than a rough range.
+    /// The recall interval is wider than [`WIDE_INTERVAL`], or the class has fewer than
+    /// [`MIN_SUPPORT`] images: too few images (or patients) of this class to read its numbers
+    /// as more than a rough range.
     pub wide: bool,
 }
 
@@ -235,12 +239,13 @@ pub fn bootstrap(classes: &[String], items: &[Scored], replicates: u32, seed: u6
     let per_class = (0..n)
         .map(|c| {
             let recall = interval(point.recall[c], std::mem::take(&mut recall[c]));
+            let support: u64 = observed[c * n..(c + 1) * n].iter().sum();
             ClassIntervals {
                 class: classes[c].clone(),
-                support: observed[c * n..(c + 1) * n].iter().sum(),
+                support,
                 precision: interval(point.precision[c], std::mem::take(&mut precision[c])),
                 f1: interval(point.f1[c], std::mem::take(&mut f1[c])),
-                wide: recall.width() > WIDE_INTERVAL,
+                wide: recall.width() > WIDE_INTERVAL || support < MIN_SUPPORT,
                 recall,
             }
         })

@@ -79,22 +79,33 @@ pub async fn compare(ids: &[i64], client: &Client, json: bool) -> Result<(), Fai
         output::json(&c);
         return Ok(());
     }
+    // Each run's macro-F1 with its patient-level interval, where it stored predictions.
+    let mut intervals = std::collections::HashMap::new();
+    for r in &c.runs {
+        if let Some(e) = client.get_optional::<protocol::api::RunEvidence>(&format!("/runs/{}/evidence", r.id)).await? {
+            intervals.insert(r.id, e.intervals.macro_f1);
+        }
+    }
     let rows: Vec<Vec<String>> = c
         .runs
         .iter()
         .map(|r| {
             let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+            let macro_f1 = match intervals.get(&r.id) {
+                Some(i) => format!("{} [{:.3}-{:.3}]", value(r.val_macro_f1), i.low, i.high),
+                None => value(r.val_macro_f1),
+            };
             vec![
                 r.id.to_string(),
                 r.status.to_string(),
                 r.best_epoch.map_or("-".to_owned(), |e| e.to_string()),
                 value(r.val_accuracy),
-                value(r.val_macro_f1),
+                macro_f1,
                 if r.params.is_empty() { "-".to_owned() } else { sweep::describe(&r.params) },
             ]
         })
         .collect();
-    output::table(&["RUN", "STATUS", "BEST EPOCH", "VAL ACC", "VAL MACRO-F1", "PARAMS"], &rows);
+    output::table(&["RUN", "STATUS", "BEST EPOCH", "VAL ACC", "VAL MACRO-F1 [95%]", "PARAMS"], &rows);
     print_comparison(&c);
     // Each run against the first, on the same validation patients (when both stored their
     // predictions): is the difference more than noise?

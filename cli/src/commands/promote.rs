@@ -184,6 +184,9 @@ pub fn print_report(t: &TestReport) {
     ]);
     rows.push(vec!["accuracy".into(), String::new(), String::new(), output::number(r.accuracy), r.total.to_string()]);
     output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"], &rows);
+    if let Some(evidence) = &t.evidence {
+        crate::commands::runs::print_evidence(evidence);
+    }
     if !t.criteria.is_empty() {
         let passed = t.criteria.iter().filter(|v| v.passed).count();
         println!("\nacceptance criteria (fixed before the test split was opened): {passed} of {} met", t.criteria.len());

@@ -234,4 +234,13 @@ pub(crate) fn print_evidence(e: &protocol::api::RunEvidence) {
         })
         .collect();
     output::table(&["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT", ""], &rows);
+    let c = &e.calibration;
+    print!("calibration: ECE {:.3}, class-wise ECE {:.3}, Brier {:.3}, NLL {:.3}", c.ece, c.classwise_ece, c.brier, c.nll);
+    match (e.temperature, &e.calibrated) {
+        (Some(t), Some(after)) => println!(
+            "; after temperature scaling (T = {t:.3}, fitted on validation): ECE {:.3}, Brier {:.3}, NLL {:.3}",
+            after.ece, after.brier, after.nll
+        ),
+        _ => println!(),
+    }
 }

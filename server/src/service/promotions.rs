@@ -234,17 +234,19 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
         .ok_or_else(|| ApiError::not_found("test confusion matrix of run", promotion.run_id))?;
     let confusion = matrix.decode(promotion.run_id, Split::Test.as_str())?;
     let report = confusion.report();
+    // Intervals and calibration from the evaluation's stored predictions (none from evaluations
+    // made before cobb stored them).
+    let evidence = match super::evidence::run_evidence(state, promotion.run_id, Split::Test).await {
+        Ok(evidence) => Some((*evidence).clone()),
+        Err(ApiError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
     let criteria = match store::experiments::by_name(&state.db.read, &promotion.experiment).await? {
         Some(e) => match store::experiments::rules(&state.db.read, e.id).await?.criteria_json {
             Some(text) => {
                 let criteria: Vec<protocol::evidence::Criterion> =
                     store::decode_json(&format!("experiments row {}", e.id), "criteria_json", &text)?;
-                let intervals = match super::evidence::run_evidence(state, promotion.run_id, Split::Test).await {
-                    Ok(evidence) => Some(evidence),
-                    Err(ApiError::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                protocol::evidence::judge(&criteria, &report, intervals.as_ref().map(|e| &e.intervals))
+                protocol::evidence::judge(&criteria, &report, evidence.as_ref().map(|e| &e.intervals))
             }
             None => Vec::new(),
         },
@@ -252,6 +254,7 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     };
     Ok(TestReport {
         criteria,
+        evidence,
         report,
         by_view: confusion.roll_up(protocol::classes::view_of).report(),
         by_phase: confusion.roll_up(protocol::classes::phase_of).report(),

@@ -463,6 +463,8 @@ struct ComparePage {
     versus: Vec<std::sync::Arc<protocol::api::RunComparison>>,
     /// run id -> class -> the 95% interval of its recall delta against the baseline (paired).
     recall_ci: HashMap<String, HashMap<String, String>>,
+    /// run id -> the 95% interval of its validation macro-F1 (where it stored predictions).
+    macro_ci: HashMap<String, String>,
 }
 
 #[get("/ui/compare")]
@@ -517,7 +519,17 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 (v.a.to_string(), by_class)
             })
             .collect();
-        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp, versus, recall_ci };
+        let mut macro_ci = HashMap::new();
+        for r in &cmp.runs {
+            match service::evidence::run_evidence(&state, r.id, protocol::Split::Val).await {
+                Ok(e) => {
+                    macro_ci.insert(r.id.to_string(), format!("{:.3}-{:.3}", e.intervals.macro_f1.low, e.intervals.macro_f1.high));
+                }
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp, versus, recall_ci, macro_ci };
         Ok(render("compare.html", Some(&v), &page))
     })
 }
