@@ -258,7 +258,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 "Confusion-matrix difference",
                 "Is the difference more than noise?",
                 "McNemar p",
-                "interval of the paired difference",
+                "interval of the paired difference on the same validation patients",
                 "[95%: ",
             ],
             2,

@@ -293,6 +293,9 @@ pub struct Comparison {
     pub macro_f1: Difference,
     /// Each class's recall difference.
     pub recall: Vec<Difference>,
+    /// Each class's precision difference.
+    #[serde(default)]
+    pub precision: Vec<Difference>,
     pub mcnemar: McNemar,
     pub images: u64,
     pub patients: u64,
@@ -313,12 +316,15 @@ pub fn compare(classes: &[String], items: &[Paired], replicates: u32, seed: u64)
     }
     let (ra, rb) = (flat_report(&a, n), flat_report(&b, n));
     let mut macro_f1 = Vec::new();
-    let mut recall = vec![Vec::new(); n];
+    let (mut recall, mut precision) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     resample(&clusters, n, replicates, seed, |a, b| {
         let (ra, rb) = (flat_report(a, n), flat_report(b, n));
         macro_f1.push(ra.macro_f1 - rb.macro_f1);
         for (c, values) in recall.iter_mut().enumerate() {
             values.push(ra.recall[c] - rb.recall[c]);
+        }
+        for (c, values) in precision.iter_mut().enumerate() {
+            values.push(ra.precision[c] - rb.precision[c]);
         }
     });
     let difference = |metric: String, estimate: f64, values: Vec<f64>| {
@@ -331,6 +337,9 @@ pub fn compare(classes: &[String], items: &[Paired], replicates: u32, seed: u64)
         macro_f1: difference("macro_f1".to_owned(), ra.macro_f1 - rb.macro_f1, macro_f1),
         recall: (0..n)
             .map(|c| difference(format!("recall/{}", classes[c]), ra.recall[c] - rb.recall[c], std::mem::take(&mut recall[c])))
+            .collect(),
+        precision: (0..n)
+            .map(|c| difference(format!("precision/{}", classes[c]), ra.precision[c] - rb.precision[c], std::mem::take(&mut precision[c])))
             .collect(),
         mcnemar: McNemar { only_a_right, only_b_right, p_value: mcnemar_exact(only_a_right, only_b_right) },
         images: clusters.images,

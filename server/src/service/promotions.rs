@@ -122,6 +122,17 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     // they are given (a model evaluated before needs none: nothing new leaves the server).
     let approvals_needed = rules.approvals.unwrap_or(1).clamp(1, 5);
     let approvals_needed = if evaluated { 1 } else { approvals_needed };
+    // The temperature the test predictions will be rescaled with, fixed now from the run's
+    // validation predictions (the test evidence derives the same number from the same data).
+    let temperature = match super::evidence::predictions(state, run_id, Split::Val).await {
+        Ok(set) if !set.predictions.is_empty() => {
+            let (p, t): (Vec<Vec<f64>>, Vec<usize>) =
+                set.predictions.iter().map(|p| (p.probabilities.iter().map(|v| f64::from(*v)).collect(), p.truth as usize)).unzip();
+            Some(protocol::evidence::fit_temperature(&p, &t))
+        }
+        Ok(_) | Err(ApiError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
     let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
         &tx,
@@ -191,6 +202,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
                 // The acceptance criteria the test result will be judged on, fixed from now on.
                 "criteria": criteria_now.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
                 "approvals_needed": approvals_needed,
+                "temperature": temperature,
                 "supersedes": current.as_ref().map(|c| json!({"promotion": c.id, "run_id": c.run_id})),
                 "evaluation": if evaluated { "reused: this run was already evaluated on the test split" } else { "queued" },
             }),

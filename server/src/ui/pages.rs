@@ -461,8 +461,10 @@ struct ComparePage {
     /// Each other run against the baseline (A = the run, B = the baseline) on the same
     /// validation patients, where both stored their predictions.
     versus: Vec<std::sync::Arc<protocol::api::RunComparison>>,
-    /// run id -> class -> the 95% interval of its recall delta against the baseline (paired).
+    /// run id -> class -> the 95% interval of its recall (precision) delta against the
+    /// baseline (paired).
     recall_ci: HashMap<String, HashMap<String, String>>,
+    precision_ci: HashMap<String, HashMap<String, String>>,
     /// run id -> the 95% interval of its validation macro-F1 (where it stored predictions).
     macro_ci: HashMap<String, String>,
 }
@@ -504,21 +506,23 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 Err(e) => return Err(e),
             }
         }
-        let recall_ci = versus
-            .iter()
-            .map(|v| {
-                let by_class = v
-                    .comparison
-                    .recall
-                    .iter()
-                    .map(|d| {
-                        let class = d.metric.trim_start_matches("recall/").to_owned();
-                        (class, format!("[{:+.3} to {:+.3}]", d.difference.low, d.difference.high))
-                    })
-                    .collect();
-                (v.a.to_string(), by_class)
-            })
-            .collect();
+        let deltas = |of: fn(&protocol::evidence::Comparison) -> &Vec<protocol::evidence::Difference>, prefix: &str| {
+            versus
+                .iter()
+                .map(|v| {
+                    let by_class = of(&v.comparison)
+                        .iter()
+                        .map(|d| {
+                            let class = d.metric.trim_start_matches(prefix).to_owned();
+                            (class, format!("[{:+.3} to {:+.3}]", d.difference.low, d.difference.high))
+                        })
+                        .collect();
+                    (v.a.to_string(), by_class)
+                })
+                .collect::<HashMap<String, HashMap<String, String>>>()
+        };
+        let recall_ci = deltas(|c| &c.recall, "recall/");
+        let precision_ci = deltas(|c| &c.precision, "precision/");
         let mut macro_ci = HashMap::new();
         for r in &cmp.runs {
             match service::evidence::run_evidence(&state, r.id, protocol::Split::Val).await {
@@ -529,7 +533,8 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 Err(e) => return Err(e),
             }
         }
-        let page = ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp, versus, recall_ci, macro_ci };
+        let page =
+            ComparePage { precision_chart: bars(false), recall_chart: bars(true), colors, cmp, versus, recall_ci, precision_ci, macro_ci };
         Ok(render("compare.html", Some(&v), &page))
     })
 }

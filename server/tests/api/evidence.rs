@@ -164,6 +164,11 @@ async fn two_runs_are_compared_on_the_same_patients(app: TestApp) {
     assert!((c["mcnemar"]["p_value"].as_f64().expect("p") - 0.125).abs() < 1e-12, "{c}");
     let fusion = c["recall"].as_array().expect("recall").iter().find(|d| d["metric"] == "recall/ap_postop_fusion").expect("class");
     assert_eq!(fusion["difference"]["estimate"], 1.0);
+    // B predicts lat_preop for the missed fusion images: lat_preop's precision drops, paired.
+    let precision = c["precision"].as_array().expect("precision");
+    assert_eq!(precision.len(), 3);
+    let lat = precision.iter().find(|d| d["metric"] == "precision/lat_preop").expect("class");
+    assert!(lat["difference"]["estimate"].as_f64().is_some_and(|d| d > 0.0), "{lat}");
     let same = c["recall"].as_array().expect("recall").iter().find(|d| d["metric"] == "recall/ap_preop").expect("class");
     assert_eq!(same["distinguishable"], false);
     assert_eq!(same["difference"]["estimate"], 0.0);
@@ -241,6 +246,7 @@ async fn acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judge
     let evidence: Value = app.read(&app.admin, &format!("/runs/{run}/evidence?split=test")).await;
     assert_eq!(lower["value"], evidence["intervals"]["macro_f1"]["low"]);
     assert!(evidence["temperature"].is_number(), "fitted on the validation predictions: {evidence}");
+    assert_eq!(created["details"]["temperature"], evidence["temperature"], "fixed at promotion, the number the report uses");
 
     // Once promoted, the criteria are frozen; leaving `promotion:` out keeps them.
     let changed = app.submit(&with("[{metric: test_accuracy, min: 0.1}]")).await;
