@@ -275,8 +275,9 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 "Study report",
                 "With 95% intervals",
                 "Calibration on the test split",
+                "Reliability on the test split",
             ],
-            0,
+            1,
         ),
         (
             "study",

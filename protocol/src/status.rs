@@ -84,6 +84,7 @@ string_enum!(
         TokenRevoke => "token.revoke",
         DatasetRegister => "dataset.register",
         ExperimentSubmit => "experiment.submit",
+        ExperimentRulesRefused => "experiment.rules_refused",
         RunCancel => "run.cancel",
         RunPrune => "run.prune",
         SweepCancel => "sweep.cancel",

@@ -72,7 +72,31 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
         _ => planned.len() as i64,
     };
     let budget = check_budget(&tx, existing.as_ref(), &parsed, &hashes, max_runs - planned.len() as i64).await?;
-    let criteria = check_criteria(&tx, existing.as_ref(), &parsed, &version).await?;
+    let criteria = match check_criteria(&tx, existing.as_ref(), &parsed, &version).await {
+        Ok(criteria) => criteria,
+        Err(RulesRefusal::Frozen(message)) => {
+            // An attempt to change the rules after the test split was opened is refused, and
+            // the attempt itself goes into the audit chain.
+            tx.rollback().await?;
+            if !req.dry_run {
+                let audit = state.db.write.begin().await?;
+                super::audit::append(
+                    &audit,
+                    super::audit::Event {
+                        actor,
+                        action: protocol::AuditAction::ExperimentRulesRefused,
+                        experiment: Some(&parsed.name),
+                        run_id: None,
+                        details: json!({"asked": parsed.promotion, "file": req.file, "why": message}),
+                    },
+                )
+                .await?;
+                audit.commit().await?;
+            }
+            return Err(ApiError::Conflict(message));
+        }
+        Err(RulesRefusal::Other(e)) => return Err(e),
+    };
     if req.dry_run {
         tx.rollback().await?;
         return Ok(SubmitResult {
@@ -188,6 +212,18 @@ pub async fn submit(state: &AppState, actor: &str, req: SubmitExperiment) -> Res
     })
 }
 
+/// Why a submission's promotion rules were refused: frozen ones (audited), or anything else.
+enum RulesRefusal {
+    Frozen(String),
+    Other(ApiError),
+}
+
+impl<E: Into<ApiError>> From<E> for RulesRefusal {
+    fn from(e: E) -> Self {
+        RulesRefusal::Other(e.into())
+    }
+}
+
 /// The promotion rules (acceptance criteria, approvals) a submission sets or replaces.
 struct CriteriaChange {
     criteria: Vec<protocol::evidence::Criterion>,
@@ -205,12 +241,12 @@ async fn check_criteria(
     existing: Option<&ExperimentRow>,
     spec: &protocol::ExperimentSpec,
     version: &store::datasets::VersionRow,
-) -> Result<Option<CriteriaChange>, ApiError> {
+) -> Result<Option<CriteriaChange>, RulesRefusal> {
     let Some(rules) = spec.promotion.as_ref() else { return Ok(None) };
     let (asked, approvals) = (rules.criteria.clone(), rules.approvals.filter(|n| *n > 1));
     let classes = version.classes()?;
     for c in &asked {
-        c.classes(&classes).map_err(ApiError::InvalidRequest)?;
+        c.classes(&classes).map_err(|e| RulesRefusal::Other(ApiError::InvalidRequest(e)))?;
     }
     let json = serde_json::to_string(&asked).map_err(anyhow::Error::from)?;
     let Some(e) = existing else { return Ok(Some(CriteriaChange { criteria: asked, approvals, json, replaced: None })) };
@@ -225,7 +261,7 @@ async fn check_criteria(
         return Ok(None);
     }
     if store::experiments::promotions(conn, e.id).await? > 0 {
-        return Err(ApiError::Conflict(format!(
+        return Err(RulesRefusal::Frozen(format!(
             "experiment `{}`'s promotion rules (acceptance criteria and approvals) were fixed before its test split was opened \
              and a run has been promoted under them; they cannot change now (criteria: {}; approvals: {}). Submit without \
              `promotion:` (the rules stay), or start a new experiment",

@@ -571,6 +571,8 @@ struct PromotionPage {
     report: Option<protocol::api::TestReport>,
     /// The evaluation is still to come: the page refreshes itself.
     live: bool,
+    /// The test predictions' reliability diagram, before and after temperature scaling.
+    reliability: Option<String>,
 }
 
 #[get("/ui/promotions/{id}")]
@@ -579,7 +581,14 @@ async fn promotion(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i
         let promotion = service::promotions::get(&state, *id).await?;
         let report = if promotion.status == JobStatus::Succeeded { Some(service::promotions::report(&state, *id).await?) } else { None };
         let live = matches!(promotion.status, JobStatus::Queued | JobStatus::Running);
-        Ok(render("promotion.html", Some(&v), &PromotionPage { promotion, report, live }))
+        let reliability = report.as_ref().and_then(|r| r.evidence.as_ref()).map(|e| {
+            let mut series = vec![("test".to_owned(), e.calibration.bins.clone())];
+            if let Some(after) = &e.calibrated {
+                series.push(("test, temperature-scaled".to_owned(), after.bins.clone()));
+            }
+            charts::reliability("Reliability on the test split", &series)
+        });
+        Ok(render("promotion.html", Some(&v), &PromotionPage { promotion, report, live, reliability }))
     })
 }
 

@@ -251,6 +251,11 @@ async fn acceptance_criteria_are_fixed_before_the_test_split_is_opened_and_judge
     // Once promoted, the criteria are frozen; leaving `promotion:` out keeps them.
     let changed = app.submit(&with("[{metric: test_accuracy, min: 0.1}]")).await;
     fails(changed, StatusCode::CONFLICT, "conflict").await;
+    let audit: Value = app.read(&app.admin, "/audit?experiment=e").await;
+    let refused = audit["events"].as_array().expect("events").iter().find(|e| e["action"] == "experiment.rules_refused").cloned();
+    let refused = refused.expect("the refused attempt is in the audit chain");
+    assert_eq!(refused["details"]["asked"]["criteria"][0]["min"], 0.1);
+    assert_eq!(audit["chain"]["ok"], true);
     ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
     let again: Value = app.read(&app.admin, &format!("/promotions/{id}/report")).await;
     assert_eq!(again["criteria"], report["criteria"]);
