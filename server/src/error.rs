@@ -35,6 +35,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// `Ok(None)` for a `NotFound`: for what a page or report shows when it exists (a run's
+    /// stored predictions, say) and leaves out when it does not.
+    pub fn found<T>(r: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+        match r {
+            Ok(value) => Ok(Some(value)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn not_found(what: &'static str, id: impl ToString) -> Self {
         ApiError::NotFound { what, id: id.to_string() }
     }

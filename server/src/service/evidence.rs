@@ -133,6 +133,25 @@ pub async fn predictions(state: &AppState, run_id: i64, split: Split) -> Result<
     Ok(PredictionSet { run_id, split, epoch: row.epoch, classes, predictions: out })
 }
 
+/// Each prediction's probabilities and true class, for calibration.
+fn rows(set: &PredictionSet) -> (Vec<Vec<f64>>, Vec<usize>) {
+    set.predictions.iter().map(|p| (p.probabilities.iter().map(|v| f64::from(*v)).collect(), p.truth as usize)).unzip()
+}
+
+/// The temperature fitted on the run's stored validation predictions (None without any), on a
+/// blocking thread: the promotion fixes it, the test evidence rescales with it.
+pub(crate) async fn validation_temperature(state: &AppState, run_id: i64) -> Result<Option<f64>, ApiError> {
+    let Some(set) = ApiError::found(predictions(state, run_id, Split::Val).await)?.filter(|s| !s.predictions.is_empty()) else {
+        return Ok(None);
+    };
+    tokio::task::spawn_blocking(move || {
+        let (probabilities, truth) = rows(&set);
+        Some(evidence::fit_temperature(&probabilities, &truth))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("the temperature fit panicked: {e}")))
+}
+
 /// Cached evidence: (run, split) -> (when its predictions were stored, the evidence).
 pub type EvidenceCache = std::sync::Mutex<HashMap<(i64, Split), (i64, Arc<RunEvidence>)>>;
 
@@ -153,12 +172,8 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
     }
     let set = predictions(state, run_id, split).await?;
     // Temperature scaling for the test split is fitted on the same run's validation predictions.
-    let validation = match split {
-        Split::Test => match predictions(state, run_id, Split::Val).await {
-            Ok(val) => Some(val),
-            Err(ApiError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        },
+    let temperature = match split {
+        Split::Test => validation_temperature(state, run_id).await?,
         _ => None,
     };
     let evidence = tokio::task::spawn_blocking(move || {
@@ -172,15 +187,8 @@ pub async fn run_evidence(state: &AppState, run_id: i64, split: Split) -> Result
         for p in &set.predictions {
             let _ = matrix.record(p.truth as usize, p.predicted as usize);
         }
-        let rows = |set: &PredictionSet| -> (Vec<Vec<f64>>, Vec<usize>) {
-            set.predictions.iter().map(|p| (p.probabilities.iter().map(|v| f64::from(*v)).collect(), p.truth as usize)).unzip()
-        };
         let (probabilities, truth) = rows(&set);
         let calibration = evidence::calibration(&probabilities, &truth);
-        let temperature = validation.as_ref().filter(|v| !v.predictions.is_empty()).map(|v| {
-            let (p, t) = rows(v);
-            evidence::fit_temperature(&p, &t)
-        });
         let calibrated = temperature.map(|t| evidence::calibration(&evidence::with_temperature(&probabilities, t), &truth));
         RunEvidence { run_id, split, epoch: set.epoch, intervals, recomputed: matrix.report(), calibration, temperature, calibrated }
     })

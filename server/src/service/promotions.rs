@@ -84,6 +84,10 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
             "a promotion needs a reason of 1-{MAX_REASON} characters (--reason TEXT): it is what an auditor reads"
         )));
     }
+    // The temperature the test predictions will be rescaled with, fixed now from the run's
+    // validation predictions (the test evidence derives the same number from the same data);
+    // fitted before the write transaction, which it need not hold.
+    let temperature = super::evidence::validation_temperature(state, run_id).await?;
     let tx = state.db.write.begin().await?;
     let run = super::runs::get(&tx, run_id).await?;
     if run.status != RunStatus::Succeeded.as_str() {
@@ -122,17 +126,6 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     // they are given (a model evaluated before needs none: nothing new leaves the server).
     let approvals_needed = rules.approvals.unwrap_or(1).clamp(1, 5);
     let approvals_needed = if evaluated { 1 } else { approvals_needed };
-    // The temperature the test predictions will be rescaled with, fixed now from the run's
-    // validation predictions (the test evidence derives the same number from the same data).
-    let temperature = match super::evidence::predictions(state, run_id, Split::Val).await {
-        Ok(set) if !set.predictions.is_empty() => {
-            let (p, t): (Vec<Vec<f64>>, Vec<usize>) =
-                set.predictions.iter().map(|p| (p.probabilities.iter().map(|v| f64::from(*v)).collect(), p.truth as usize)).unzip();
-            Some(protocol::evidence::fit_temperature(&p, &t))
-        }
-        Ok(_) | Err(ApiError::NotFound { .. }) => None,
-        Err(e) => return Err(e),
-    };
     let config_hash = sha256_hex(&serde_json::to_string(&config).map_err(anyhow::Error::from)?);
     let id = store::promotions::insert(
         &tx,
@@ -248,11 +241,7 @@ pub async fn report(state: &AppState, id: i64) -> Result<TestReport, ApiError> {
     let report = confusion.report();
     // Intervals and calibration from the evaluation's stored predictions (none from evaluations
     // made before cobb stored them).
-    let evidence = match super::evidence::run_evidence(state, promotion.run_id, Split::Test).await {
-        Ok(evidence) => Some((*evidence).clone()),
-        Err(ApiError::NotFound { .. }) => None,
-        Err(e) => return Err(e),
-    };
+    let evidence = ApiError::found(super::evidence::run_evidence(state, promotion.run_id, Split::Test).await)?.map(|e| (*e).clone());
     let criteria = match store::experiments::by_name(&state.db.read, &promotion.experiment).await? {
         Some(e) => match store::experiments::rules(&state.db.read, e.id).await?.criteria_json {
             Some(text) => {
@@ -547,30 +536,22 @@ pub async fn study(state: &AppState, id: i64) -> Result<protocol::study::StudyRe
             val_macro_f1: value(protocol::keys::VAL_MACRO_F1, e),
         })
         .collect();
-    let optional = |r: Result<std::sync::Arc<protocol::api::RunEvidence>, ApiError>| match r {
-        Ok(e) => Ok(Some((*e).clone())),
-        Err(ApiError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let validation = optional(super::evidence::run_evidence(state, promotion.run_id, Split::Val).await)?;
-    let test_evidence = optional(super::evidence::run_evidence(state, promotion.run_id, Split::Test).await)?;
+    let validation = ApiError::found(super::evidence::run_evidence(state, promotion.run_id, Split::Val).await)?.map(|e| (*e).clone());
+    // The test evidence is the test report's.
+    let test_evidence = test.evidence.clone();
     // Misclassified test images by confusion cell, the largest cells first.
     let mut misclassified: Vec<Misclassified> = Vec::new();
-    match super::evidence::predictions(state, promotion.run_id, Split::Test).await {
-        Ok(set) => {
-            type Images = Vec<(String, Option<String>)>;
-            let mut cells: std::collections::BTreeMap<(u32, u32), Images> = std::collections::BTreeMap::new();
-            for p in set.predictions.into_iter().filter(|p| p.truth != p.predicted) {
-                cells.entry((p.truth, p.predicted)).or_default().push((p.item, p.patient));
-            }
-            for ((t, p), items) in cells {
-                let name = |i: u32| set.classes.get(i as usize).cloned().unwrap_or_default();
-                misclassified.push(Misclassified { truth: name(t), predicted: name(p), items });
-            }
-            misclassified.sort_by_key(|m| std::cmp::Reverse(m.items.len()));
+    if let Some(set) = ApiError::found(super::evidence::predictions(state, promotion.run_id, Split::Test).await)? {
+        type Images = Vec<(String, Option<String>)>;
+        let mut cells: std::collections::BTreeMap<(u32, u32), Images> = std::collections::BTreeMap::new();
+        for p in set.predictions.into_iter().filter(|p| p.truth != p.predicted) {
+            cells.entry((p.truth, p.predicted)).or_default().push((p.item, p.patient));
         }
-        Err(ApiError::NotFound { .. }) => {}
-        Err(e) => return Err(e),
+        for ((t, p), items) in cells {
+            let name = |i: u32| set.classes.get(i as usize).cloned().unwrap_or_default();
+            misclassified.push(Misclassified { truth: name(t), predicted: name(p), items });
+        }
+        misclassified.sort_by_key(|m| std::cmp::Reverse(m.items.len()));
     }
     Ok(StudyReport {
         description: sweep.description.clone(),

@@ -29,6 +29,17 @@ pub async fn upsert(conn: &impl ConnectionTrait, run_id: i64, points: &[MetricPo
     Ok(())
 }
 
+/// The fence of a metric write: a live training lease `lease` of run `run` at `now`, taken by
+/// `holder` (SQL placeholders), share-locked on PostgreSQL so it cannot end under the write.
+fn fence(lease: &str, run: &str, now: &str, holder: &str, postgres: bool) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id AND j.kind = 'train' \
+           WHERE l.id = {lease} AND l.run_id = {run} AND l.ended_at IS NULL AND l.expires_at >= {now} \
+             AND (l.holder IS NULL OR l.holder = {holder}){})",
+        if postgres { " FOR SHARE OF l" } else { "" }
+    )
+}
+
 /// Upserts up to 1,000 points in one statement that writes only while `lease_id` is a live
 /// lease of `run_id`: the fence check and the write are one atomic step. Returns the rows
 /// written; 0 means the lease was not live (the caller finds out why).
@@ -41,22 +52,13 @@ pub async fn upsert_fenced(
     now: i64,
 ) -> Result<u64, DbErr> {
     const WIDTH: usize = 5;
-    let lock = match conn.get_database_backend() {
-        sea_orm::DbBackend::Postgres => " FOR SHARE OF l",
-        _ => "",
-    };
+    let postgres = conn.get_database_backend() == sea_orm::DbBackend::Postgres;
     let n = points.len() * WIDTH;
     let sql = format!(
-        "INSERT INTO metrics (run_id, key, step, value, recorded_at) SELECT * FROM (VALUES {}) AS v \
-         WHERE EXISTS (SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id AND j.kind = 'train' \
-           WHERE l.id = ${} AND l.run_id = ${} AND l.ended_at IS NULL AND l.expires_at >= ${} \
-             AND (l.holder IS NULL OR l.holder = ${}){lock}) \
+        "INSERT INTO metrics (run_id, key, step, value, recorded_at) SELECT * FROM (VALUES {}) AS v WHERE {} \
          ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
         placeholders(points.len(), WIDTH),
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 4
+        fence(&format!("${}", n + 1), &format!("${}", n + 2), &format!("${}", n + 3), &format!("${}", n + 4), postgres)
     );
     let mut vals: Vec<Value> = Vec::with_capacity(n + 4);
     for p in points {
@@ -77,16 +79,20 @@ pub async fn upsert_fenced_pg(
     points: &[MetricPoint],
     now: i64,
 ) -> Result<u64, DbErr> {
-    const SQL: &str = "INSERT INTO metrics (run_id, key, step, value, recorded_at) \
-         SELECT $1, u.key, u.step, u.value, $2 FROM UNNEST($3::text[], $4::bigint[], $5::float8[]) AS u(key, step, value) \
-         WHERE EXISTS (SELECT 1 FROM leases l JOIN jobs j ON j.id = l.job_id AND j.kind = 'train' \
-           WHERE l.id = $6 AND l.run_id = $1 AND l.ended_at IS NULL AND l.expires_at >= $2 \
-             AND (l.holder IS NULL OR l.holder = $7) FOR SHARE OF l) \
-         ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at";
+    // One statement text for every batch (prepared once per connection).
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO metrics (run_id, key, step, value, recorded_at) \
+             SELECT $1, u.key, u.step, u.value, $2 FROM UNNEST($3::text[], $4::bigint[], $5::float8[]) AS u(key, step, value) \
+             WHERE {} \
+             ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
+            fence("$6", "$1", "$2", "$7", true)
+        )
+    });
     let keys: Vec<&str> = points.iter().map(|p| p.key.as_str()).collect();
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
     let values: Vec<f64> = points.iter().map(|p| p.value).collect();
-    sea_orm::sqlx::query(SQL)
+    sea_orm::sqlx::query(SQL.as_str())
         .bind(run_id)
         .bind(now)
         .bind(&keys)

@@ -411,13 +411,8 @@ async fn run(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -
         let can_promote = detail.run.status == RunStatus::Succeeded && checkpoint.is_some() && v.principal.role.allows(Role::Reviewer);
         let has_test = detail.latest.keys().any(|k| keys::is_test_metric(k));
         let evidence_of = |split| service::evidence::run_evidence(&state, *id, split);
-        let optional = |r: Result<std::sync::Arc<protocol::api::RunEvidence>, ApiError>| match r {
-            Ok(e) => Ok(Some(e)),
-            Err(ApiError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        };
-        let val_evidence = optional(evidence_of(protocol::Split::Val).await)?;
-        let test_evidence = optional(evidence_of(protocol::Split::Test).await)?;
+        let val_evidence = ApiError::found(evidence_of(protocol::Split::Val).await)?;
+        let test_evidence = ApiError::found(evidence_of(protocol::Split::Test).await)?;
         let mut reliability_series = Vec::new();
         if let Some(e) = &val_evidence {
             reliability_series.push(("validation".to_owned(), e.calibration.bins.clone()));
@@ -525,12 +520,8 @@ async fn compare(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         let precision_ci = deltas(|c| &c.precision, "precision/");
         let mut macro_ci = HashMap::new();
         for r in &cmp.runs {
-            match service::evidence::run_evidence(&state, r.id, protocol::Split::Val).await {
-                Ok(e) => {
-                    macro_ci.insert(r.id.to_string(), format!("{:.3}-{:.3}", e.intervals.macro_f1.low, e.intervals.macro_f1.high));
-                }
-                Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+            if let Some(e) = ApiError::found(service::evidence::run_evidence(&state, r.id, protocol::Split::Val).await)? {
+                macro_ci.insert(r.id.to_string(), format!("{:.3}-{:.3}", e.intervals.macro_f1.low, e.intervals.macro_f1.high));
             }
         }
         let page =
