@@ -99,6 +99,12 @@ pub enum Command {
         #[arg(long, value_parser = ["table", "md", "html"], default_value = "table")]
         format: String,
     },
+    /// Sort a folder of new images with an experiment's promoted model: a CSV (class, confidence,
+    /// probabilities, accept or review and why), a local review sheet, and a batch on the server.
+    Classify(commands::classify::ClassifyArgs),
+    /// A classification batch's images to review; label them (reviewer role) or export the
+    /// next dataset version's manifest.
+    Review(commands::classify::ReviewArgs),
     /// The promotion history (newest first), with each test evaluation's state.
     Promotions {
         #[arg(long)]
@@ -229,6 +235,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Approve { promotion, note } => commands::promote::approve(&client()?, *promotion, note, cli.json).await,
+        Command::Classify(args) => commands::classify::classify(args, &client()?, &data_dir(flag)?, cli.json).await,
+        Command::Review(args) => commands::classify::review(args, &client()?, cli.json).await,
         Command::Promotions { experiment } => commands::promote::promotions(&client()?, experiment.as_deref(), cli.json).await,
         Command::Audit { experiment, verify, anchor } => {
             commands::audit::audit(&client()?, experiment.as_deref(), *verify || anchor.is_some(), anchor.as_deref(), cli.json).await

@@ -1002,3 +1002,131 @@ fn two_servers_on_one_postgresql_finish_a_sweep_when_one_is_killed() {
     assert!(log.contains("trying the next one"), "the worker given both servers did not move to the second:\n{log}");
     assert!(both_after_kill >= 1, "the worker given both servers finished no run through the second: {workers:?}\n{log}");
 }
+
+/// A blocking GET of the API with the server's admin token (what the CLI does not print).
+fn api_get(dir: &Path, url: &str, path: &str) -> serde_json::Value {
+    let token = std::fs::read_to_string(dir.join("cobb-data/admin.token")).expect("token");
+    reqwest::blocking::Client::new()
+        .get(format!("{url}/api/v1{path}"))
+        .bearer_auth(token.trim())
+        .send()
+        .and_then(reqwest::blocking::Response::json)
+        .expect("api answers")
+}
+
+#[test]
+fn the_promoted_model_sorts_a_new_export_and_its_review_becomes_the_next_version() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let (_server, url) = start_server(d);
+    registered_phantoms(d, &url, 400, 40);
+    let spec = "name: sort\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 6\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n\
+                promotion: {auto_accept_precision: 0.9}\n";
+    std::fs::write(d.join("sort.yaml"), spec).expect("spec");
+    assert!(cobb(d, &url, &["submit", "sort.yaml"]).status.success());
+    let trained = Command::new(COBB).args(["worker", "--exit-when-idle"]).current_dir(d).env("COBB_SERVER", &url).output().expect("worker");
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let out = cobb(d, &url, &["promote", "1", "--reason", "the only run", "--evaluate-here"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // A fresh export: phantoms of another seed, the true labels set aside, plus files that
+    // cannot be classified.
+    let out = cobb(d, &url, &["phantoms", "--out", "new", "--count", "300", "--size", "40", "--seed", "99"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    std::fs::rename(d.join("new/manifest.csv"), d.join("truth.csv")).expect("truth aside");
+    let some_png = std::fs::read_dir(d.join("new/ap_preop")).expect("dir").next().expect("a file").expect("entry").path();
+    let bytes = std::fs::read(&some_png).expect("png");
+    std::fs::write(d.join("new/truncated.png"), &bytes[..bytes.len() / 2]).expect("truncated");
+    std::fs::write(d.join("new/corrupt.dcm"), [vec![0u8; 128], b"DICM".to_vec(), vec![0xFF; 64]].concat()).expect("corrupt");
+    std::fs::write(d.join("new/notes.txt"), "export notes\n").expect("notes");
+
+    let out = cobb(d, &url, &["classify", "new", "--experiment", "sort", "--out", "sorted.csv"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("batch 1 (succeeded): 303 file(s)") && stdout.contains("images/s"), "{stdout}");
+    assert!(stdout.contains("predicted class") && stdout.contains("lat_postop_tether"), "{stdout}");
+    assert!(d.join("sorted-review.html").exists());
+
+    // The CSV: every file, the skipped ones with their reason; accuracy near validation's.
+    let truth: std::collections::HashMap<String, String> = std::fs::read_to_string(d.join("truth.csv"))
+        .expect("truth")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(',').map(|(p, rest)| (p.to_owned(), rest.split(',').next().unwrap_or("").to_owned())))
+        .collect();
+    let csv = std::fs::read_to_string(d.join("sorted.csv")).expect("csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    assert_eq!(header[..4], ["path", "sha256", "predicted", "confidence"]);
+    assert_eq!(header.len(), 4 + 10 + 2, "{header:?}");
+    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    assert_eq!(rows.len(), 303);
+    for name in ["truncated.png", "corrupt.dcm", "notes.txt"] {
+        let row = rows.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("{name} listed"));
+        assert_eq!(row[14], "skipped", "{row:?}");
+        assert!(!row[15].is_empty(), "{name} has its reason");
+    }
+    let classified: Vec<&Vec<String>> = rows.iter().filter(|r| r[14] != "skipped").collect();
+    assert_eq!(classified.len(), 300);
+    let right = classified.iter().filter(|r| truth.get(&r[0]) == Some(&r[2])).count();
+    let accuracy = right as f64 / 300.0;
+    let val: serde_json::Value = api_get(d, &url, "/runs/1/evidence?split=val");
+    let val_accuracy = val["recomputed"]["accuracy"].as_f64().expect("validation accuracy");
+    assert!((accuracy - val_accuracy).abs() <= 0.05, "new export {accuracy:.3}, validation {val_accuracy:.3}");
+
+    // A viewer cannot review; a reviewer corrects a label and confirms another.
+    let viewer = cobb(d, &url, &["token", "create", "--role", "viewer", "--name", "v", "--json"]);
+    let viewer: serde_json::Value = serde_json::from_slice(&viewer.stdout).expect("token json");
+    let as_viewer = Command::new(COBB)
+        .args(["review", "1", "--set", &format!("{}=lat_preop", classified[0][0])])
+        .current_dir(d)
+        .env("COBB_SERVER", &url)
+        .env("COBB_TOKEN", viewer["token"].as_str().expect("token"))
+        .output()
+        .expect("review");
+    assert!(!as_viewer.status.success());
+    assert!(String::from_utf8_lossy(&as_viewer.stderr).contains("reviewer"), "{:?}", text(&as_viewer));
+    let (first, second) = (&classified[0][0], &classified[1][0]);
+    let corrected = if classified[0][2] == "lat_preop" { "ap_preop" } else { "lat_preop" };
+    std::fs::write(d.join("fix.csv"), format!("path,label\n{second},{}\n", classified[1][2])).expect("corrections");
+    let out = cobb(d, &url, &["review", "1", "--set", &format!("{first}={corrected}")]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = cobb(d, &url, &["review", "1", "--corrections", "fix.csv"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let listed = text(&cobb(d, &url, &["review", "1", "--all"])).0;
+    assert!(listed.contains(&format!("{corrected} (admin")) || listed.contains(corrected), "{listed}");
+
+    // The export registers as the next version of the dataset, with the corrected label.
+    let out = cobb(d, &url, &["review", "1", "--export", "next.csv"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("cobb dataset register NAME"), "{stdout}");
+    let manifest = std::fs::read_to_string(d.join("next.csv")).expect("manifest");
+    assert!(manifest.contains(&format!("{first},{corrected},")), "{manifest}");
+    assert!(!manifest.contains("notes.txt"));
+    let out = cobb(d, &url, &["dataset", "register", "phantoms", "new", "--manifest", "next.csv", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let version: serde_json::Value = serde_json::from_str(&stdout).expect("version json");
+    assert_eq!(version["number"], 2, "{version}");
+    let items = api_get(d, &url, "/datasets/phantoms/items?version=v2");
+    let items = items["items"].as_array().expect("items").clone();
+    let item = items.iter().find(|i| i["path"] == first.as_str()).expect("the corrected image");
+    assert_eq!(item["label"], corrected);
+
+    // A checkpoint changed on disk after promotion is refused, before any image is read.
+    let blobs = d.join("cobb-data/worker/blobs");
+    let blob = std::fs::read_dir(&blobs).expect("blobs").next().expect("the cached checkpoint").expect("entry").path();
+    let mut tampered = std::fs::read(&blob).expect("checkpoint");
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xFF;
+    std::fs::write(&blob, tampered).expect("tamper");
+    let out = cobb(d, &url, &["classify", "new", "--experiment", "sort", "--out", "again.csv"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("refused") && stderr.contains("sha256"), "{stderr}");
+    let batch = api_get(d, &url, "/classifications/2");
+    assert_eq!(batch["batch"]["status"], "failed");
+    assert_eq!(batch["batch"]["images"], 0, "nothing was classified with it");
+}

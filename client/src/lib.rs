@@ -230,8 +230,19 @@ impl Client {
 
     /// The next job of `kinds` (every kind when empty) under a new lease, or None.
     pub async fn lease(&self, worker: &str, device: &str, kinds: &[JobKind]) -> Result<Option<JobLease>, ClientError> {
-        let request = LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()), kinds: kinds.to_vec() };
+        let request = LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()), kinds: kinds.to_vec(), job: None };
         self.post_maybe("/leases", &request).await
+    }
+
+    /// Leases one job held for this token (a classification batch it created to run itself).
+    pub async fn lease_job(&self, worker: &str, device: &str, job: i64) -> Result<Option<JobLease>, ClientError> {
+        let request = LeaseRequest { worker: worker.to_owned(), device: Some(device.to_owned()), kinds: Vec::new(), job: Some(job) };
+        self.post_maybe("/leases", &request).await
+    }
+
+    /// Sends classified images of batch `batch` under its job's lease.
+    pub async fn classified(&self, batch: i64, upload: &protocol::classify::ClassifiedUpload) -> Result<serde_json::Value, ClientError> {
+        self.post(&format!("/classifications/{batch}/items"), upload).await
     }
 
     /// The items the lease's job works on (train and validation for training, test for an
@@ -275,7 +286,16 @@ impl Client {
 
     /// A stored file by sha256, checked here against its content.
     pub async fn download(&self, sha256: &str) -> Result<Vec<u8>, ClientError> {
-        let bytes = Self::expect("download", self.exchange(&format!("/blobs/{sha256}"), |http, url| http.get(url)).await?)?;
+        self.download_from(&format!("/blobs/{sha256}"), sha256).await
+    }
+
+    /// The promoted checkpoint of the caller's own classification lease (no worker role needed).
+    pub async fn download_with_lease(&self, sha256: &str, lease: &str) -> Result<Vec<u8>, ClientError> {
+        self.download_from(&format!("/blobs/{sha256}?lease_id={lease}"), sha256).await
+    }
+
+    async fn download_from(&self, path: &str, sha256: &str) -> Result<Vec<u8>, ClientError> {
+        let bytes = Self::expect("download", self.exchange(path, |http, url| http.get(url)).await?)?;
         let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         if actual != sha256 {
             return Err(ClientError::Corrupt { expected: sha256.to_owned(), actual });

@@ -65,7 +65,7 @@ impl ImageCache {
             return Err(LoadError::Changed { path: display, expected: sha256.to_owned(), actual });
         }
         let (img, _) = decode::decode_file(source).map_err(|e| LoadError::Decode { path: display.clone(), source: e })?;
-        let fitted = decode::fit_square(&img, self.size);
+        let quantized = quantized_square(&img, self.size);
         let parent = entry.parent().unwrap_or(&self.dir).to_path_buf();
         let io_entry = |source: std::io::Error| LoadError::Io { path: format!("the image cache entry of {name}"), source };
         std::fs::create_dir_all(&parent).map_err(io_entry)?;
@@ -74,7 +74,6 @@ impl ImageCache {
         let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = parent.join(format!(".{sha256}.{}.{writer}.tmp", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(io_entry)?;
-        let quantized: Vec<u16> = fitted.iter().map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
         let bytes: Vec<u8> = quantized.iter().flat_map(|q| q.to_le_bytes()).collect();
         file.write_all(&bytes).map_err(io_entry)?;
         drop(file);
@@ -85,6 +84,23 @@ impl ImageCache {
             }
         }
         // What the cache will give next time, so a first epoch equals every later one.
-        Ok(quantized.into_iter().map(|q| f32::from(q) / 65535.0).collect())
+        Ok(dequantize(&quantized))
     }
+}
+
+/// The model's input for a decoded image, as training saw it: fitted to `size` x `size` and
+/// quantized to 16 bits (the cache's format).
+pub fn quantized_square(img: &decode::Gray, size: usize) -> Vec<u16> {
+    decode::fit_square(img, size).iter().map(|v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect()
+}
+
+pub fn dequantize(q: &[u16]) -> Vec<f32> {
+    q.iter().map(|&q| f32::from(q) / 65535.0).collect()
+}
+
+/// A decoded file prepared exactly as training and evaluation prepare it (the same reader,
+/// window, MONOCHROME1 handling, padding and resize, quantization), with its DICOM header ids.
+pub fn prepare(source: &Path, size: usize) -> Result<(Vec<f32>, decode::DicomIds), DecodeError> {
+    let (img, ids) = decode::decode_file(source)?;
+    Ok((dequantize(&quantized_square(&img, size)), ids))
 }

@@ -43,6 +43,7 @@ mod m012_objective;
 mod m013_metrics_hot_path;
 mod m014_predictions;
 mod m015_acceptance_criteria;
+mod m016_classify;
 
 pub struct Migrator;
 
@@ -65,6 +66,7 @@ impl MigratorTrait for Migrator {
             Box::new(m013_metrics_hot_path::Migration),
             Box::new(m014_predictions::Migration),
             Box::new(m015_acceptance_criteria::Migration),
+            Box::new(m016_classify::Migration),
         ]
     }
 }

@@ -424,6 +424,10 @@ pub struct LeaseRequest {
     /// The kinds of job this worker takes; empty means every kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<JobKind>,
+    /// This one job only: a classification batch its creator runs in its own process
+    /// (`cobb classify`), held for that token until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<i64>,
 }
 
 /// A job handed to a worker under a lease. The fields every kind shares are here; what the
@@ -454,6 +458,7 @@ impl JobLease {
         match self.work {
             Work::Train(_) => JobKind::Train,
             Work::Evaluate(_) => JobKind::Evaluate,
+            Work::Classify(_) => JobKind::Classify,
         }
     }
 }
@@ -463,6 +468,7 @@ impl JobLease {
 pub enum Work {
     Train(TrainWork),
     Evaluate(EvaluateWork),
+    Classify(crate::classify::ClassifyWork),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -534,6 +540,9 @@ pub struct Complete {
     /// Evaluation: each test image's prediction (stored with the run's test results).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predictions: Vec<ItemPrediction>,
+    /// Classification: images per second of the whole pass (read, decode, forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
 }
 
 /// One image's prediction, as a worker reports it: the item (its path relative to the dataset
@@ -737,6 +746,9 @@ pub struct PromotionInfo {
     /// The evaluation waits for approvals (`cobb approve ID` by another reviewer).
     #[serde(default)]
     pub awaiting_approval: bool,
+    /// The per-class auto-accept thresholds fixed at promotion (`cobb classify` decisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_accept: Option<crate::classify::AutoAccept>,
 }
 
 fn one() -> u32 {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod classes;
+pub mod classify;
 pub mod compare;
 pub mod early_stop;
 pub mod error;
@@ -25,4 +26,4 @@ pub mod tpe;
 
 pub use error::ErrorBody;
 pub use spec::{ExperimentSpec, SpecError};
-pub use status::{AuditAction, JobKind, JobStatus, Role, RunStatus, Split};
+pub use status::{AuditAction, Decision, JobKind, JobStatus, Role, RunStatus, Split};

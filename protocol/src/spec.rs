@@ -42,6 +42,10 @@ pub struct PromotionSpec {
     /// its test evaluation runs; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<u32>,
+    /// The precision a class's auto-accepted classifications must reach on validation; each
+    /// class's confidence threshold is chosen for it when a run is promoted (default 0.99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_accept_precision: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,6 +436,13 @@ pub fn validate(spec: &ExperimentSpec) -> Vec<Issue> {
         );
     }
 
+    if let Some(p) = spec.promotion.as_ref().and_then(|p| p.auto_accept_precision) {
+        check(
+            p > 0.0 && p <= 1.0,
+            "promotion.auto_accept_precision",
+            format!("{p}: a precision between 0 (exclusive) and 1, such as 0.99"),
+        );
+    }
     if let Some(n) = spec.promotion.as_ref().and_then(|p| p.approvals) {
         check((1..=5).contains(&n), "promotion.approvals", format!("{n}: a promotion needs 1 to 5 approvals (the promoter counts as one)"));
     }

@@ -67,10 +67,23 @@ pub type JobStatus = RunStatus;
 string_enum!(
     /// What a job asks a worker to do. `train`: train a run (train and validation items);
     /// `evaluate`: evaluate a promoted run's best checkpoint on the sealed test split (the
-    /// only kind that ever receives test items).
+    /// only kind that ever receives test items); `classify`: run a promoted model over a folder
+    /// of new images (a classification batch; it reads no dataset items).
     JobKind {
         Train => "train",
         Evaluate => "evaluate",
+        Classify => "classify",
+    }
+);
+
+string_enum!(
+    /// What happens to a classified image: `accept` (confident enough for its class's
+    /// threshold), `review` (a person labels it), `skipped` (the file could not be classified:
+    /// listed with its reason, never silently dropped).
+    Decision {
+        Accept => "accept",
+        Review => "review",
+        Skipped => "skipped",
     }
 );
 
@@ -94,6 +107,9 @@ string_enum!(
         EvaluationSucceed => "evaluation.succeed",
         EvaluationRetry => "evaluation.retry",
         EvaluationFail => "evaluation.fail",
+        ClassifyCreate => "classify.create",
+        ClassifyFinish => "classify.finish",
+        ReviewLabel => "review.label",
         EvaluationCancel => "evaluation.cancel",
     }
 );

@@ -30,6 +30,7 @@ pub struct Counters {
     /// Leases handed out, by job kind (each is an attempt).
     pub leases_train: AtomicU64,
     pub leases_evaluate: AtomicU64,
+    pub leases_classify: AtomicU64,
     /// Leases the reaper found expired, and what became of their jobs.
     pub lease_expiries: AtomicU64,
     pub reaped_requeued: AtomicU64,
@@ -80,7 +81,9 @@ pub fn render(counters: &Counters, queue: &QueueCounts, pools: &PoolCounts) -> S
         &mut out,
         "cobb_leases_total",
         "Leases handed to workers (each one an attempt), by job kind.",
-        &[("{kind=\"train\"}".to_owned(), get(&counters.leases_train)), ("{kind=\"evaluate\"}".to_owned(), get(&counters.leases_evaluate))],
+        &[("{kind=\"train\"}".to_owned(), get(&counters.leases_train)), ("{kind=\"evaluate\"}".to_owned(), get(&counters.leases_evaluate)),
+            ("{kind=\"classify\"}".to_owned(), get(&counters.leases_classify)),
+        ],
     );
     counter(
         &mut out,

@@ -100,6 +100,7 @@ impl Server {
             idle_poll: Duration::from_millis(200),
             exit_when_idle,
             idle_exit_after: Duration::ZERO,
+            classify_roots: Some(Vec::new()),
         }
     }
 }

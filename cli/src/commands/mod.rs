@@ -1,5 +1,6 @@
 pub mod audit;
 pub mod backup;
+pub mod classify;
 pub mod compare;
 pub mod dataset;
 pub mod listings;

@@ -23,6 +23,7 @@ async fn evaluate_here(client: &Client, data_dir: &std::path::Path, promotion: i
         idle_poll: Duration::from_secs(1),
         exit_when_idle: true,
         idle_exit_after: Duration::ZERO,
+        classify_roots: Some(Vec::new()),
     };
     let worker_client = client::Client::patient(&server, Some(token.clone()), Duration::from_secs(300));
     // Evaluation jobs are handed out oldest first; run them until this promotion's is done.

@@ -34,6 +34,10 @@ pub struct WorkerArgs {
     /// With --exit-when-idle: how long the queue must stay empty first (seconds).
     #[arg(long, default_value_t = 0, requires = "exit_when_idle")]
     pub idle_secs: u64,
+    /// A folder whose images this worker may classify (`cobb classify --on-worker`); repeat
+    /// for several. A worker with none takes no classification jobs.
+    #[arg(long = "classify-root", value_name = "DIR")]
+    pub classify_roots: Vec<PathBuf>,
 }
 
 /// What a job is, for one line of progress.
@@ -47,6 +51,7 @@ fn describe(job: &JobLease) -> String {
             job.config.train.epochs
         ),
         Work::Evaluate(e) => format!("evaluating promotion {} on the sealed test split (attempt {})", e.promotion_id, job.attempt),
+        Work::Classify(c) => format!("classifying batch {} with promotion {} (attempt {})", c.batch_id, c.promotion_id, job.attempt),
     }
 }
 
@@ -71,7 +76,11 @@ impl Progress for Lines {
         );
     }
     fn finished(&self, job: &JobLease, status: &str, detail: &str) {
-        let what = if matches!(job.work, Work::Evaluate(_)) { "test evaluation " } else { "" };
+        let what = match job.work {
+            Work::Evaluate(_) => "test evaluation ",
+            Work::Classify(_) => "classification ",
+            Work::Train(_) => "",
+        };
         eprintln!("[run {:>3} {}] {what}{status} {detail}", job.run_id, job.run_name);
     }
 }
@@ -117,8 +126,9 @@ impl Progress for Bars {
         }
     }
     fn finished(&self, lease: &JobLease, status: &str, detail: &str) {
-        if matches!(lease.work, Work::Evaluate(_)) {
-            let _ = self.multi.println(format!("[run {:>3} {}] test evaluation {status} {detail}", lease.run_id, lease.run_name));
+        if !matches!(lease.work, Work::Train(_)) {
+            let what = if matches!(lease.work, Work::Evaluate(_)) { "test evaluation" } else { "classification" };
+            let _ = self.multi.println(format!("[run {:>3} {}] {what} {status} {detail}", lease.run_id, lease.run_name));
             return;
         }
         if let Some(bar) = self.bar(lease.run_id) {
@@ -151,6 +161,7 @@ fn spawn_workers(
     work_dir: &Path,
     exit_when_idle: bool,
     idle_exit_after: Duration,
+    classify_roots: &[PathBuf],
     shutdown: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
     let progress = progress();
@@ -165,6 +176,7 @@ fn spawn_workers(
                 idle_poll: Duration::from_secs(2),
                 exit_when_idle,
                 idle_exit_after,
+                classify_roots: Some(classify_roots.to_vec()),
             };
             let shutdown = shutdown.clone();
             let progress = progress.clone();
@@ -224,6 +236,7 @@ pub async fn worker(args: &WorkerArgs, server: &str, token: Option<String>, data
         &data_dir.join("worker"),
         args.exit_when_idle,
         Duration::from_secs(args.idle_secs),
+        &args.classify_roots,
         shutdown.clone(),
     );
     let mut unreachable = None;
@@ -303,7 +316,7 @@ pub async fn up(args: &UpArgs, data_dir: Option<&Path>) -> Result<(), Failure> {
     let shutdown = Arc::new(AtomicBool::new(false));
     on_signal(shutdown.clone());
     let handles =
-        spawn_workers(&url, &token, &default_name(), args.workers, choice, &data_dir.join("worker"), false, Duration::ZERO, shutdown);
+        spawn_workers(&url, &token, &default_name(), args.workers, choice, &data_dir.join("worker"), false, Duration::ZERO, &[], shutdown);
     eprintln!("cobb is up: server {url} with {} worker(s); data in {}", args.workers, data_dir.display());
     eprintln!("  export COBB_SERVER={url}   # then: cobb submit experiments/demo.yaml, cobb runs");
     for h in handles {
@@ -322,6 +335,9 @@ pub struct DemoArgs {
     pub images: usize,
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Fresh phantoms (another seed) the promoted model classifies at the end.
+    #[arg(long, default_value_t = 200)]
+    pub new_images: usize,
 }
 
 const DEMO_SPEC: &str = include_str!("../../../experiments/demo.yaml");
@@ -378,6 +394,7 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
         &data_dir.join("worker"),
         false,
         Duration::ZERO,
+        &[],
         shutdown.clone(),
     );
     loop {
@@ -391,6 +408,9 @@ pub async fn demo(args: &DemoArgs, data_dir: Option<&Path>) -> Result<(), Failur
         }
     }
     print_leaderboard(&client, sweep).await?;
+    if !shutdown.load(Ordering::Relaxed) {
+        promote_and_classify(&client, sweep, data_dir, args.new_images).await?;
+    }
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     let token_file = data_dir.join("admin.token");
     println!("\ndashboard: {url}/ui (log in with the token in {})", token_file.display());
@@ -442,5 +462,81 @@ async fn print_leaderboard(client: &Client, sweep: i64) -> Result<(), Failure> {
         return Ok(());
     }
     super::compare::print_comparison(&super::compare::comparison(client, &best, None).await?);
+    Ok(())
+}
+
+/// The end of the loop: promote the best succeeded run (its test evaluation runs on the demo's
+/// workers; the report is printed), then classify a fresh export of phantoms made with another
+/// seed, print the per-class summary and the accuracy against the phantoms' true labels.
+async fn promote_and_classify(client: &Client, sweep: i64, data_dir: &Path, new_images: usize) -> Result<(), Failure> {
+    let list: RunList = client.get(&format!("/runs?sweep={sweep}&sort=val_macro_f1&limit=100")).await?;
+    let Some(best) = list.runs.iter().find(|r| r.status == RunStatus::Succeeded) else {
+        eprintln!("no run succeeded, so nothing is promoted");
+        return Ok(());
+    };
+    eprintln!("\npromoting run {} (best validation macro-F1) to the sealed test split", best.id);
+    let current: Vec<protocol::api::PromotionInfo> = client.get("/promotions?experiment=demo").await?;
+    if current.iter().any(|p| p.run_id == best.id && p.superseded_by.is_none()) {
+        eprintln!("run {} is already the promoted model", best.id);
+    } else {
+        super::promote::promote(client, best.id, "demo: best validation macro-F1 of the sweep", 600, None, false).await?;
+    }
+    // A fresh export: phantoms of another seed, their true labels kept aside (not in the folder).
+    let incoming = data_dir.join("incoming");
+    let truth = data_dir.join("incoming-truth.csv");
+    if !truth.exists() {
+        let _ = std::fs::remove_dir_all(&incoming);
+        let options = data::phantoms::Options {
+            count: new_images,
+            size: 64,
+            seed: 4242,
+            format: data::phantoms::Format::Png,
+            balance: data::phantoms::Balance::Uniform,
+        };
+        let dir = incoming.clone();
+        tokio::task::spawn_blocking(move || data::phantoms::generate(&dir, &options))
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?
+            .context("while generating the new phantoms")?;
+        std::fs::rename(incoming.join("manifest.csv"), &truth).context("while setting the true labels aside")?;
+    }
+    eprintln!("classifying {new_images} new phantoms (seed 4242) in {} with the promoted model", incoming.display());
+    let args = super::classify::ClassifyArgs {
+        path: incoming.clone(),
+        experiment: Some("demo".to_owned()),
+        promotion: None,
+        out: Some(data_dir.join("incoming-classified.csv")),
+        device: "cpu".to_owned(),
+        batch: None,
+        on_worker: false,
+    };
+    super::classify::classify(&args, client, data_dir, false).await?;
+    // How the sorting did against the truth the phantoms carry.
+    let labels: std::collections::HashMap<String, String> = csv::Reader::from_path(&truth)
+        .context("while reading the true labels")?
+        .records()
+        .filter_map(Result::ok)
+        .filter_map(|r| Some((r.get(0)?.to_owned(), r.get(1)?.to_owned())))
+        .collect();
+    let mut reader = csv::Reader::from_path(data_dir.join("incoming-classified.csv")).context("while reading the classification")?;
+    let (mut right, mut all, mut accepted_right, mut accepted) = (0u64, 0u64, 0u64, 0u64);
+    for record in reader.records().filter_map(Result::ok) {
+        let (Some(path), Some(predicted)) = (record.get(0), record.get(2)) else { continue };
+        let Some(truth) = labels.get(path) else { continue };
+        let ok = truth == predicted;
+        all += 1;
+        right += u64::from(ok);
+        if record.iter().rev().nth(1) == Some("accept") {
+            accepted += 1;
+            accepted_right += u64::from(ok);
+        }
+    }
+    if all > 0 {
+        println!(
+            "against the phantoms' true labels: accuracy {:.3} over {all} images; {accepted} auto-accepted, of which {:.3} right",
+            right as f64 / all as f64,
+            if accepted > 0 { accepted_right as f64 / accepted as f64 } else { 0.0 }
+        );
+    }
     Ok(())
 }

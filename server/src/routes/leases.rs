@@ -48,16 +48,41 @@ async fn upload(
     Ok(HttpResponse::Created().json(info))
 }
 
+/// Workers, and the token that runs its own classification (`cobb classify`: a submitter,
+/// whose every lease write is fenced like a worker's, and which only ever holds such leases).
+fn require_lease_holder(who: &Principal) -> Result<(), ApiError> {
+    who.require(Role::Worker).or_else(|_| who.require(Role::Submitter))
+}
+
+#[derive(serde::Deserialize)]
+struct BlobQuery {
+    lease_id: Option<String>,
+}
+
+/// A stored file by sha256 (worker role), or the promoted checkpoint of the caller's own live
+/// classification lease (`?lease_id=`).
 #[get("/blobs/{sha256}")]
-async fn blob(state: web::Data<AppState>, who: Principal, sha256: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
+async fn blob(
+    state: web::Data<AppState>,
+    who: Principal,
+    sha256: web::Path<String>,
+    q: web::Query<BlobQuery>,
+) -> Result<HttpResponse, ApiError> {
+    match (&q.lease_id, who.require(Role::Worker)) {
+        (_, Ok(())) => {}
+        (Some(lease_id), Err(_)) => {
+            who.require(Role::Submitter)?;
+            service::classify::may_download(&state, &who, lease_id, &sha256).await?;
+        }
+        (None, Err(e)) => return Err(e),
+    }
     Ok(HttpResponse::Ok().content_type("application/octet-stream").body(service::worker_writes::blob(&state, &sha256).await?))
 }
 
 /// 200 with a job under a new lease, or 204 when no job (of the kinds asked for) is waiting.
 #[post("/leases")]
 async fn lease(state: web::Data<AppState>, who: Principal, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
+    require_lease_holder(&who)?;
     Ok(match service::jobs::lease(&state, &who, body.into_inner()).await? {
         Some(lease) => HttpResponse::Ok().json(lease),
         None => HttpResponse::NoContent().finish(),
@@ -71,7 +96,7 @@ async fn heartbeat(
     id: web::Path<String>,
     body: Option<web::Json<Heartbeat>>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
+    require_lease_holder(&who)?;
     let beat = body.map(|b| b.into_inner()).unwrap_or_default();
     Ok(HttpResponse::Ok().json(service::jobs::heartbeat(&state, &who, &id, beat).await?))
 }
@@ -83,7 +108,7 @@ async fn complete(
     id: web::Path<String>,
     body: web::Json<Complete>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
+    require_lease_holder(&who)?;
     Ok(HttpResponse::Ok().json(service::jobs::complete(&state, &who, &id, body.into_inner()).await?))
 }
 
@@ -94,7 +119,7 @@ async fn release(
     id: web::Path<String>,
     body: web::Json<Release>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(Role::Worker)?;
+    require_lease_holder(&who)?;
     Ok(HttpResponse::Ok().json(service::jobs::release(&state, &who, &id, body.into_inner()).await?))
 }
 

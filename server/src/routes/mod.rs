@@ -1,6 +1,7 @@
 //! HTTP routes under /api/v1: extract, call one service function, respond.
 
 pub mod audit;
+pub mod classify;
 pub mod datasets;
 pub mod experiments;
 pub mod health;
@@ -22,6 +23,7 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             .configure(runs::routes)
             .configure(leases::routes)
             .configure(promotions::routes)
+            .configure(classify::routes)
             .configure(workers::routes)
             .configure(audit::routes),
     );

@@ -102,7 +102,7 @@ pub async fn record_val(state: &AppState, who: &Principal, run_id: i64, upload: 
     }
 }
 
-async fn version_classes(conn: &impl ConnectionTrait, version_id: i64) -> Result<Vec<String>, ApiError> {
+pub(crate) async fn version_classes(conn: &impl ConnectionTrait, version_id: i64) -> Result<Vec<String>, ApiError> {
     let version =
         store::datasets::version_by_id(conn, version_id).await?.ok_or_else(|| ApiError::not_found("dataset version", version_id))?;
     Ok(version.classes()?)

@@ -96,12 +96,23 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let now = now_ms();
     let lease_id = uuid::Uuid::new_v4().to_string();
     let expires_at = now + ttl_ms(state);
+    // Only workers take jobs from the queue; another token leases by name the classification
+    // it created to run in its own process.
+    if req.job.is_none() && !principal.role.allows(protocol::Role::Worker) {
+        return Err(ApiError::Forbidden { needed: protocol::Role::Worker, have: principal.role, name: principal.name.clone() });
+    }
     let tx = state.db.write.begin().await?;
-    // A queued job first; else the next run of a tpe sweep, suggested now.
-    let job_id = match store::jobs::next_queued(&tx, &req.kinds).await? {
-        Some(id) => Some(id),
-        None if req.kinds.is_empty() || req.kinds.contains(&JobKind::Train) => super::tpe::create_next(state, &tx, now).await?,
-        None => None,
+    // That one job; else a queued job; else the next run of a tpe sweep, suggested now.
+    let job_id = match req.job {
+        Some(id) => {
+            super::classify::check_own_job(&tx, principal, id).await?;
+            Some(id)
+        }
+        None => match store::jobs::next_queued(&tx, &req.kinds).await? {
+            Some(id) => Some(id),
+            None if req.kinds.is_empty() || req.kinds.contains(&JobKind::Train) => super::tpe::create_next(state, &tx, now).await?,
+            None => None,
+        },
     };
     let Some(job_id) = job_id else {
         store::workers::seen(&tx, &req.worker, req.device.as_deref(), None, now).await?;
@@ -119,6 +130,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         match kind {
             JobKind::Train => &state.counters.leases_train,
             JobKind::Evaluate => &state.counters.leases_evaluate,
+            JobKind::Classify => &state.counters.leases_classify,
         },
         1,
     );
@@ -142,6 +154,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let work = match kind {
         JobKind::Train => Work::Train(train_work(conn, &run).await?),
         JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),
+        JobKind::Classify => Work::Classify(super::classify::work(conn, &get(conn, job_id).await?).await?),
     };
     Ok(Some(JobLease {
         lease_id,
@@ -309,6 +322,11 @@ pub async fn items(state: &AppState, who: &Principal, lease_id: &str) -> Result<
     let splits: &[Split] = match job.kind {
         JobKind::Train => &[Split::Train, Split::Val],
         JobKind::Evaluate => &[Split::Test],
+        JobKind::Classify => {
+            return Err(ApiError::Conflict(format!(
+                "lease `{lease_id}` is a classification's: it reads the images under its own path, never a dataset's items"
+            )));
+        }
     };
     let conn = &state.db.read;
     let version = store::datasets::version_by_id(conn, job.dataset_version_id)
@@ -342,7 +360,10 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
     }
     let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
-    let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts;
+    // A classification its creator runs itself is not queued again for nobody to take.
+    let held_for_creator =
+        job.kind == JobKind::Classify && store::classify::by_job(&tx, job.id).await?.is_some_and(|b| b.held == 1);
+    let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts && !held_for_creator;
     let status = if job.cancel_requested {
         JobStatus::Cancelled
     } else if job.prune_requested {
@@ -382,6 +403,17 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
         }
         JobKind::Evaluate => {
             super::promotions::evaluation_ended(&tx, &job, status, &req, error.as_deref(), now).await?;
+        }
+        JobKind::Classify => {
+            if req.confusion.is_some() || !req.predictions.is_empty() || req.best_epoch.is_some() {
+                tx.rollback().await?;
+                return Err(ApiError::InvalidRequest(
+                    "a classification completes with its outcome and images per second; its images go to \
+                     POST /classifications/{id}/items"
+                        .to_owned(),
+                ));
+            }
+            super::classify::ended(&tx, &job, status, req.images_per_second, error.as_deref(), now).await?;
         }
     }
     if !store::leases::end(&tx, lease_id, "completed", now).await?
@@ -448,8 +480,14 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
         if let Some(job_id) = lease.job_id
             && let Some(job) = store::jobs::get(&tx, job_id).await?
         {
+            // A classification run by its creator's own process is not handed to anyone else:
+            // when that process stops, the batch fails (run `cobb classify` again).
+            let held_for_creator = job.kind == JobKind::Classify
+                && store::classify::by_job(&tx, job.id).await?.is_some_and(|b| b.held == 1);
             let (status, error) = if job.cancel_requested {
                 (JobStatus::Cancelled, None)
+            } else if held_for_creator {
+                (JobStatus::Failed, Some(format!("`{}` stopped heartbeating while classifying; run `cobb classify` again", lease.worker)))
             } else if job.prune_requested {
                 // Never resumed by the reaper: it was stopped on purpose.
                 (JobStatus::Pruned, prune_reason(&tx, job.run_id).await?)
@@ -479,6 +517,11 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
             }
             if job.kind == JobKind::Evaluate {
                 super::promotions::evaluation_expired(&tx, &job, &lease.worker, status, error.as_deref()).await?;
+            }
+            if job.kind == JobKind::Classify
+                && let Err(e) = super::classify::ended(&tx, &job, status, None, error.as_deref(), now).await
+            {
+                tracing::warn!(job.id, error = %e, "could not close an expired classification batch");
             }
             tracing::warn!(job.id, job.kind = %job.kind, run.id = job.run_id, lease.id = %lease.id, worker = %lease.worker, %status,
                 "lease expired");

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod classify;
 pub mod compare;
 pub mod constraints;
 pub mod datasets;

@@ -56,6 +56,10 @@ fn info(row: PromotionRow, reused: bool) -> Result<PromotionInfo, DbErr> {
         approvals_needed: row.approvals_needed.clamp(1, 5) as u32,
         approvers: serde_json::from_str(&row.approvers_json).unwrap_or_default(),
         awaiting_approval: row.held == 1,
+        auto_accept: match &row.auto_accept_json {
+            Some(text) => Some(store::decode_json(&format!("promotions row {}", row.id), "auto_accept_json", text)?),
+            None => None,
+        },
     })
 }
 
@@ -88,6 +92,9 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
     // validation predictions (the test evidence derives the same number from the same data);
     // fitted before the write transaction, which it need not hold.
     let temperature = super::evidence::validation_temperature(state, run_id).await?;
+    // The per-class auto-accept thresholds `cobb classify` decides with, fixed now the same way.
+    let auto_accept = super::classify::thresholds_for(state, run_id).await?;
+    let auto_accept_json = auto_accept.as_ref().map(serde_json::to_string).transpose().map_err(anyhow::Error::from)?;
     let tx = state.db.write.begin().await?;
     let run = super::runs::get(&tx, run_id).await?;
     if run.status != RunStatus::Succeeded.as_str() {
@@ -142,6 +149,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
             code_version: CODE_VERSION,
             now,
             approvals_needed,
+            auto_accept_json,
         },
     )
     .await?;
@@ -196,6 +204,7 @@ pub async fn promote(state: &AppState, who: &Principal, run_id: i64, reason: &st
                 "criteria": criteria_now.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()),
                 "approvals_needed": approvals_needed,
                 "temperature": temperature,
+                "auto_accept": auto_accept,
                 "supersedes": current.as_ref().map(|c| json!({"promotion": c.id, "run_id": c.run_id})),
                 "evaluation": if evaluated { "reused: this run was already evaluated on the test split" } else { "queued" },
             }),

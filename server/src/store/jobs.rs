@@ -102,6 +102,8 @@ async fn fetch_all(conn: &impl ConnectionTrait, rest: &str, vals: Vec<Value>) ->
 pub fn priority(kind: JobKind) -> i64 {
     match kind {
         JobKind::Evaluate => 10,
+        // A person waits for a classification too, but a test evaluation goes first.
+        JobKind::Classify => 5,
         JobKind::Train => 0,
     }
 }

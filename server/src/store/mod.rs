@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod audit;
+pub mod classify;
 pub mod datasets;
 pub mod early_stops;
 pub mod experiments;

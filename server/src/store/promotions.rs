@@ -36,13 +36,15 @@ pub struct PromotionRow {
     pub approvers_json: String,
     /// 1 while its evaluation job waits for approvals.
     pub held: i64,
+    /// The per-class auto-accept thresholds fixed at promotion (protocol::classify::AutoAccept).
+    pub auto_accept_json: Option<String>,
 }
 
 const COLUMNS: &str = "p.id, p.experiment_id, e.name AS experiment, p.run_id, r.name AS run_name, p.actor, p.reason, \
     p.created_at, p.checkpoint_uri, p.checkpoint_sha256, p.best_epoch, p.dataset_version, p.config_hash, p.code_version, \
     COALESCE(j.status, 'succeeded') AS status, j.id AS job_id, COALESCE(j.attempt, 0) AS attempt, j.worker, j.error, \
     j.started_at, COALESCE(j.finished_at, p.created_at) AS finished_at, p.superseded_by, p.superseded_at, \
-    p.approvals_needed, p.approvers_json, COALESCE(j.held, 0) AS held";
+    p.approvals_needed, p.approvers_json, COALESCE(j.held, 0) AS held, p.auto_accept_json";
 const FROM: &str = "FROM promotions p JOIN experiments e ON e.id = p.experiment_id JOIN runs r ON r.id = p.run_id \
     LEFT JOIN jobs j ON j.promotion_id = p.id";
 
@@ -59,14 +61,15 @@ pub struct NewPromotion<'a> {
     pub code_version: &'a str,
     pub now: i64,
     pub approvals_needed: i64,
+    pub auto_accept_json: Option<String>,
 }
 
 pub async fn insert(conn: &impl ConnectionTrait, p: NewPromotion<'_>) -> Result<i64, DbErr> {
     one::<Id>(
         conn,
         "INSERT INTO promotions (experiment_id, run_id, actor, reason, created_at, checkpoint_uri, checkpoint_sha256, \
-         best_epoch, dataset_version, config_hash, code_version, approvals_needed, approvers_json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+         best_epoch, dataset_version, config_hash, code_version, approvals_needed, approvers_json, auto_accept_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         values![
             p.experiment_id,
             p.run_id,
@@ -80,7 +83,8 @@ pub async fn insert(conn: &impl ConnectionTrait, p: NewPromotion<'_>) -> Result<
             p.config_hash,
             p.code_version,
             p.approvals_needed,
-            serde_json::json!([p.actor]).to_string()
+            serde_json::json!([p.actor]).to_string(),
+            p.auto_accept_json
         ],
     )
     .await?

@@ -48,6 +48,7 @@ fn env() -> &'static Environment<'static> {
             "compare.html",
             "audit.html",
             "promotion.html",
+            "batch.html",
         ] {
             if let Err(e) = env.add_template(name, source) {
                 tracing::error!(template = name, error = %e, "template does not compile");

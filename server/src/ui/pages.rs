@@ -28,7 +28,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(promotion_json)
         .service(promotion_study)
         .service(promotion_study_page)
-        .service(promote);
+        .service(promote)
+        .service(batch)
+        .service(review);
 }
 
 /// Runs a page body with its viewer; errors become error pages.
@@ -89,6 +91,7 @@ struct ExperimentPage {
     experiment: protocol::api::ExperimentDetail,
     dataset: protocol::api::DatasetVersionInfo,
     promotions: Vec<protocol::api::PromotionInfo>,
+    batches: Vec<protocol::classify::BatchInfo>,
 }
 
 #[get("/ui/experiments/{name}")]
@@ -97,7 +100,8 @@ async fn experiment(req: HttpRequest, state: web::Data<AppState>, name: web::Pat
         let detail = service::experiments::show(&state, &name).await?;
         let dataset = service::datasets::show(&state, &detail.summary.dataset, Some(&detail.summary.dataset_version)).await?;
         let promotions = service::promotions::list(&state, Some(&name)).await?;
-        Ok(render("experiment.html", Some(&v), &ExperimentPage { experiment: detail, dataset, promotions }))
+        let batches = service::classify::list(&state, Some(&name), 100).await?;
+        Ok(render("experiment.html", Some(&v), &ExperimentPage { experiment: detail, dataset, promotions, batches }))
     })
 }
 
@@ -636,5 +640,58 @@ async fn promote(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64
         v.principal.require(Role::Reviewer)?;
         let p = service::promotions::promote(&state, &v.principal, *id, &form.reason).await?;
         Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/ui/promotions/{}", p.id))).finish())
+    })
+}
+
+#[derive(Serialize)]
+struct BatchPage {
+    detail: protocol::classify::BatchDetail,
+    /// The images sent to review (reviewed or not), then the skipped files.
+    review: Vec<protocol::classify::BatchItem>,
+    skipped: Vec<protocol::classify::BatchItem>,
+    live: bool,
+    can_review: bool,
+    /// What the last form stored (`?reviewed=N&corrected=M`).
+    reviewed: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchQuery {
+    reviewed: Option<u64>,
+    corrected: Option<u64>,
+}
+
+#[get("/ui/classifications/{id}")]
+async fn batch(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>, q: web::Query<BatchQuery>) -> HttpResponse {
+    page!(req, state, |v| {
+        let detail = service::classify::show(&state, *id).await?;
+        let to_review = service::classify::items(&state, *id, Some(protocol::Decision::Review)).await?;
+        let skipped = service::classify::items(&state, *id, Some(protocol::Decision::Skipped)).await?;
+        let live = matches!(detail.batch.status, JobStatus::Queued | JobStatus::Running);
+        let can_review = v.principal.role.allows(Role::Reviewer) && v.csrf.is_some();
+        let reviewed = q.reviewed.map(|n| format!("{n} label(s) stored, {} of them corrections", q.corrected.unwrap_or(0)));
+        Ok(render("batch.html", Some(&v), &BatchPage { detail, review: to_review, skipped, live, can_review, reviewed }))
+    })
+}
+
+/// The review form: one select per image (`label:<path>` = class, empty = no decision).
+#[post("/ui/classifications/{id}/review")]
+async fn review(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
+    page!(req, state, |v| {
+        let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
+        check_csrf(&v, csrf)?;
+        v.principal.require(Role::Reviewer)?;
+        let labels: Vec<protocol::classify::ReviewLabel> = form
+            .iter()
+            .filter_map(|(k, value)| k.strip_prefix("label:").map(|path| (path, value)))
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(path, value)| protocol::classify::ReviewLabel { path: path.to_owned(), label: value.clone() })
+            .collect();
+        if labels.is_empty() {
+            return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, format!("/ui/classifications/{}", *id))).finish());
+        }
+        let result = service::classify::review(&state, &v.principal, *id, protocol::classify::ReviewRequest { labels }).await?;
+        let to = format!("/ui/classifications/{}?reviewed={}&corrected={}", *id, result.reviewed, result.corrected);
+        Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, to)).finish())
     })
 }

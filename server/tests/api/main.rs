@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod classify;
 mod datasets;
 mod early_stop;
 mod evidence;

@@ -12,19 +12,19 @@ crate::on_both_databases!(the_dashboards_show_real_numbers_behind_a_login);
 
 const XSS: &str = "<script>alert('cobb')</script>";
 
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     root: String,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new(app: &TestApp) -> Self {
+    pub(crate) fn new(app: &TestApp) -> Self {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
         Self { http, root: app.base.trim_end_matches("/api/v1").to_owned(), cookie: None }
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         let mut request = self.http.get(format!("{}{path}", self.root));
         if let Some(c) = &self.cookie {
             request = request.header(COOKIE, c);
@@ -32,7 +32,7 @@ impl Browser {
         request.send().await.expect("get")
     }
 
-    async fn page(&self, path: &str) -> String {
+    pub(crate) async fn page(&self, path: &str) -> String {
         let response = self.get(path).await;
         let status = response.status();
         let body = response.text().await.expect("body");
@@ -41,7 +41,7 @@ impl Browser {
         body
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self.http.post(format!("{}{path}", self.root)).form(form);
         if let Some(c) = &self.cookie {
             request = request.header(COOKIE, c);
@@ -49,7 +49,7 @@ impl Browser {
         request.send().await.expect("post")
     }
 
-    async fn login(&mut self, token: &str) -> reqwest::Response {
+    pub(crate) async fn login(&mut self, token: &str) -> reqwest::Response {
         let response = self.post("/ui/login", &[("token", token), ("next", "/ui/audit")]).await;
         if let Some(set) = response.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()) {
             self.cookie = set.split(';').next().map(str::to_owned);

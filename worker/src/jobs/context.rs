@@ -26,6 +26,9 @@ pub struct WorkerConfig {
     pub exit_when_idle: bool,
     /// With `exit_when_idle`: how long the queue must stay empty before stopping (0: at once).
     pub idle_exit_after: Duration,
+    /// The folders whose images this worker may classify (`--classify-root`); a worker with
+    /// none takes no classification jobs. None: anywhere (the `cobb classify` process itself).
+    pub classify_roots: Option<Vec<PathBuf>>,
 }
 
 impl WorkerConfig {
@@ -44,6 +47,8 @@ pub trait Progress: Send + Sync {
     /// A training job's epoch.
     fn epoch(&self, _job: &JobLease, _report: &EpochReport) {}
     fn finished(&self, _job: &JobLease, _status: &str, _detail: &str) {}
+    /// A classification's progress: files done of all.
+    fn classified(&self, _job: &JobLease, _done: u64, _total: u64) {}
 }
 
 /// Progress written to the log only.

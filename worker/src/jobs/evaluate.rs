@@ -22,6 +22,7 @@ fn failed(error: String, retryable: bool) -> Complete {
         confusion: None,
         skipped: Vec::new(),
         predictions: Vec::new(),
+        images_per_second: None,
     }
 }
 
@@ -42,46 +43,58 @@ pub(crate) async fn run(client: &Client, config: &WorkerConfig, job: JobLease, w
     }
 }
 
-/// The promoted checkpoint as a local file: downloaded from the artifact store (kept by
-/// sha256 under the work dir), or a `file://` path recorded by an older worker.
-async fn checkpoint_file(client: &Client, config: &WorkerConfig, work: &EvaluateWork) -> Result<PathBuf, String> {
-    if let Some(path) = work.checkpoint.uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
+/// The promoted checkpoint as a local file, its sha256 checked: downloaded from the artifact
+/// store (kept by sha256 under the work dir; through `lease` when the caller is not a worker),
+/// or a `file://` path recorded by an older worker. Err: what to say, and whether a retry may
+/// help (a changed file will not).
+pub(crate) async fn verified_checkpoint(
+    client: &Client,
+    config: &WorkerConfig,
+    checkpoint: &protocol::api::ArtifactInfo,
+    lease: Option<&str>,
+) -> Result<PathBuf, (String, bool)> {
+    let sha = &checkpoint.sha256;
+    let file = match checkpoint.uri.strip_prefix("file://") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let file = config.work_dir.join("blobs").join(format!("{sha}.bpk"));
+            if !file.exists() {
+                let bytes = match lease {
+                    Some(lease) => client.download_with_lease(sha, lease).await,
+                    None => client.download(sha).await,
+                }
+                .map_err(|e| (format!("could not download the promoted checkpoint {sha}: {e}"), !matches!(e, client::ClientError::Corrupt { .. })))?;
+                std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| (e.to_string(), true))?;
+                std::fs::write(&file, bytes).map_err(|e| {
+                    tracing::warn!(file = %file.display(), error = %e, "could not keep the checkpoint");
+                    (format!("could not keep the checkpoint {sha} in worker `{}`'s work dir: {e}", config.name), true)
+                })?;
+            }
+            file
+        }
+    };
+    match sha256_of(&file) {
+        Ok((actual, _)) if actual == *sha => Ok(file),
+        Ok((actual, _)) => Err((
+            format!(
+                "the promoted checkpoint has sha256 {actual} on worker `{}`, not the promoted {sha}; it was changed after training \
+                 and is refused",
+                config.name
+            ),
+            false,
+        )),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot read the checkpoint");
+            Err((format!("cannot read the checkpoint {sha} on worker `{}`: {e}", config.name), true))
+        }
     }
-    let sha = &work.checkpoint.sha256;
-    let file = config.work_dir.join("blobs").join(format!("{sha}.bpk"));
-    if !file.exists() {
-        let bytes = client.download(sha).await.map_err(|e| format!("could not download the best checkpoint {sha}: {e}"))?;
-        std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| e.to_string())?;
-        std::fs::write(&file, bytes).map_err(|e| {
-            tracing::warn!(file = %file.display(), error = %e, "could not keep the checkpoint");
-            format!("could not keep the best checkpoint {sha} in worker `{}`'s work dir: {e}", config.name)
-        })?;
-    }
-    Ok(file)
 }
 
 async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: &EvaluateWork) -> Complete {
-    let file = match checkpoint_file(client, config, work).await {
+    let file = match verified_checkpoint(client, config, &work.checkpoint, None).await {
         Ok(file) => file,
-        Err(e) => return failed(e, true),
+        Err((e, retryable)) => return failed(e, retryable),
     };
-    match sha256_of(&file) {
-        Ok((sha, _)) if sha == work.checkpoint.sha256 => {}
-        Ok((sha, _)) => {
-            return failed(
-                format!(
-                    "the best checkpoint has sha256 {sha} on worker `{}`, not the promoted {}; it was changed after training",
-                    config.name, work.checkpoint.sha256
-                ),
-                false,
-            );
-        }
-        Err(e) => {
-            tracing::warn!(file = %file.display(), error = %e, "cannot read the best checkpoint");
-            return failed(format!("cannot read the best checkpoint {} on worker `{}`: {e}", work.checkpoint.sha256, config.name), true);
-        }
-    }
     let items = match client.items(&job.lease_id).await {
         Ok(items) => items,
         Err(e) => return failed(format!("could not fetch the test items: {e}"), true),
@@ -109,6 +122,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
             confusion: Some(result.confusion),
             skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path, reason }).collect(),
             predictions: result.predictions,
+            images_per_second: None,
         },
         Ok(Err(e)) => failed(e.to_string(), matches!(e, TrainError::Device(_))),
         Err(e) => failed(format!("the evaluator crashed: {e}"), true),

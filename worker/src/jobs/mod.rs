@@ -1,5 +1,6 @@
 //! The worker loop: lease the next job of any kind the worker takes, run it by its kind
-//! (`train`: train.rs, `evaluate`: evaluate.rs) with heartbeats beside it, complete it.
+//! (`train`: train.rs, `evaluate`: evaluate.rs,
+//! `classify`: classify.rs) with heartbeats beside it, complete it.
 //! A heartbeat's "stop" answer (cancelled job) or a lost lease stops the job within one
 //! step; a clean shutdown releases the lease, so the job is queued again at once.
 
@@ -11,6 +12,7 @@ use tracing::Instrument;
 
 use client::{Client, ClientError};
 
+pub mod classify;
 mod context;
 pub mod evaluate;
 pub mod train;
@@ -19,7 +21,10 @@ pub use context::{Progress, Quiet, WorkerConfig};
 
 /// Runs jobs until `shutdown` is set (or the queue is empty with `exit_when_idle`).
 pub async fn run(config: WorkerConfig, progress: Arc<dyn Progress>, shutdown: Arc<AtomicBool>) -> Result<(), ClientError> {
-    run_kinds(config, &[], progress, shutdown).await
+    // A worker with no folder to classify under takes no classification jobs.
+    let kinds: &[JobKind] =
+        if config.classify_roots.as_ref().is_some_and(Vec::is_empty) { &[JobKind::Train, JobKind::Evaluate] } else { &[] };
+    run_kinds(config, kinds, progress, shutdown).await
 }
 
 /// Like [`run`], taking only jobs of `kinds` (every kind when empty).
@@ -54,5 +59,9 @@ pub async fn run_job(client: &Client, config: &WorkerConfig, job: JobLease, prog
     match job.work.clone() {
         Work::Train(work) => train::run(client, config, job, work, progress, shutdown).instrument(span).await,
         Work::Evaluate(work) => evaluate::run(client, config, job, work, progress).instrument(span).await,
+        Work::Classify(work) => {
+            let output = classify::Output::under(&config.work_dir, work.batch_id);
+            classify::run(client, config, job, work, progress, output).instrument(span).await;
+        }
     }
 }

@@ -236,5 +236,6 @@ fn training_complete() -> Complete {
         confusion: None,
         skipped: Vec::new(),
         predictions: Vec::new(),
+        images_per_second: None,
     }
 }

@@ -12,6 +12,7 @@
 //! `cobb-bench data` measures the data side: phantom generation, decode + resize of large
 //! 16-bit DICOM and PNG radiographs, and the training loader (cold and warm cache).
 
+mod classify;
 mod evidence;
 mod harness;
 mod ingest;
@@ -25,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 
+use classify::{ClassifyBenchArgs, classify_bench};
 use evidence::{EvidenceArgs, evidence_bench};
 use ingest::{Args, server_bench};
 use pages::{PagesArgs, pages_bench};
@@ -62,6 +64,9 @@ enum Bench {
     /// split (1,166 images, ~600 patients); `--out` writes the case for
     /// scripts/evidence_crosscheck.py.
     Evidence(EvidenceArgs),
+    /// `cobb classify`'s pipeline end to end (read, decode, prepare, forward) on PNG and 16-bit
+    /// DICOM exports, images/s per model.
+    Classify(ClassifyBenchArgs),
     #[command(hide = true)]
     TrainOne {
         arch: String,
@@ -107,6 +112,7 @@ async fn main() -> Result<()> {
         }
         Bench::Pages(args) => pages_bench(&args).await,
         Bench::Evidence(args) => evidence_bench(&args),
+        Bench::Classify(args) => classify_bench(&args),
         Bench::Queue(args) => queue_bench(&args).await,
         Bench::Sweeps(args) => sweeps_bench(&args),
         Bench::Parity { fixture, device } => {
