@@ -196,6 +196,10 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
     );
     let report = cobb(dir.path(), &url, &["promote", "1", "--reason", "best validation macro-F1 <b>bold?</b>"]);
     assert!(report.contains("macro avg"), "{report}");
+    // The promoted model sorts a folder (here: one class's training phantoms and a stray file).
+    std::fs::write(dir.path().join("ph/ap_preop/notes.txt"), "not an image").expect("stray file");
+    let sorted = cobb(dir.path(), &url, &["classify", "ph/ap_preop", "--experiment", "browser", "--out", "sorted.csv"]);
+    assert!(sorted.contains("batch 1 (succeeded)"), "{sorted}");
 
     let token = std::fs::read_to_string(dir.path().join("cobb-data/admin.token")).expect("admin token");
     browser.go(&format!("{url}/ui/experiments"));
@@ -204,7 +208,7 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
     browser.type_into("input[name=token]", token.trim());
     browser.click("form[action='/ui/login'] button");
     let shots = screenshots();
-    let pages: [(&str, &str, &[&str], u64); 8] = [
+    let pages: [(&str, &str, &[&str], u64); 9] = [
         ("experiments", "/ui/experiments", &["browser", "<script>document.title='pwned'</script> phantoms", "run 1"], 0),
         (
             "experiment",
@@ -276,8 +280,15 @@ fn every_dashboard_page_renders_real_numbers_in_chromium() {
                 "With 95% intervals",
                 "Calibration on the test split",
                 "Reliability on the test split",
+                "Auto-accept thresholds",
             ],
             1,
+        ),
+        (
+            "batch",
+            "/ui/classifications/1",
+            &["Classification batch 1: browser", "Per class", "lat_postop_tether", "Skipped files (1)", "notes.txt", "not an image"],
+            0,
         ),
         (
             "study",

@@ -81,7 +81,9 @@ pub fn render(counters: &Counters, queue: &QueueCounts, pools: &PoolCounts) -> S
         &mut out,
         "cobb_leases_total",
         "Leases handed to workers (each one an attempt), by job kind.",
-        &[("{kind=\"train\"}".to_owned(), get(&counters.leases_train)), ("{kind=\"evaluate\"}".to_owned(), get(&counters.leases_evaluate)),
+        &[
+            ("{kind=\"train\"}".to_owned(), get(&counters.leases_train)),
+            ("{kind=\"evaluate\"}".to_owned(), get(&counters.leases_evaluate)),
             ("{kind=\"classify\"}".to_owned(), get(&counters.leases_classify)),
         ],
     );

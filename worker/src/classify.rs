@@ -62,7 +62,13 @@ pub fn list_files(root: &Path) -> Result<Vec<FileRef>, String> {
             if kind.is_symlink() && std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
                 continue;
             }
-            let rel = path.strip_prefix(root).unwrap_or(&path).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             out.push(FileRef { path, rel });
         }
     }

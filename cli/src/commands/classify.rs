@@ -303,7 +303,10 @@ pub async fn review(args: &ReviewArgs, client: &Client, json: bool) -> Result<()
                 i.predicted.clone().unwrap_or_else(|| "-".into()),
                 i.confidence.map_or_else(|| "-".into(), output::number),
                 i.decision.as_str().to_owned(),
-                i.reviewed_label.clone().map(|l| format!("{l} ({})", i.reviewed_by.clone().unwrap_or_default())).unwrap_or_else(|| "-".into()),
+                i.reviewed_label
+                    .clone()
+                    .map(|l| format!("{l} ({})", i.reviewed_by.clone().unwrap_or_default()))
+                    .unwrap_or_else(|| "-".into()),
                 i.reason.clone(),
             ]
         })
@@ -317,5 +320,9 @@ pub async fn review(args: &ReviewArgs, client: &Client, json: bool) -> Result<()
 
 /// A path as one shell word (quoted when it needs it).
 pub fn shell_word(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:".contains(c)) { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

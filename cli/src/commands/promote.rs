@@ -205,6 +205,32 @@ pub fn print_report(t: &TestReport) {
             .collect();
         output::table(&["", "CRITERION", "VALUE", ""], &rows);
     }
+    if let Some(auto) = &t.promotion.auto_accept {
+        print_thresholds(auto);
+    }
+}
+
+/// The auto-accept thresholds a promotion fixed for `cobb classify`.
+pub fn print_thresholds(auto: &protocol::classify::AutoAccept) {
+    println!(
+        "
+auto-accept thresholds for cobb classify (fixed at promotion from {} validation predictions, target precision {})",
+        auto.validation_images, auto.target_precision
+    );
+    let rows: Vec<Vec<String>> = auto
+        .classes
+        .iter()
+        .map(|c| {
+            vec![
+                c.class.clone(),
+                c.threshold.map_or_else(|| "none: all to review".to_owned(), output::number),
+                c.precision().map_or_else(|| "-".to_owned(), output::number),
+                format!("{} / {}", c.accepted, c.predicted),
+                if c.predicted < protocol::classify::THIN_EVIDENCE { "thin".to_owned() } else { String::new() },
+            ]
+        })
+        .collect();
+    output::table(&["CLASS", "THRESHOLD", "VAL PRECISION", "ACCEPTED / PREDICTED", ""], &rows);
 }
 
 pub async fn promotions(client: &Client, experiment: Option<&str>, json: bool) -> Result<(), Failure> {

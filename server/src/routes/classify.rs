@@ -44,7 +44,12 @@ struct ItemsQuery {
 }
 
 #[get("/classifications/{id}/items")]
-async fn items(state: web::Data<AppState>, who: Principal, id: web::Path<i64>, q: web::Query<ItemsQuery>) -> Result<HttpResponse, ApiError> {
+async fn items(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    q: web::Query<ItemsQuery>,
+) -> Result<HttpResponse, ApiError> {
     who.require(Role::Viewer)?;
     let decision = q.decision.as_deref().map(str::parse::<Decision>).transpose().map_err(ApiError::InvalidRequest)?;
     Ok(HttpResponse::Ok().json(classify::items(&state, *id, decision).await?))
@@ -64,7 +69,12 @@ async fn upload(
 }
 
 #[post("/classifications/{id}/review")]
-async fn review(state: web::Data<AppState>, who: Principal, id: web::Path<i64>, body: web::Json<ReviewRequest>) -> Result<HttpResponse, ApiError> {
+async fn review(
+    state: web::Data<AppState>,
+    who: Principal,
+    id: web::Path<i64>,
+    body: web::Json<ReviewRequest>,
+) -> Result<HttpResponse, ApiError> {
     who.require(Role::Reviewer)?;
     Ok(HttpResponse::Ok().json(classify::review(&state, &who, *id, body.into_inner()).await?))
 }

@@ -11,8 +11,7 @@
 //! the images sent to review; every label is an audit event.
 
 use protocol::classify::{
-    AutoAccept, BatchDetail, BatchInfo, BatchItem, ClassCount, ClassifiedUpload, ClassifyRequest, ClassifyWork, ReviewRequest,
-    ReviewResult,
+    AutoAccept, BatchDetail, BatchInfo, BatchItem, ClassCount, ClassifiedUpload, ClassifyRequest, ClassifyWork, ReviewRequest, ReviewResult,
 };
 use protocol::{AuditAction, Decision, JobKind, JobStatus, Split};
 use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -41,8 +40,7 @@ pub const MAX_REVIEW: usize = 10_000;
 pub(crate) async fn thresholds_for(state: &AppState, run_id: i64) -> Result<Option<AutoAccept>, ApiError> {
     let run = super::runs::get(&state.db.read, run_id).await?;
     let spec = super::runs::sweep_spec(&state.db.read, run.sweep_id).await?;
-    let target =
-        spec.promotion.as_ref().and_then(|p| p.auto_accept_precision).unwrap_or(protocol::classify::DEFAULT_AUTO_ACCEPT_PRECISION);
+    let target = spec.promotion.as_ref().and_then(|p| p.auto_accept_precision).unwrap_or(protocol::classify::DEFAULT_AUTO_ACCEPT_PRECISION);
     let Some(set) = ApiError::found(super::evidence::predictions(state, run_id, Split::Val).await)? else {
         return Ok(None);
     };
@@ -113,7 +111,9 @@ pub async fn create(state: &AppState, who: &Principal, req: ClassifyRequest) -> 
         (None, Some(name)) => {
             let e = store::experiments::by_name(conn, name).await?.ok_or_else(|| ApiError::not_found("experiment", name))?;
             store::promotions::current(conn, e.id).await?.ok_or_else(|| {
-                ApiError::Conflict(format!("experiment `{name}` has no promoted model yet; promote a run first (`cobb promote RUN --reason ...`)"))
+                ApiError::Conflict(format!(
+                    "experiment `{name}` has no promoted model yet; promote a run first (`cobb promote RUN --reason ...`)"
+                ))
             })?
         }
         (None, None) => return Err(ApiError::InvalidRequest("name the `experiment` (its promoted model) or the `promotion`".into())),
@@ -151,15 +151,7 @@ pub async fn create(state: &AppState, who: &Principal, req: ClassifyRequest) -> 
     .await?;
     let id = store::classify::insert(
         &tx,
-        NewBatch {
-            experiment_id: promotion.experiment_id,
-            promotion_id: promotion.id,
-            job_id,
-            actor: &who.name,
-            path,
-            batch_size,
-            now,
-        },
+        NewBatch { experiment_id: promotion.experiment_id, promotion_id: promotion.id, job_id, actor: &who.name, path, batch_size, now },
     )
     .await?;
     audit::append(
@@ -185,7 +177,8 @@ pub async fn show(state: &AppState, id: i64) -> Result<BatchDetail, ApiError> {
     let counts = store::classify::counts(conn, id).await?;
     let run = super::runs::get(conn, row.run_id).await?;
     let classes = super::evidence::version_classes(conn, run.dataset_version_id).await?;
-    let promotion = store::promotions::get(conn, row.promotion_id).await?.ok_or_else(|| ApiError::not_found("promotion", row.promotion_id))?;
+    let promotion =
+        store::promotions::get(conn, row.promotion_id).await?.ok_or_else(|| ApiError::not_found("promotion", row.promotion_id))?;
     let mut per_class: Vec<ClassCount> = classes.iter().map(|c| ClassCount { class: c.clone(), ..ClassCount::default() }).collect();
     for c in &counts {
         let Some(slot) = c.predicted.and_then(|p| per_class.get_mut(p as usize)) else { continue };
@@ -267,8 +260,7 @@ pub(crate) async fn work(conn: &impl ConnectionTrait, job: &Job) -> Result<Class
 
 /// Whether `who` may lease job `job_id` by name: a classification held for its creator.
 pub(crate) async fn check_own_job(conn: &impl ConnectionTrait, who: &Principal, job_id: i64) -> Result<(), ApiError> {
-    let batch =
-        store::classify::by_job(conn, job_id).await?.ok_or_else(|| ApiError::not_found("classification batch of job", job_id))?;
+    let batch = store::classify::by_job(conn, job_id).await?.ok_or_else(|| ApiError::not_found("classification batch of job", job_id))?;
     if batch.actor != who.name {
         return Err(ApiError::Conflict(format!(
             "job {job_id} (classification batch {}) was created by `{}`; only that token runs it in its own process",
@@ -279,7 +271,10 @@ pub(crate) async fn check_own_job(conn: &impl ConnectionTrait, who: &Principal, 
         return Err(ApiError::Conflict(format!("job {job_id} runs on a worker (`--on-worker`); it cannot be leased by name")));
     }
     if batch.status != JobStatus::Queued.as_str() {
-        return Err(ApiError::Conflict(format!("job {job_id} (classification batch {}) is {}; it cannot be leased", batch.id, batch.status)));
+        return Err(ApiError::Conflict(format!(
+            "job {job_id} (classification batch {}) is {}; it cannot be leased",
+            batch.id, batch.status
+        )));
     }
     Ok(())
 }
@@ -375,7 +370,8 @@ pub async fn may_download(state: &AppState, who: &Principal, lease_id: &str, sha
     let expect = Expect { kind: Some(JobKind::Classify), run: None };
     let (tx, _lease, job) = super::jobs::begin_fenced(state, who, lease_id, expect).await?;
     tx.commit().await?;
-    let batch = store::classify::by_job(&state.db.read, job.id).await?.ok_or_else(|| ApiError::not_found("classification batch", job.id))?;
+    let batch =
+        store::classify::by_job(&state.db.read, job.id).await?.ok_or_else(|| ApiError::not_found("classification batch", job.id))?;
     if batch.checkpoint_sha256 != sha256 {
         return Err(ApiError::Forbidden { needed: protocol::Role::Worker, have: who.role, name: who.name.clone() });
     }

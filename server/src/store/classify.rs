@@ -99,7 +99,16 @@ pub async fn upsert_items(conn: &impl ConnectionTrait, batch_id: i64, items: &[N
         let mut vals: Vec<Value> = Vec::with_capacity(chunk.len() * ITEM_COLUMNS);
         for (i, item) in chunk.iter().enumerate() {
             let base = i * ITEM_COLUMNS;
-            marks.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7));
+            marks.push(format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                base + 1,
+                base + 2,
+                base + 3,
+                base + 4,
+                base + 5,
+                base + 6,
+                base + 7
+            ));
             vals.extend(values![
                 batch_id,
                 item.path,
@@ -144,8 +153,12 @@ pub async fn items(conn: &impl ConnectionTrait, batch_id: i64, decision: Option<
     let cols = "path, sha256, predicted, confidence, decision, reason, reviewed_label, reviewed_by, reviewed_at";
     match decision {
         Some(d) => {
-            all(conn, &format!("SELECT {cols} FROM classify_items WHERE batch_id = $1 AND decision = $2 ORDER BY path"), values![batch_id, d])
-                .await
+            all(
+                conn,
+                &format!("SELECT {cols} FROM classify_items WHERE batch_id = $1 AND decision = $2 ORDER BY path"),
+                values![batch_id, d],
+            )
+            .await
         }
         None => all(conn, &format!("SELECT {cols} FROM classify_items WHERE batch_id = $1 ORDER BY path"), values![batch_id]).await,
     }

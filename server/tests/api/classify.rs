@@ -17,7 +17,8 @@ async fn a_run_with_validation_predictions(app: &TestApp, worker: &str) -> i64 {
     let results = json!({"lease_id": lease_id, "epoch": 1, "confusion": {"classes": CLASSES, "counts": [[2, 0, 0], [0, 2, 0], [0, 1, 1]]}});
     assert_eq!(app.post(worker, &format!("/runs/{run}/results"), &results).await.status(), StatusCode::NO_CONTENT);
     // Class 1 (ap_postop_fusion): right at 0.95, wrong at 0.7 (a lat_preop), right at 0.6.
-    let p = |item: &str, predicted: u32, probabilities: [f32; 3]| json!({"item": item, "predicted": predicted, "probabilities": probabilities});
+    let p =
+        |item: &str, predicted: u32, probabilities: [f32; 3]| json!({"item": item, "predicted": predicted, "probabilities": probabilities});
     let predictions = json!({"lease_id": lease_id, "epoch": 1, "predictions": [
         p("ap_preop/0007.png", 0, [0.9, 0.05, 0.05]),
         p("ap_preop/0008.png", 0, [0.8, 0.1, 0.1]),
@@ -102,8 +103,12 @@ async fn a_promoted_model_classifies_under_its_lease_and_reviewers_label(app: Te
         json!([{"path": "x.png", "predicted": 0, "confidence": 0.5, "decision": "skipped", "reason": ""}]),
         json!([{"path": "x.png", "sha256": "nothex", "predicted": 0, "confidence": 0.5, "decision": "review", "reason": ""}]),
     ] {
-        fails(app.post(&submitter, &format!("/classifications/{id}/items"), &upload(bad)).await, StatusCode::BAD_REQUEST, "invalid_request")
-            .await;
+        fails(
+            app.post(&submitter, &format!("/classifications/{id}/items"), &upload(bad)).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
     }
     let stored: Value = app.write(&submitter, &format!("/classifications/{id}/items"), &upload(good.clone())).await;
     assert_eq!(stored["stored"], 4);
@@ -126,10 +131,18 @@ async fn a_promoted_model_classifies_under_its_lease_and_reviewers_label(app: Te
 
     // Reviews: reviewers only, checked whole, each label an audit event.
     let label = |path: &str, label: &str| json!({"labels": [{"path": path, "label": label}]});
-    fails(app.post(&viewer, &format!("/classifications/{id}/review"), &label("a/2.dcm", "lat_preop")).await, StatusCode::FORBIDDEN, "forbidden")
-        .await;
-    fails(app.post(&submitter, &format!("/classifications/{id}/review"), &label("a/2.dcm", "lat_preop")).await, StatusCode::FORBIDDEN, "forbidden")
-        .await;
+    fails(
+        app.post(&viewer, &format!("/classifications/{id}/review"), &label("a/2.dcm", "lat_preop")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    fails(
+        app.post(&submitter, &format!("/classifications/{id}/review"), &label("a/2.dcm", "lat_preop")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     for bad in [label("a/9.dcm", "lat_preop"), label("a/2.dcm", "cat"), label("notes.txt", "lat_preop")] {
         fails(app.post(&reviewer, &format!("/classifications/{id}/review"), &bad).await, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
@@ -150,8 +163,12 @@ async fn a_promoted_model_classifies_under_its_lease_and_reviewers_label(app: Te
     let taken: Value = ok(app.post(&worker, "/leases", &json!({"worker": "gpu-1", "kinds": ["classify"]})).await).await;
     assert_eq!(taken["batch_id"], queued["batch"]["id"]);
     let failed: Value = app
-        .write(&worker, &format!("/leases/{}/complete", taken["lease_id"].as_str().expect("lease")), &json!({"outcome": "failed",
-            "error": "worker `gpu-1` classifies only under /data (its --classify-root)"}))
+        .write(
+            &worker,
+            &format!("/leases/{}/complete", taken["lease_id"].as_str().expect("lease")),
+            &json!({"outcome": "failed",
+            "error": "worker `gpu-1` classifies only under /data (its --classify-root)"}),
+        )
         .await;
     assert_eq!(failed["status"], "failed");
     let detail: Value = app.read(&viewer, &format!("/classifications/{}", queued["batch"]["id"])).await;

@@ -63,7 +63,9 @@ pub(crate) async fn verified_checkpoint(
                     Some(lease) => client.download_with_lease(sha, lease).await,
                     None => client.download(sha).await,
                 }
-                .map_err(|e| (format!("could not download the promoted checkpoint {sha}: {e}"), !matches!(e, client::ClientError::Corrupt { .. })))?;
+                .map_err(|e| {
+                    (format!("could not download the promoted checkpoint {sha}: {e}"), !matches!(e, client::ClientError::Corrupt { .. }))
+                })?;
                 std::fs::create_dir_all(config.work_dir.join("blobs")).map_err(|e| (e.to_string(), true))?;
                 std::fs::write(&file, bytes).map_err(|e| {
                     tracing::warn!(file = %file.display(), error = %e, "could not keep the checkpoint");
