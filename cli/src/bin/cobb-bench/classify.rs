@@ -33,12 +33,13 @@ pub(crate) struct ClassifyBenchArgs {
 fn export(dir: &Path, format: data::phantoms::Format, count: usize, size: usize) -> Result<PathBuf> {
     let name = if format == data::phantoms::Format::Png { "png" } else { "dicom" };
     let out = dir.join(format!("{name}-{count}-{size}"));
-    if !out.join("done").exists() {
+    let done = dir.join(format!("{name}-{count}-{size}.done"));
+    if !done.exists() {
         let _ = std::fs::remove_dir_all(&out);
         let options = data::phantoms::Options { count, size, seed: 3, format, balance: data::phantoms::Balance::Uniform };
         data::phantoms::generate(&out, &options).context("while generating phantoms")?;
         std::fs::remove_file(out.join("manifest.csv")).ok();
-        std::fs::write(out.join("done"), "").ok();
+        std::fs::write(&done, "").ok();
     }
     Ok(out)
 }
@@ -61,7 +62,7 @@ pub(crate) fn classify_bench(args: &ClassifyBenchArgs) -> Result<()> {
     for config in &args.configs {
         let (arch, size) = config.split_once('@').context("configs look like arch@size")?;
         let yaml = format!(
-            "name: bench\ndataset: {{name: x}}\nmodel: {{arch: {arch}, image_size: {size}}}\ntrain: {{epochs: 1, batch_size: {}, \
+            "name: bench\ndataset: {{name: x}}\nmodel: {{arch: {arch}, image_size: {size}}}\ntrain: {{epochs: 1, batch_size: {}, seed: 1, \
              optimizer: {{name: adamw, lr: 0.001}}}}\n",
             args.batch
         );
