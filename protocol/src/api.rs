@@ -545,6 +545,27 @@ pub struct Complete {
     pub images_per_second: Option<f64>,
 }
 
+impl Complete {
+    /// A completion with `outcome` and nothing else set (callers add what their kind reports).
+    pub fn of(outcome: Outcome) -> Complete {
+        Complete {
+            outcome,
+            error: None,
+            retryable: false,
+            best_epoch: None,
+            confusion: None,
+            skipped: Vec::new(),
+            predictions: Vec::new(),
+            images_per_second: None,
+        }
+    }
+
+    /// A failure with its reason; `retryable` when another attempt may succeed.
+    pub fn failed(error: String, retryable: bool) -> Complete {
+        Complete { error: Some(error), retryable, ..Complete::of(Outcome::Failed) }
+    }
+}
+
 /// One image's prediction, as a worker reports it: the item (its path relative to the dataset
 /// root, as registered), the predicted class (index into the version's classes, the argmax the
 /// confusion matrix counted) and the softmax probability of each class. No pixels, no patient.

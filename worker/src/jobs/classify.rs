@@ -33,19 +33,6 @@ impl Output {
     }
 }
 
-fn failed(error: String, retryable: bool) -> Complete {
-    Complete {
-        outcome: Outcome::Failed,
-        error: Some(error),
-        retryable,
-        best_epoch: None,
-        confusion: None,
-        skipped: Vec::new(),
-        predictions: Vec::new(),
-        images_per_second: None,
-    }
-}
-
 /// Runs the batch to its end and completes its job.
 pub async fn run(client: &Client, config: &WorkerConfig, job: JobLease, work: ClassifyWork, progress: Arc<dyn Progress>, output: Output) {
     progress.started(&job);
@@ -112,11 +99,11 @@ async fn classify(
 ) -> Complete {
     let root = match allowed(config, Path::new(&work.path)) {
         Ok(root) => root,
-        Err(e) => return failed(e, false),
+        Err(e) => return Complete::failed(e, false),
     };
     let model_file = match super::evaluate::verified_checkpoint(client, config, &work.checkpoint, Some(&job.lease_id)).await {
         Ok(file) => file,
-        Err((e, retryable)) => return failed(e, retryable),
+        Err((e, retryable)) => return Complete::failed(e, retryable),
     };
     let listed = tokio::task::spawn_blocking({
         let root = root.clone();
@@ -125,21 +112,21 @@ async fn classify(
     .await;
     let files = match listed {
         Ok(Ok(files)) => files,
-        Ok(Err(e)) => return failed(e, false),
-        Err(e) => return failed(format!("listing the folder crashed: {e}"), true),
+        Ok(Err(e)) => return Complete::failed(e, false),
+        Err(e) => return Complete::failed(format!("listing the folder crashed: {e}"), true),
     };
     let total = files.len() as u64;
     if let Some(dir) = output.csv.parent()
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        return failed(format!("cannot create {}: {e}", dir.display()), false);
+        return Complete::failed(format!("cannot create {}: {e}", dir.display()), false);
     }
     let mut csv = match csv::Writer::from_path(&output.csv) {
         Ok(w) => w,
-        Err(e) => return failed(format!("cannot write {}: {e}", output.csv.display()), false),
+        Err(e) => return Complete::failed(format!("cannot write {}: {e}", output.csv.display()), false),
     };
     if let Err(e) = csv.write_record(header(&work.classes)) {
-        return failed(format!("cannot write {}: {e}", output.csv.display()), false);
+        return Complete::failed(format!("cannot write {}: {e}", output.csv.display()), false);
     }
 
     let started = Instant::now();
@@ -202,7 +189,7 @@ async fn classify(
             row.push(item.decision.as_str().to_owned());
             row.push(cell(&item.reason));
             if let Err(e) = csv.write_record(&row) {
-                failure = Some(failed(format!("cannot write {}: {e}", output.csv.display()), false));
+                failure = Some(Complete::failed(format!("cannot write {}: {e}", output.csv.display()), false));
             }
             items.push(item);
         }
@@ -213,7 +200,7 @@ async fn classify(
             if e.is_lease_refusal() {
                 flags.lost.store(true, Ordering::Relaxed);
             }
-            failure = Some(failed(format!("could not send the classified images: {e}"), true));
+            failure = Some(Complete::failed(format!("could not send the classified images: {e}"), true));
         }
         progress.classified(job, done, total);
         if failure.is_some() || flags.stop.load(Ordering::Relaxed) {
@@ -228,27 +215,18 @@ async fn classify(
     }
     match ran {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(e.to_string(), matches!(e, crate::train::TrainError::Device(_))),
-        Err(e) => return failed(format!("the classifier crashed: {e}"), true),
+        Ok(Err(e)) => return Complete::failed(e.to_string(), matches!(e, crate::train::TrainError::Device(_))),
+        Err(e) => return Complete::failed(format!("the classifier crashed: {e}"), true),
     }
     if let Err(e) = csv.flush() {
-        return failed(format!("cannot write {}: {e}", output.csv.display()), false);
+        return Complete::failed(format!("cannot write {}: {e}", output.csv.display()), false);
     }
     let seconds = started.elapsed().as_secs_f64();
     let images_per_second = (seconds > 0.0).then(|| total as f64 / seconds);
     if let Err(e) = std::fs::write(&output.sheet, sheet(work, &review)) {
-        return failed(format!("cannot write the review sheet {}: {e}", output.sheet.display()), false);
+        return Complete::failed(format!("cannot write the review sheet {}: {e}", output.sheet.display()), false);
     }
-    Complete {
-        outcome: Outcome::Succeeded,
-        error: None,
-        retryable: false,
-        best_epoch: None,
-        confusion: None,
-        skipped: Vec::new(),
-        predictions: Vec::new(),
-        images_per_second,
-    }
+    Complete { images_per_second, ..Complete::of(Outcome::Succeeded) }
 }
 
 fn escape(s: &str) -> String {

@@ -13,19 +13,6 @@ use client::Client;
 use data::cache::ImageCache;
 use data::loader::LoaderItem;
 
-fn failed(error: String, retryable: bool) -> Complete {
-    Complete {
-        outcome: Outcome::Failed,
-        error: Some(error),
-        retryable,
-        best_epoch: None,
-        confusion: None,
-        skipped: Vec::new(),
-        predictions: Vec::new(),
-        images_per_second: None,
-    }
-}
-
 pub(crate) async fn run(client: &Client, config: &WorkerConfig, job: JobLease, work: EvaluateWork, progress: Arc<dyn Progress>) {
     progress.started(&job);
     let flags = LeaseFlags::default();
@@ -95,11 +82,11 @@ pub(crate) async fn verified_checkpoint(
 async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: &EvaluateWork) -> Complete {
     let file = match verified_checkpoint(client, config, &work.checkpoint, None).await {
         Ok(file) => file,
-        Err((e, retryable)) => return failed(e, retryable),
+        Err((e, retryable)) => return Complete::failed(e, retryable),
     };
     let items = match client.items(&job.lease_id).await {
         Ok(items) => items,
-        Err(e) => return failed(format!("could not fetch the test items: {e}"), true),
+        Err(e) => return Complete::failed(format!("could not fetch the test items: {e}"), true),
     };
     let root = PathBuf::from(&items.root);
     let mut loader_items: Vec<LoaderItem> = Vec::with_capacity(items.items.len());
@@ -108,7 +95,7 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
         match data::resolve_item(&root, &item.path) {
             Ok(path) => loader_items.push(LoaderItem { path, name: item.path.clone(), sha256: item.sha256.clone(), label }),
             // Nothing outside the dataset root is read; a dataset that points there is bad data.
-            Err(refused) => return failed(refused, false),
+            Err(refused) => return Complete::failed(refused, false),
         }
     }
     let (spec, classes, device) = (job.config.clone(), items.classes.clone(), config.device);
@@ -117,16 +104,12 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
     let outcome = tokio::task::spawn_blocking(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file)).await;
     match outcome {
         Ok(Ok(result)) => Complete {
-            outcome: Outcome::Succeeded,
-            error: None,
-            retryable: false,
-            best_epoch: None,
             confusion: Some(result.confusion),
             skipped: result.skipped.into_iter().map(|(path, reason)| IngestionIssue { path, reason }).collect(),
             predictions: result.predictions,
-            images_per_second: None,
+            ..Complete::of(Outcome::Succeeded)
         },
-        Ok(Err(e)) => failed(e.to_string(), matches!(e, TrainError::Device(_))),
-        Err(e) => failed(format!("the evaluator crashed: {e}"), true),
+        Ok(Err(e)) => Complete::failed(e.to_string(), matches!(e, TrainError::Device(_))),
+        Err(e) => Complete::failed(format!("the evaluator crashed: {e}"), true),
     }
 }

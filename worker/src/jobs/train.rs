@@ -99,7 +99,7 @@ pub(crate) async fn run(
         Ok(data) => data,
         Err(refused) => {
             // A dataset that points outside its root is bad data: not retried.
-            let complete = Complete { outcome: Outcome::Failed, error: Some(refused), ..training_complete() };
+            let complete = Complete { outcome: Outcome::Failed, error: Some(refused), ..Complete::of(Outcome::Succeeded) };
             match client.complete(&lease.lease_id, &complete).await {
                 Ok(run) => progress.finished(&lease, run.status.as_str(), run.error.as_deref().unwrap_or("")),
                 Err(e) => tracing::warn!(error = %e, "could not complete the run"),
@@ -205,37 +205,30 @@ pub(crate) async fn run(
             }
             // Cancelled or pruned (the server knows which): the best epoch so far goes with
             // it, so a pruned run keeps its best checkpoint.
-            Finish::Stopped { .. } => {
-                Complete { outcome: Outcome::Cancelled, best_epoch: result.best_epoch.map(|e| e as i64), ..training_complete() }
-            }
-            Finish::Completed { .. } => {
-                Complete { outcome: Outcome::Succeeded, best_epoch: result.best_epoch.map(|e| e as i64), ..training_complete() }
-            }
+            Finish::Stopped { .. } => Complete {
+                outcome: Outcome::Cancelled,
+                best_epoch: result.best_epoch.map(|e| e as i64),
+                ..Complete::of(Outcome::Succeeded)
+            },
+            Finish::Completed { .. } => Complete {
+                outcome: Outcome::Succeeded,
+                best_epoch: result.best_epoch.map(|e| e as i64),
+                ..Complete::of(Outcome::Succeeded)
+            },
         },
         Ok(Err(e)) => {
             let retryable = matches!(e, TrainError::Checkpoint(_) | TrainError::Device(_));
-            Complete { outcome: Outcome::Failed, error: Some(e.to_string()), retryable, ..training_complete() }
+            Complete { outcome: Outcome::Failed, error: Some(e.to_string()), retryable, ..Complete::of(Outcome::Succeeded) }
         }
-        Err(e) => {
-            Complete { outcome: Outcome::Failed, error: Some(format!("the trainer crashed: {e}")), retryable: true, ..training_complete() }
-        }
+        Err(e) => Complete {
+            outcome: Outcome::Failed,
+            error: Some(format!("the trainer crashed: {e}")),
+            retryable: true,
+            ..Complete::of(Outcome::Succeeded)
+        },
     };
     match client.complete(&lease.lease_id, &complete).await {
         Ok(run) => progress.finished(&lease, run.status.as_str(), run.error.as_deref().unwrap_or("")),
         Err(e) => tracing::warn!(error = %e, "could not complete the run"),
-    }
-}
-
-/// A training completion with nothing set (callers set the outcome and what they know).
-fn training_complete() -> Complete {
-    Complete {
-        outcome: Outcome::Succeeded,
-        error: None,
-        retryable: false,
-        best_epoch: None,
-        confusion: None,
-        skipped: Vec::new(),
-        predictions: Vec::new(),
-        images_per_second: None,
     }
 }
