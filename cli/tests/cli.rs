@@ -1141,3 +1141,51 @@ fn the_promoted_model_sorts_a_new_export_and_its_review_becomes_the_next_version
     assert_eq!(batch["batch"]["status"], "failed");
     assert_eq!(batch["batch"]["images"], 0, "nothing was classified with it");
 }
+
+#[test]
+fn a_worker_classifies_only_under_its_classify_root() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let (_server, url) = start_server(d);
+    registered_phantoms(d, &url, 120, 40);
+    let spec = "name: fleet\ndataset: {name: phantoms}\nmodel: {arch: simple_cnn, image_size: 32}\n\
+                train:\n  epochs: 1\n  batch_size: 16\n  seed: 1\n  optimizer: {name: adamw, lr: 0.003}\n";
+    std::fs::write(d.join("fleet.yaml"), spec).expect("spec");
+    assert!(cobb(d, &url, &["submit", "fleet.yaml"]).status.success());
+    let out = Command::new(COBB).args(["worker", "--exit-when-idle"]).current_dir(d).env("COBB_SERVER", &url).output().expect("worker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cobb(d, &url, &["promote", "1", "--reason", "r", "--evaluate-here"]).status.success());
+    std::fs::create_dir_all(d.join("exports/a")).expect("exports");
+    std::fs::create_dir_all(d.join("elsewhere")).expect("elsewhere");
+    for (i, entry) in std::fs::read_dir(d.join("ph/lat_preop")).expect("phantoms").take(5).enumerate() {
+        let from = entry.expect("entry").path();
+        std::fs::copy(&from, d.join(format!("exports/a/{i}.png"))).expect("copy");
+        std::fs::copy(&from, d.join(format!("elsewhere/{i}.png"))).expect("copy");
+    }
+    let exports = d.join("exports").canonicalize().expect("path");
+    let elsewhere = d.join("elsewhere").canonicalize().expect("path");
+    // Queued for a worker: a worker without --classify-root leaves it alone.
+    for path in [&exports, &elsewhere] {
+        let out = cobb(d, &url, &["classify", path.to_str().expect("utf-8"), "--experiment", "fleet", "--on-worker"]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+    let out = Command::new(COBB).args(["worker", "--exit-when-idle"]).current_dir(d).env("COBB_SERVER", &url).output().expect("worker");
+    assert!(out.status.success());
+    assert_eq!(api_get(d, &url, "/classifications/1")["batch"]["status"], "queued");
+    // A worker with a root classifies under it and refuses the other folder.
+    let out = Command::new(COBB)
+        .args(["worker", "--exit-when-idle", "--name", "pacs-1", "--classify-root", exports.to_str().expect("utf-8")])
+        .current_dir(d)
+        .env("COBB_SERVER", &url)
+        .output()
+        .expect("worker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inside = api_get(d, &url, "/classifications/1");
+    assert_eq!(inside["batch"]["status"], "succeeded", "{inside}");
+    assert_eq!((inside["batch"]["images"].as_u64(), inside["batch"]["worker"].as_str()), (Some(5), Some("pacs-1")));
+    assert!(d.join("cobb-data/worker/classify/batch-1.csv").exists() && d.join("cobb-data/worker/classify/batch-1-review.html").exists());
+    let outside = api_get(d, &url, "/classifications/2");
+    assert_eq!(outside["batch"]["status"], "failed", "{outside}");
+    assert!(outside["batch"]["error"].as_str().unwrap_or_default().contains("--classify-root"), "{outside}");
+    assert_eq!(outside["batch"]["images"], 0);
+}
