@@ -15,7 +15,8 @@
 # efficientnet_b6 @528 batch 8 and resnet50 @224 batch 32: Burn's warm-up cost (first step,
 # all warm-up steps: autotuning and kernel compilation for each new shape), then warm-step
 # training and evaluation images/s and peak GPU memory, the same for PyTorch; a short
-# `cobb train` on phantoms. Under 8 minutes of device time. Numbers go to docs/benchmarks.md,
+# `cobb train` on phantoms; `cobb classify`'s pipeline end to end for efficientnet_b0 @224 and
+# b6 @528 (issue 15). Under 10 minutes of device time. Numbers go to docs/benchmarks.md,
 # the whole log to docs/gpu/DATE-CARD-gpu-check.log.
 set -u
 out=${1:-/tmp/gpu-check}
@@ -106,6 +107,10 @@ for line in sys.argv[3].splitlines():
     del m, opt
     torch.cuda.empty_cache()
 PY
+
+echo "== cobb classify's pipeline on CUDA (issue 15): read, decode, prepare, forward; the first repeat includes autotuning"
+timeout 150 $bin/cobb-bench classify --device cuda:0 --configs efficientnet_b0@224,efficientnet_b6@528 --images 160 \
+  --source-size 512 --repeats 2 --dir "$out/classify" || echo "classification benchmark failed or timed out"
 
 echo "== cobb train on phantoms, efficientnet_b0 @ 224, 2 epochs, CUDA"
 cat > "$out/gpu.yaml" <<'YAML'
