@@ -132,11 +132,7 @@ pub fn classify_files(
             }
             let mut probs_of: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
             if !good.is_empty() {
-                let input = Tensor::<1>::from_floats(pixels.as_slice(), &device)
-                    .reshape([good.len(), 1, size, size])
-                    .sub_scalar(0.5)
-                    .mul_scalar(4.0);
-                let logits = model.forward(input);
+                let logits = model.forward(crate::train::input_tensor(&pixels, good.len(), size, &device));
                 let probabilities: Vec<f32> =
                     burn::tensor::activation::softmax(logits, 1).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
                 for (k, &i) in good.iter().enumerate() {

@@ -281,11 +281,7 @@ pub async fn review(args: &ReviewArgs, client: &Client, json: bool) -> Result<()
             if pending > 0 {
                 println!("left out: {pending} image(s) still to review (`cobb review {batch}`)");
             }
-            println!(
-                "next version: cobb dataset register NAME {} --manifest {}",
-                crate::commands::classify::shell_word(&detail.batch.path),
-                file.display()
-            );
+            println!("next version: cobb dataset register NAME {} --manifest {}", shell_word(&detail.batch.path), file.display());
         }
         return Ok(());
     }

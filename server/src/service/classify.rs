@@ -175,8 +175,7 @@ pub async fn show(state: &AppState, id: i64) -> Result<BatchDetail, ApiError> {
     let conn = &state.db.read;
     let row = row(conn, id).await?;
     let counts = store::classify::counts(conn, id).await?;
-    let run = super::runs::get(conn, row.run_id).await?;
-    let classes = super::evidence::version_classes(conn, run.dataset_version_id).await?;
+    let classes = super::evidence::version_classes(conn, row.dataset_version_id).await?;
     let promotion =
         store::promotions::get(conn, row.promotion_id).await?.ok_or_else(|| ApiError::not_found("promotion", row.promotion_id))?;
     let mut per_class: Vec<ClassCount> = classes.iter().map(|c| ClassCount { class: c.clone(), ..ClassCount::default() }).collect();
@@ -214,8 +213,7 @@ pub async fn list(state: &AppState, experiment: Option<&str>, limit: u64) -> Res
 pub async fn items(state: &AppState, id: i64, decision: Option<Decision>) -> Result<Vec<BatchItem>, ApiError> {
     let conn = &state.db.read;
     let batch = row(conn, id).await?;
-    let run = super::runs::get(conn, batch.run_id).await?;
-    let classes = super::evidence::version_classes(conn, run.dataset_version_id).await?;
+    let classes = super::evidence::version_classes(conn, batch.dataset_version_id).await?;
     let rows = store::classify::items(conn, id, decision.map(Decision::as_str)).await?;
     rows.into_iter()
         .map(|r| -> Result<BatchItem, ApiError> {
@@ -346,8 +344,7 @@ pub(crate) async fn ended(
     }
     let ips = images_per_second.filter(|v| v.is_finite() && *v >= 0.0);
     store::classify::finish(conn, batch.id, ips, now).await?;
-    let counts = store::classify::counts(conn, batch.id).await?;
-    let n = |d: Decision| counts.iter().filter(|c| c.decision == d.as_str()).map(|c| c.n).sum::<i64>();
+    let summary = info(&batch, &store::classify::counts(conn, batch.id).await?)?;
     audit::append(
         conn,
         Event {
@@ -356,8 +353,8 @@ pub(crate) async fn ended(
             experiment: Some(&batch.experiment),
             run_id: Some(batch.run_id),
             details: json!({"batch": batch.id, "job": job.id, "status": status.as_str(), "promotion": batch.promotion_id,
-                "checkpoint_sha256": batch.checkpoint_sha256, "accepted": n(Decision::Accept), "review": n(Decision::Review),
-                "skipped": n(Decision::Skipped), "images_per_second": ips, "error": error}),
+                "checkpoint_sha256": batch.checkpoint_sha256, "accepted": summary.accepted, "review": summary.review,
+                "skipped": summary.skipped, "images_per_second": ips, "error": error}),
         },
     )
     .await?;
@@ -387,10 +384,10 @@ pub async fn review(state: &AppState, who: &Principal, id: i64, req: ReviewReque
     }
     let conn = &state.db.read;
     let batch = row(conn, id).await?;
-    let run = super::runs::get(conn, batch.run_id).await?;
-    let classes = super::evidence::version_classes(conn, run.dataset_version_id).await?;
+    let classes = super::evidence::version_classes(conn, batch.dataset_version_id).await?;
+    let paths: Vec<&str> = req.labels.iter().map(|l| l.path.as_str()).collect();
     let stored: std::collections::HashMap<String, store::classify::ItemRow> =
-        store::classify::items(conn, id, None).await?.into_iter().map(|r| (r.path.clone(), r)).collect();
+        store::classify::items_at(conn, id, &paths).await?.into_iter().map(|r| (r.path.clone(), r)).collect();
     // Everything is checked before anything is stored: a bad line stores nothing.
     for l in &req.labels {
         let Some(item) = stored.get(&l.path) else {
@@ -429,11 +426,12 @@ pub async fn review(state: &AppState, who: &Principal, id: i64, req: ReviewReque
         .await?;
     }
     tx.commit().await?;
-    let left = store::classify::items(&state.db.read, id, Some(Decision::Review.as_str()))
+    let left = store::classify::counts(&state.db.read, id)
         .await?
         .iter()
-        .filter(|r| r.reviewed_label.is_none())
-        .count() as u64;
+        .filter(|c| c.decision == Decision::Review.as_str() && c.reviewed == 0)
+        .map(|c| c.n as u64)
+        .sum();
     tracing::info!(batch = id, by = %who.name, labels = req.labels.len(), corrected, "review labels stored");
     Ok(ReviewResult { reviewed: req.labels.len() as u64, corrected, left_to_review: left })
 }

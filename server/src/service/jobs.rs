@@ -361,8 +361,7 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
     let (tx, lease, job) = begin_fenced(state, who, lease_id, Expect::ANY).await?;
     let now = now_ms();
     // A classification its creator runs itself is not queued again for nobody to take.
-    let held_for_creator = job.kind == JobKind::Classify && store::classify::by_job(&tx, job.id).await?.is_some_and(|b| b.held == 1);
-    let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts && !held_for_creator;
+    let retry = req.outcome == Outcome::Failed && req.retryable && job.attempt < job.max_attempts && !job.held_for_creator();
     let status = if job.cancel_requested {
         JobStatus::Cancelled
     } else if job.prune_requested {
@@ -481,11 +480,9 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
         {
             // A classification run by its creator's own process is not handed to anyone else:
             // when that process stops, the batch fails (run `cobb classify` again).
-            let held_for_creator =
-                job.kind == JobKind::Classify && store::classify::by_job(&tx, job.id).await?.is_some_and(|b| b.held == 1);
             let (status, error) = if job.cancel_requested {
                 (JobStatus::Cancelled, None)
-            } else if held_for_creator {
+            } else if job.held_for_creator() {
                 (JobStatus::Failed, Some(format!("`{}` stopped heartbeating while classifying; run `cobb classify` again", lease.worker)))
             } else if job.prune_requested {
                 // Never resumed by the reaper: it was stopped on purpose.

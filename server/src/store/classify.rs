@@ -9,6 +9,8 @@ pub struct BatchRow {
     pub id: i64,
     pub experiment_id: i64,
     pub experiment: String,
+    /// The experiment's frozen dataset version (whose classes the model predicts).
+    pub dataset_version_id: i64,
     pub promotion_id: i64,
     pub run_id: i64,
     pub checkpoint_sha256: String,
@@ -26,7 +28,7 @@ pub struct BatchRow {
     pub held: i64,
 }
 
-const COLUMNS: &str = "b.id, b.experiment_id, e.name AS experiment, b.promotion_id, p.run_id, p.checkpoint_sha256, b.job_id, \
+const COLUMNS: &str = "b.id, b.experiment_id, e.name AS experiment, e.dataset_version_id, b.promotion_id, p.run_id, p.checkpoint_sha256, b.job_id, \
     b.actor, b.path, b.batch_size, b.images_per_second, b.created_at, b.finished_at, j.status, j.worker, j.error, j.held";
 const FROM: &str = "FROM classify_batches b JOIN experiments e ON e.id = b.experiment_id \
     JOIN promotions p ON p.id = b.promotion_id JOIN jobs j ON j.id = b.job_id";
@@ -148,20 +150,34 @@ pub struct ItemRow {
     pub reviewed_at: Option<i64>,
 }
 
+const ITEM_ROW: &str = "path, sha256, predicted, confidence, decision, reason, reviewed_label, reviewed_by, reviewed_at";
+
 /// The images of a batch by path; only those with `decision` when given.
 pub async fn items(conn: &impl ConnectionTrait, batch_id: i64, decision: Option<&str>) -> Result<Vec<ItemRow>, DbErr> {
-    let cols = "path, sha256, predicted, confidence, decision, reason, reviewed_label, reviewed_by, reviewed_at";
     match decision {
         Some(d) => {
             all(
                 conn,
-                &format!("SELECT {cols} FROM classify_items WHERE batch_id = $1 AND decision = $2 ORDER BY path"),
+                &format!("SELECT {ITEM_ROW} FROM classify_items WHERE batch_id = $1 AND decision = $2 ORDER BY path"),
                 values![batch_id, d],
             )
             .await
         }
-        None => all(conn, &format!("SELECT {cols} FROM classify_items WHERE batch_id = $1 ORDER BY path"), values![batch_id]).await,
+        None => all(conn, &format!("SELECT {ITEM_ROW} FROM classify_items WHERE batch_id = $1 ORDER BY path"), values![batch_id]).await,
     }
+}
+
+/// The images of a batch at `paths` (those that exist).
+pub async fn items_at(conn: &impl ConnectionTrait, batch_id: i64, paths: &[&str]) -> Result<Vec<ItemRow>, DbErr> {
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(ITEMS_PER_STATEMENT) {
+        let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut vals = values![batch_id];
+        vals.extend(chunk.iter().map(|p| Value::from(*p)));
+        let sql = format!("SELECT {ITEM_ROW} FROM classify_items WHERE batch_id = $1 AND path IN ({})", marks.join(", "));
+        out.extend(all::<ItemRow>(conn, &sql, vals).await?);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, FromQueryResult)]

@@ -20,6 +20,7 @@ struct JobRow {
     status: String,
     cancel_requested: i64,
     prune_requested: i64,
+    held: i64,
     attempt: i64,
     max_attempts: i64,
     lease_id: Option<String>,
@@ -46,6 +47,9 @@ pub struct Job {
     pub cancel_requested: bool,
     /// Its sweep's early-stop rule pruned the run: stop, and end as `pruned`.
     pub prune_requested: bool,
+    /// Not handed out by the queue: an evaluation awaiting signatures, or a classification held
+    /// for the token that created it (which leases it by name and is the only one to run it).
+    pub held: bool,
     pub attempt: i64,
     pub max_attempts: i64,
     pub lease_id: Option<String>,
@@ -54,6 +58,14 @@ pub struct Job {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+impl Job {
+    /// A classification its creator runs in its own process (`cobb classify`): never requeued
+    /// for someone else when that process fails or stops.
+    pub fn held_for_creator(&self) -> bool {
+        self.kind == JobKind::Classify && self.held
+    }
 }
 
 impl TryFrom<JobRow> for Job {
@@ -66,6 +78,7 @@ impl TryFrom<JobRow> for Job {
             status: super::decode_enum(&what, "status", &row.status)?,
             cancel_requested: super::decode_flag(&what, "cancel_requested", row.cancel_requested)?,
             prune_requested: super::decode_flag(&what, "prune_requested", row.prune_requested)?,
+            held: super::decode_flag(&what, "held", row.held)?,
             id: row.id,
             run_id: row.run_id,
             run_name: row.run_name,
@@ -86,7 +99,7 @@ impl TryFrom<JobRow> for Job {
 }
 
 const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS experiment, e.dataset_version_id, \
-    j.promotion_id, j.priority, j.status, j.cancel_requested, j.prune_requested, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
+    j.promotion_id, j.priority, j.status, j.cancel_requested, j.prune_requested, j.held, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
     j.created_at, j.started_at, j.finished_at";
 const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";
 

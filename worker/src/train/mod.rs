@@ -163,9 +163,14 @@ pub enum TrainError {
 }
 
 fn images_tensor(batch: &Batch, size: usize, device: &Device) -> Tensor<4> {
-    let n = batch.len();
+    input_tensor(&batch.images, batch.len(), size, device)
+}
+
+/// The model's input for `n` prepared `size` x `size` images (0..1, image after image): what
+/// training, evaluation and classification all feed the model.
+pub(crate) fn input_tensor(images: &[f32], n: usize, size: usize, device: &Device) -> Tensor<4> {
     // Centre 0..1 intensities around zero with a fixed scale.
-    Tensor::<1>::from_floats(batch.images.as_slice(), device).reshape([n, 1, size, size]).sub_scalar(0.5).mul_scalar(4.0)
+    Tensor::<1>::from_floats(images, device).reshape([n, 1, size, size]).sub_scalar(0.5).mul_scalar(4.0)
 }
 
 fn labels_tensor(batch: &Batch, device: &Device) -> Tensor<1, Int> {
