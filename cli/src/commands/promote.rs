@@ -213,8 +213,7 @@ pub fn print_report(t: &TestReport) {
 /// The auto-accept thresholds a promotion fixed for `cobb classify`.
 pub fn print_thresholds(auto: &protocol::classify::AutoAccept) {
     println!(
-        "
-auto-accept thresholds for cobb classify (fixed at promotion from {} validation predictions, target precision {})",
+        "\nauto-accept thresholds for cobb classify (fixed at promotion from {} validation predictions, target precision {})",
         auto.validation_images, auto.target_precision
     );
     let rows: Vec<Vec<String>> = auto

@@ -519,14 +519,19 @@ async fn promote_and_classify(client: &Client, sweep: i64, data_dir: &Path, new_
         .filter_map(|r| Some((r.get(0)?.to_owned(), r.get(1)?.to_owned())))
         .collect();
     let mut reader = csv::Reader::from_path(data_dir.join("incoming-classified.csv")).context("while reading the classification")?;
+    let headers = reader.headers().context("while reading the classification")?.clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(path_col), Some(predicted_col), Some(decision_col)) = (column("path"), column("predicted"), column("decision")) else {
+        return Err(Failure::Runtime(anyhow::anyhow!("the classification CSV lacks path, predicted or decision")));
+    };
     let (mut right, mut all, mut accepted_right, mut accepted) = (0u64, 0u64, 0u64, 0u64);
     for record in reader.records().filter_map(Result::ok) {
-        let (Some(path), Some(predicted)) = (record.get(0), record.get(2)) else { continue };
+        let (Some(path), Some(predicted)) = (record.get(path_col), record.get(predicted_col)) else { continue };
         let Some(truth) = labels.get(path) else { continue };
         let ok = truth == predicted;
         all += 1;
         right += u64::from(ok);
-        if record.iter().rev().nth(1) == Some("accept") {
+        if record.get(decision_col) == Some("accept") {
             accepted += 1;
             accepted_right += u64::from(ok);
         }

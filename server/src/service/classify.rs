@@ -201,12 +201,14 @@ pub async fn list(state: &AppState, experiment: Option<&str>, limit: u64) -> Res
         None => None,
     };
     let rows = store::classify::list(conn, experiment_id, limit.clamp(1, 1000)).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let counts = store::classify::counts(conn, r.id).await?;
-        out.push(info(&r, &counts)?);
-    }
-    Ok(out)
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let counts = store::classify::counts_of(conn, &ids).await?;
+    rows.iter()
+        .map(|r| {
+            let mine: Vec<store::classify::CountRow> = counts.iter().filter(|c| c.batch_id == r.id).cloned().collect();
+            info(r, &mine)
+        })
+        .collect()
 }
 
 /// The images of a batch (all, or those with one decision), with their reviews.

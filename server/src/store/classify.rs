@@ -182,6 +182,7 @@ pub async fn items_at(conn: &impl ConnectionTrait, batch_id: i64, paths: &[&str]
 
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct CountRow {
+    pub batch_id: i64,
     pub predicted: Option<i64>,
     pub decision: String,
     pub reviewed: i64,
@@ -190,12 +191,24 @@ pub struct CountRow {
 
 /// Images per (predicted class, decision, reviewed or not): the batch's summary in one query.
 pub async fn counts(conn: &impl ConnectionTrait, batch_id: i64) -> Result<Vec<CountRow>, DbErr> {
+    counts_of(conn, &[batch_id]).await
+}
+
+/// The counts of several batches in one query (a page of batches), each row naming its batch.
+pub async fn counts_of(conn: &impl ConnectionTrait, batch_ids: &[i64]) -> Result<Vec<CountRow>, DbErr> {
+    if batch_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=batch_ids.len()).map(|i| format!("${i}")).collect();
+    let reviewed = "CASE WHEN reviewed_label IS NULL THEN 0 ELSE 1 END";
     all(
         conn,
-        "SELECT predicted, decision, CAST(CASE WHEN reviewed_label IS NULL THEN 0 ELSE 1 END AS BIGINT) AS reviewed, \
-         COUNT(*) AS n FROM classify_items WHERE batch_id = $1 \
-         GROUP BY predicted, decision, CASE WHEN reviewed_label IS NULL THEN 0 ELSE 1 END",
-        values![batch_id],
+        &format!(
+            "SELECT batch_id, predicted, decision, CAST({reviewed} AS BIGINT) AS reviewed, COUNT(*) AS n FROM classify_items \
+             WHERE batch_id IN ({}) GROUP BY batch_id, predicted, decision, {reviewed}",
+            marks.join(", ")
+        ),
+        batch_ids.iter().map(|id| Value::from(*id)).collect(),
     )
     .await
 }
