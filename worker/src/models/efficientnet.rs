@@ -12,7 +12,7 @@ use protocol::spec::Arch;
 
 use super::Ctx;
 use super::backend::{Depthwise, depthwise_conv2d, silu};
-use super::norm::BatchNorm2d;
+use super::norm::{Act, BatchNorm2d};
 
 /// (width multiplier, depth multiplier, head dropout) per variant.
 pub fn scaling(arch: Arch) -> (f64, f64, f64) {
@@ -74,7 +74,8 @@ impl ConvBn {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `act(bn(conv(x)))`.
+    fn forward(&self, x: Tensor<4>, act: Act) -> Tensor<4> {
         let conv = &self.conv;
         let y = if conv.groups > 1 && conv.groups == x.dims()[1] {
             let geometry = Depthwise { stride: conv.stride[0], padding: (conv.kernel_size[0] - 1) / 2 };
@@ -82,9 +83,9 @@ impl ConvBn {
         } else if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && x.device().is_autodiff() {
             pointwise(x, conv.weight.val())
         } else {
-            conv.forward(x)
+            super::conv::forward(conv, x)
         };
-        self.bn.forward(y)
+        self.bn.forward_act(y, act)
     }
 }
 
@@ -163,10 +164,10 @@ impl MbConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
-            y = silu(expand.forward(y));
+            y = expand.forward(y, Act::Silu);
         }
-        y = silu(self.depthwise.forward(y));
-        y = self.project.forward(self.se.forward(y));
+        y = self.depthwise.forward(y, Act::Silu);
+        y = self.project.forward(self.se.forward(y), Act::None);
         if !self.residual {
             return y;
         }
@@ -274,11 +275,11 @@ impl EfficientNet {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = silu(self.stem.forward(x));
+        let mut x = self.stem.forward(x, Act::Silu);
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x = silu(self.head.forward(x));
+        let x = self.head.forward(x, Act::Silu);
         let x = self.pool.forward(x).flatten::<2>(1, 3);
         self.classifier.forward(self.dropout.forward(x))
     }

@@ -2,6 +2,7 @@
 //! ResNet-18/34/50 and `simple_cnn`, for any number of input channels and classes.
 
 pub mod backend;
+pub mod conv;
 pub mod efficientnet;
 pub mod norm;
 pub mod pretrained;

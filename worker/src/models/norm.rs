@@ -8,6 +8,29 @@
 
 use burn::module::{Initializer, Param, RunningState};
 use burn::prelude::*;
+use burn::tensor::DType;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::backend::{self, CHUNK, Kernel, f32_tensor, f32_values, madd, on_flex, vectorised};
+
+/// The activation that follows a normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Silu,
+}
+
+impl Act {
+    fn apply(self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Act::None => x,
+            Act::Relu => burn::tensor::activation::relu(x),
+            Act::Silu => backend::silu(x),
+        }
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct BatchNorm2d {
@@ -53,6 +76,28 @@ impl BatchNorm2d {
         self.normalise(centred, var).reshape([n, c, h, w])
     }
 
+    /// `act(forward(x))`. Without autodiff on flex (evaluation, classification) the running
+    /// statistics, gamma and beta are folded into one scale and shift per channel and applied
+    /// with the activation in one parallel pass; Burn's composition takes four (centre, scale,
+    /// shift, activate), each a full read and write of the map.
+    pub fn forward_act(&self, x: Tensor<4>, act: Act) -> Tensor<4> {
+        if !x.device().is_autodiff()
+            && on_flex(&x.device())
+            && x.dtype() == DType::F32
+            && let Ok(primitive) = x.clone().try_into_primitive::<Flex>()
+        {
+            let floats = |t: Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            let (mean, var) = (floats(self.running_mean.value()), floats(self.running_var.value()));
+            let (gamma, beta) = (floats(self.gamma.val()), floats(self.beta.val()));
+            let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + self.epsilon as f32).sqrt()).collect();
+            let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+            if scale.len() == x.dims()[1] {
+                return Tensor::from_primitive::<Flex>(affine_act(primitive, &scale, &shift, act));
+            }
+        }
+        act.apply(self.forward(x))
+    }
+
     /// `centred / sqrt(var + eps) * gamma + beta` as one per-channel scale and shift, on the
     /// `[N, C, H*W]` view with `[1, C, 1]` statistics.
     fn normalise(&self, centred: Tensor<3>, var: Tensor<3>) -> Tensor<3> {
@@ -60,6 +105,46 @@ impl BatchNorm2d {
         let scale = self.gamma.val().reshape([1, c, 1]) / var.add_scalar(self.epsilon).sqrt();
         centred * per_row(scale, n) + per_row(self.beta.val().reshape([1, c, 1]), n)
     }
+}
+
+/// `act(x * scale[c] + shift[c])` over an `[N, C, H, W]` map, in parallel over runs of planes.
+fn affine_act(x: FlexTensor, scale: &[f32], shift: &[f32], act: Act) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    let (c, plane) = (shape[1], shape[2] * shape[3]);
+    let input = f32_values(&x);
+    let mut out = vec![0.0f32; input.len()];
+    let planes_per_task = (CHUNK / plane.max(1)).max(1);
+    struct Plane<'a> {
+        out: &'a mut [f32],
+        input: &'a [f32],
+        scale: f32,
+        shift: f32,
+        act: Act,
+    }
+    impl Kernel for Plane<'_> {
+        #[inline(always)]
+        fn run<const FMA: bool>(self) {
+            let (a, b) = (self.scale, self.shift);
+            let pairs = self.out.iter_mut().zip(self.input);
+            match self.act {
+                Act::None => pairs.for_each(|(o, &v)| *o = madd::<FMA>(v, a, b)),
+                Act::Relu => pairs.for_each(|(o, &v)| *o = madd::<FMA>(v, a, b).max(0.0)),
+                Act::Silu => pairs.for_each(|(o, &v)| {
+                    let y = madd::<FMA>(v, a, b);
+                    *o = y * backend::sigmoid(y);
+                }),
+            }
+        }
+    }
+    out.par_chunks_mut(planes_per_task * plane).zip(input.par_chunks(planes_per_task * plane)).enumerate().for_each(
+        |(task, (out, input))| {
+            for (k, (out, input)) in out.chunks_mut(plane).zip(input.chunks(plane)).enumerate() {
+                let channel = (task * planes_per_task + k) % c;
+                vectorised(Plane { out, input, scale: scale[channel], shift: shift[channel], act });
+            }
+        },
+    );
+    f32_tensor(out, shape)
 }
 
 /// A `[1, C, 1]` per-channel value repeated into a contiguous `[N, C, 1]` tensor. Applied to
@@ -103,5 +188,31 @@ mod tests {
         let (ours, theirs) = (ours.valid(), theirs.valid());
         let x = x.inner();
         assert!(max_diff(ours.forward(x.clone()), theirs.forward(x)) < 1e-5);
+    }
+
+    /// The folded inference pass equals the composed one (normalise, then activate) for each
+    /// activation, on small planes (many per task), large ones (one per task), and a
+    /// non-contiguous view.
+    #[test]
+    fn the_folded_inference_pass_matches_the_composed_one() {
+        let device = Device::flex();
+        let mut bn = BatchNorm2d::new(5, 1e-3, 0.1, &device);
+        let stats = |mean: f64, spread: f64| Tensor::<1>::random([5], Distribution::Normal(mean, spread), &device);
+        bn.running_mean = RunningState::new(stats(0.5, 1.0));
+        bn.running_var = RunningState::new(stats(2.0, 0.5).abs());
+        bn.gamma = Param::from_tensor(stats(1.0, 0.3));
+        bn.beta = Param::from_tensor(stats(0.0, 0.3));
+        for x in [
+            Tensor::<4>::random([7, 5, 3, 3], Distribution::Normal(0.0, 2.0), &device),
+            Tensor::<4>::random([2, 5, 150, 130], Distribution::Normal(0.0, 2.0), &device),
+            Tensor::<4>::random([3, 5, 9, 4], Distribution::Normal(0.0, 2.0), &device).swap_dims(2, 3),
+        ] {
+            for act in [Act::None, Act::Relu, Act::Silu] {
+                let folded = bn.forward_act(x.clone(), act);
+                let composed = act.apply(bn.forward(x.clone()));
+                assert_eq!(folded.dims(), composed.dims());
+                assert!(max_diff(folded, composed) < 1e-5, "{act:?} {:?}", x.dims());
+            }
+        }
     }
 }

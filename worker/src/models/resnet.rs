@@ -7,8 +7,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use protocol::spec::Arch;
 
-use super::Ctx;
-use super::norm::BatchNorm2d;
+use super::norm::{Act, BatchNorm2d};
+use super::{Ctx, conv};
 
 fn conv(ctx: &Ctx, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2d {
     let pad = kernel / 2;
@@ -55,16 +55,13 @@ impl Block {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward_act(conv::forward(&d.conv, x.clone()), Act::None),
             None => x.clone(),
         };
         let last = self.convs.len() - 1;
         let mut y = x;
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            y = bn.forward(conv.forward(y));
-            if i != last {
-                y = relu(y);
-            }
+            y = bn.forward_act(conv::forward(conv, y), if i == last { Act::None } else { Act::Relu });
         }
         relu(y + identity)
     }
@@ -136,7 +133,7 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.maxpool.forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+        let mut x = self.maxpool.forward(self.stem_bn.forward_act(conv::forward(&self.stem, x), Act::Relu));
         for block in &self.blocks {
             x = block.forward(x);
         }

@@ -5,10 +5,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::Ctx;
-use super::norm::BatchNorm2d;
+use super::norm::{Act, BatchNorm2d};
 
 #[derive(Module, Debug)]
 pub struct ConvBlock {
@@ -30,7 +29,7 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pool.forward(relu(self.bn.forward(self.conv.forward(x))))
+        self.pool.forward(self.bn.forward_act(super::conv::forward(&self.conv, x), Act::Relu))
     }
 }
 

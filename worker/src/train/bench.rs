@@ -126,7 +126,8 @@ pub struct OpTiming {
 
 /// Times the operations cobb replaced (docs/benchmarks.md): each one's forward pass and the
 /// backward pass of `sum(y * w)` for a fixed random `w`, median of `repeats`, less the same
-/// for the identity (the loss and the gradient bookkeeping).
+/// for the identity (the loss and the gradient bookkeeping); then the forward passes that
+/// evaluation runs its own way ([`forward_ops`]).
 pub fn ops(repeats: usize) -> Vec<OpTiming> {
     use crate::models::norm::BatchNorm2d;
     use burn::nn::conv::Conv2dConfig;
@@ -176,5 +177,60 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     let project = Conv2dConfig::new([96, 24], [1, 1]).with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0)).with_bias(false).init(&device);
     let weight = project.weight.val();
     row("1x1 conv 96 -> 24", expanded, &|x| project.forward(x), &|x| crate::models::efficientnet::pointwise(x, weight.clone()));
+    let dense = Conv2dConfig::new([64, 64], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_bias(false).init(&device);
+    row("3x3 conv 64 -> 64", [16, 64, 32, 32], &|x| dense.forward(x), &|x| crate::models::conv::forward(&dense, x));
+    out.extend(forward_ops(repeats));
+    out
+}
+
+/// The forward passes cobb runs its own way without autodiff (evaluation, classification):
+/// median of `repeats` forward passes on flex, Burn's form against cobb's.
+fn forward_ops(repeats: usize) -> Vec<OpTiming> {
+    use crate::models::norm::{Act, BatchNorm2d};
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    let device = Device::flex();
+    device.seed(0);
+    let time = |shape: [usize; 4], f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let mut times: Vec<f64> = (0..repeats.max(1) + 1)
+            .map(|_| {
+                let started = Instant::now();
+                let _ = f(x.clone()).into_data();
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .skip(1)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let mut out = Vec::new();
+    let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<4>) -> Tensor<4>, cobb: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+        out.push(OpTiming { op: op.to_owned(), shape, burn_ms: time(shape, burn), cobb_ms: time(shape, cobb) });
+    };
+    let map = [16, 96, 56, 56];
+    let bn = BatchNorm2d::new(96, 1e-5, 0.1, &device);
+    row("batch norm + SiLU (evaluation)", map, &|x| burn::tensor::activation::silu(bn.forward(x)), &|x| bn.forward_act(x, Act::Silu));
+    for (kernel, stride) in [(3, 1), (5, 2)] {
+        let pad = (kernel - 1) / 2;
+        let layer = Conv2dConfig::new([96, 96], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_groups(96)
+            .with_bias(false)
+            .init(&device);
+        let weight = layer.weight.val();
+        let geometry = crate::models::backend::Depthwise { stride, padding: pad };
+        let name = format!("depthwise conv {kernel}x{kernel}, stride {stride} (evaluation)");
+        row(&name, map, &|x| layer.forward(x), &|x| crate::models::backend::depthwise_conv2d(x, weight.clone(), geometry));
+    }
+    let dense = Conv2dConfig::new([64, 64], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_bias(false).init(&device);
+    row("3x3 conv 64 -> 64 (evaluation)", [16, 64, 56, 56], &|x| dense.forward(x), &|x| crate::models::conv::forward(&dense, x));
+    let stem = Conv2dConfig::new([1, 64], [7, 7])
+        .with_stride([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+        .with_bias(false)
+        .init(&device);
+    row("7x7 conv 1 -> 64, stride 2 (evaluation)", [16, 1, 224, 224], &|x| stem.forward(x), &|x| crate::models::conv::forward(&stem, x));
     out
 }

@@ -1,0 +1,302 @@
+//! cobb's dense 2-D convolution on flex (one group, no bias, dilation 1, f32): the layers of a
+//! ResNet and EfficientNet's stem and head.
+//!
+//! Burn 0.22's flex convolution converts the whole input to NHWC on one thread, builds each
+//! im2col tile in a fresh buffer, multiplies into another fresh buffer and scatters that
+//! result into the NCHW output one element at a time across channel rows: on ResNet-18 at
+//! 224 px the copies and the scatter took about as much time as a third of the arithmetic
+//! (perf, docs/benchmarks.md). Here the input is read in place (NCHW), each parallel task
+//! (one image) unfolds a tile of output pixels at a time into a buffer it keeps, and the
+//! matrix product writes straight into the output rows (`gemm` with the output's row stride).
+//! A 1x1 convolution with stride 1 needs no unfolding at all: the input rows are the matrix.
+//!
+//! The backward pass is Burn's own (`conv2d_x_backward`, `conv2d_weight_backward`). Any other
+//! case (bias, groups, dilation, another dtype or device) is Burn's convolution.
+
+use burn::backend::ops::ModuleOps;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::ops::ConvOptions;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::backend::{FlexOp, f32_tensor, f32_values};
+
+/// Stride and symmetric padding of a square-kernel convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Geometry {
+    fn options(self) -> ConvOptions<2> {
+        ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1)
+    }
+}
+
+/// A `Conv2d` layer's forward pass: cobb's kernel for a square kernel with one group, no
+/// bias, dilation 1 and equal padding on every side; the layer's own `forward` otherwise.
+pub fn forward(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    use burn::nn::PaddingConfig2d;
+    let padding = match layer.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == left && top == bottom && top == right => Some(top),
+        PaddingConfig2d::Valid => Some(0),
+        _ => None,
+    };
+    let [kh, kw] = layer.kernel_size;
+    match padding {
+        Some(padding)
+            if layer.groups == 1 && layer.bias.is_none() && layer.dilation == [1, 1] && kh == kw && layer.stride[0] == layer.stride[1] =>
+        {
+            conv2d(x, layer.weight.val(), Geometry { stride: layer.stride[0], padding })
+        }
+        _ => layer.forward(x),
+    }
+}
+
+/// `conv2d(x, weight)` with one group and no bias: cobb's kernel on flex (with or without
+/// autodiff), Burn's convolution anywhere else.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Geometry) -> Tensor<4> {
+    let burns = |x: Tensor<4>, weight: Tensor<4>| burn::tensor::module::conv2d(x, weight, None, geometry.options());
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return burns(x, weight);
+    }
+    let op = FlexOp {
+        forward: flex_conv2d,
+        input_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_x_backward(x, weight, grad, geometry.options()),
+        weight_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_weight_backward(x, weight, grad, geometry.options()),
+    };
+    op.apply(x, weight, geometry, burns)
+}
+
+/// The shapes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Shapes {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    out_h: usize,
+    out_w: usize,
+    geometry: Geometry,
+}
+
+impl Shapes {
+    fn of(x: &FlexTensor, weight: &FlexTensor, geometry: Geometry) -> Option<Self> {
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || xs.num_dims() != 4 || ws.num_dims() != 4 {
+            return None;
+        }
+        let (n, c, h, w, o, kh, kw) = (xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3]);
+        let Geometry { stride, padding } = geometry;
+        if ws[1] != c || stride == 0 || kh == 0 || kw == 0 || h + 2 * padding < kh || w + 2 * padding < kw || n * c * h * w == 0 {
+            return None;
+        }
+        let (out_h, out_w) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+        Some(Self { n, c, h, w, o, kh, kw, out_h, out_w, geometry })
+    }
+
+    fn pixels(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Rows of the unfolded input: one per input channel and kernel tap.
+    fn depth(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding: the input plane is the matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.geometry.stride == 1 && self.geometry.padding == 0
+    }
+
+    /// Output pixels per matrix product: the unfolded tile (depth x pixels) stays near 1 MiB
+    /// (256 Ki and 4 Mi floats were no faster on ResNet-18 at 224 px).
+    fn tile(&self) -> usize {
+        const TILE_FLOATS: usize = 1 << 18;
+        (TILE_FLOATS / self.depth()).clamp(64, 2048).min(self.pixels())
+    }
+
+    /// Unfolds output pixels `first..first + cols.len() / depth` of `image` (`[C, H, W]`) into
+    /// `cols` (`[depth, pixels]`, row-major): row `(c, i, j)` holds, for each pixel, the input
+    /// value under kernel tap `(i, j)` of channel `c`, or 0 in the padding.
+    fn unfold(&self, image: &[f32], first: usize, cols: &mut [f32]) {
+        let Geometry { stride, padding } = self.geometry;
+        let len = cols.len() / self.depth();
+        for c in 0..self.c {
+            let plane = &image[c * self.h * self.w..][..self.h * self.w];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * len..][..len];
+                    // Walk the pixels one output row segment at a time.
+                    let mut done = 0;
+                    while done < len {
+                        let p = first + done;
+                        let (y, x0) = (p / self.out_w, p % self.out_w);
+                        let run = (self.out_w - x0).min(len - done);
+                        let out = &mut row[done..done + run];
+                        done += run;
+                        let in_y = (y * stride + i) as isize - padding as isize;
+                        if in_y < 0 || in_y >= self.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let line = &plane[in_y as usize * self.w..][..self.w];
+                        // Output columns x with 0 <= x * stride + j - padding < w.
+                        let lo = if j >= padding { 0 } else { (padding - j).div_ceil(stride) };
+                        let hi = if self.w + padding > j { (self.w + padding - j - 1) / stride + 1 } else { 0 };
+                        let (lo, hi) = (lo.clamp(x0, x0 + run), hi.clamp(x0, x0 + run));
+                        if hi <= lo {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        out[..lo - x0].fill(0.0);
+                        out[hi - x0..].fill(0.0);
+                        let start = lo * stride + j - padding;
+                        let dst = &mut out[lo - x0..hi - x0];
+                        if stride == 1 {
+                            dst.copy_from_slice(&line[start..start + dst.len()]);
+                        } else {
+                            for (d, &v) in dst.iter_mut().zip(line[start..].iter().step_by(stride)) {
+                                *d = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The convolution on flex, in parallel over images: each task unfolds one image a tile of
+/// output pixels at a time into a buffer it keeps and multiplies straight into that image's
+/// output rows.
+#[allow(unsafe_code)]
+fn flex_conv2d(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
+    let Some(s) = Shapes::of(&x, &weight, geometry) else {
+        return Flex::conv2d(x, weight, None, geometry.options());
+    };
+    let (xv, wv) = (f32_values(&x), f32_values(&weight));
+    let (pixels, depth, tile) = (s.pixels(), s.depth(), s.tile());
+    let mut out = vec![0.0f32; s.n * s.o * pixels];
+    out.par_chunks_mut(s.o * pixels).zip(xv.par_chunks(s.c * s.h * s.w)).for_each_init(Vec::new, |cols: &mut Vec<f32>, (dst, image)| {
+        for first in (0..pixels).step_by(tile) {
+            let len = tile.min(pixels - first);
+            // The right-hand matrix `[depth, len]` and its row stride.
+            let (rhs, rhs_rs) = if s.pointwise() {
+                (image[first..].as_ptr(), pixels)
+            } else {
+                cols.resize(depth * len, 0.0);
+                s.unfold(image, first, &mut cols[..depth * len]);
+                (cols.as_ptr(), len)
+            };
+            // SAFETY: `dst` is this image's `[o, pixels]` output; the product writes rows
+            // 0..o, columns first..first + len (row stride `pixels`), all inside it.
+            // `weight` is `[o, depth]` row-major; `rhs` has `depth` rows of `len` readable
+            // elements at stride `rhs_rs` (the unfolded tile, or the image's `[c, pixels]`
+            // plane from column `first`). The three buffers do not overlap.
+            unsafe {
+                gemm::gemm(
+                    s.o,
+                    len,
+                    depth,
+                    dst.as_mut_ptr().add(first),
+                    1,
+                    pixels as isize,
+                    false,
+                    wv.as_ptr(),
+                    1,
+                    depth as isize,
+                    rhs,
+                    1,
+                    rhs_rs as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+    f32_tensor(out, Shape::new([s.n, s.o, s.out_h, s.out_w]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Shapes of every kind the models use: 3x3 stride 1 and 2, 7x7 stride 2 (the ResNet
+    /// stem), 1x1 stride 1 (no unfolding) and 2 (ResNet's downsample), odd sizes, a tile
+    /// boundary inside an output row, and one input channel.
+    const CASES: [([usize; 4], usize, usize, usize, usize); 7] = [
+        ([2, 5, 9, 11], 7, 3, 1, 1),
+        ([2, 4, 10, 9], 6, 3, 2, 1),
+        ([1, 1, 23, 19], 8, 7, 2, 3),
+        ([3, 6, 7, 8], 5, 1, 1, 0),
+        ([2, 6, 9, 9], 4, 1, 2, 0),
+        ([1, 3, 40, 41], 4, 3, 1, 1),
+        ([2, 3, 5, 5], 2, 5, 1, 0),
+    ];
+
+    #[test]
+    fn the_kernel_matches_burns_convolution() {
+        let device = Device::flex();
+        for (shape, out, k, stride, padding) in CASES {
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<4>::random([out, shape[1], k, k], Distribution::Normal(0.0, 0.5), &device);
+            let geometry = Geometry { stride, padding };
+            let xp = x.clone().try_into_primitive::<Flex>().expect("on flex");
+            let wp = w.clone().try_into_primitive::<Flex>().expect("on flex");
+            assert!(Shapes::of(&xp, &wp, geometry).is_some(), "cobb's kernel takes {shape:?} k{k}");
+            let ours = conv2d(x.clone(), w.clone(), geometry);
+            let burns = burn::tensor::module::conv2d(x, w, None, geometry.options());
+            assert_eq!(ours.dims(), burns.dims(), "{shape:?} k{k} s{stride} p{padding}");
+            let diff = max_diff(&values(ours), &values(burns));
+            assert!(diff < 1e-4, "{shape:?} k{k} s{stride} p{padding}: {diff}");
+        }
+    }
+
+    #[test]
+    fn the_gradients_are_burns() {
+        for (shape, out, k, stride, padding) in CASES {
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
+            let w = Tensor::<4>::random([out, shape[1], k, k], Distribution::Normal(0.0, 0.5), &Device::flex());
+            let geometry = Geometry { stride, padding };
+            let run = |ours: bool| {
+                let (x, w) = (x.clone().autodiff().require_grad(), w.clone().autodiff().require_grad());
+                let y = if ours {
+                    conv2d(x.clone(), w.clone(), geometry)
+                } else {
+                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, geometry.options())
+                };
+                let target = Tensor::<4>::ones(y.dims(), &y.device()) * 0.5;
+                let grads = (y.clone() * y.clone() * target).sum().backward();
+                (values(y.inner()), values(x.grad(&grads).expect("dx")), values(w.grad(&grads).expect("dw")))
+            };
+            let ((y1, dx1, dw1), (y2, dx2, dw2)) = (run(true), run(false));
+            let case = format!("{shape:?} k{k} s{stride} p{padding}");
+            assert!(max_diff(&y1, &y2) < 1e-4, "forward {case}");
+            for (name, a, b) in [("input", dx1, dx2), ("weight", dw1, dw2)] {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let diff = max_diff(&a, &b) / scale;
+                assert!(diff < 1e-5, "{name} gradient {case}: {diff}");
+            }
+        }
+    }
+}
