@@ -1,8 +1,10 @@
 //! Running a promoted model over a folder of new images: every file under the folder is read,
 //! hashed, decoded and prepared exactly as training prepared its images (data::cache::prepare),
-//! then classified in batches. Decoding of the next batch (on every core, with rayon) overlaps
-//! the forward pass of the current one. A file that cannot be classified is reported with its
-//! reason and the pass goes on.
+//! then classified in batches. On a GPU, decoding of the next batch (on every core, with rayon)
+//! overlaps the forward pass of the current one; on the CPU the two take turns on all cores
+//! (both are CPU work, so overlap gains nothing there, and interleaving the decoder's tasks
+//! with the model's on the same rayon threads was slower: docs/benchmarks.md). A file that
+//! cannot be classified is reported with its reason and the pass goes on.
 
 use burn::prelude::*;
 use protocol::spec::ExperimentSpec;
@@ -109,53 +111,62 @@ pub fn classify_files(
     let model = checkpoint::load_model(model, model_file)?.valid();
     let batch = batch.max(1);
     let n = classes.len();
+    let prepare = |chunk: &[FileRef]| -> Vec<Prepared> { chunk.par_iter().map(|f| prepare_one(f, size)).collect() };
+    let mut classify = |prepared: Vec<Prepared>| -> bool {
+        let mut pixels: Vec<f32> = Vec::with_capacity(prepared.len() * size * size);
+        let mut good = Vec::new();
+        for (i, (_, _, p)) in prepared.iter().enumerate() {
+            if let Ok((px, _)) = p {
+                pixels.extend_from_slice(px);
+                good.push(i);
+            }
+        }
+        let mut probs_of: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
+        if !good.is_empty() {
+            let logits = model.forward(crate::train::input_tensor(&pixels, good.len(), size, &device));
+            let probabilities: Vec<f32> =
+                burn::tensor::activation::softmax(logits, 1).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            for (k, &i) in good.iter().enumerate() {
+                probs_of[i] = probabilities.get(k * n..(k + 1) * n).map(<[f32]>::to_vec);
+            }
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        for ((rel, sha256, p), probs) in prepared.into_iter().zip(probs_of) {
+            let outcome = match (p, probs) {
+                (Ok((px, view)), Some(probabilities)) => Ok(Predicted { class: argmax(&probabilities), probabilities, view, pixels: px }),
+                (Ok(_), None) => Err("the model gave no output for this image".to_owned()),
+                (Err(e), _) => Err(e),
+            };
+            results.push(FileResult { rel, sha256, outcome });
+        }
+        each(results)
+    };
+    if choice == crate::device::DeviceChoice::Cpu {
+        for chunk in files.chunks(batch) {
+            if !classify(prepare(chunk)) {
+                break;
+            }
+        }
+        return Ok(());
+    }
     // Decoding runs one batch ahead on its own thread (rayon inside), the forward pass here.
     let (tx, rx) = sync_channel::<Vec<Prepared>>(1);
-    std::thread::scope(|scope| -> Result<(), TrainError> {
+    std::thread::scope(|scope| {
         let files = &files;
         scope.spawn(move || {
             for chunk in files.chunks(batch) {
-                let prepared: Vec<Prepared> = chunk.par_iter().map(|f| prepare_one(f, size)).collect();
-                if tx.send(prepared).is_err() {
+                if tx.send(prepare(chunk)).is_err() {
                     break;
                 }
             }
         });
         for prepared in rx {
-            let mut pixels: Vec<f32> = Vec::with_capacity(prepared.len() * size * size);
-            let mut good = Vec::new();
-            for (i, (_, _, p)) in prepared.iter().enumerate() {
-                if let Ok((px, _)) = p {
-                    pixels.extend_from_slice(px);
-                    good.push(i);
-                }
-            }
-            let mut probs_of: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
-            if !good.is_empty() {
-                let logits = model.forward(crate::train::input_tensor(&pixels, good.len(), size, &device));
-                let probabilities: Vec<f32> =
-                    burn::tensor::activation::softmax(logits, 1).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-                for (k, &i) in good.iter().enumerate() {
-                    probs_of[i] = probabilities.get(k * n..(k + 1) * n).map(<[f32]>::to_vec);
-                }
-            }
-            let mut results = Vec::with_capacity(prepared.len());
-            for ((rel, sha256, p), probs) in prepared.into_iter().zip(probs_of) {
-                let outcome = match (p, probs) {
-                    (Ok((px, view)), Some(probabilities)) => {
-                        Ok(Predicted { class: argmax(&probabilities), probabilities, view, pixels: px })
-                    }
-                    (Ok(_), None) => Err("the model gave no output for this image".to_owned()),
-                    (Err(e), _) => Err(e),
-                };
-                results.push(FileResult { rel, sha256, outcome });
-            }
-            if !each(results) {
+            if !classify(prepared) {
                 break;
             }
         }
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 fn argmax(p: &[f32]) -> usize {

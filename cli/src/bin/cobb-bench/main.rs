@@ -22,6 +22,12 @@ mod queue;
 mod sweeps;
 mod training;
 
+/// mimalloc instead of glibc's allocator: training and classification allocate feature maps
+/// of tens of megabytes per layer, which glibc maps and unmaps from the kernel each time; the
+/// page faults and zeroing were a quarter of a CPU classification (perf, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
@@ -45,8 +51,9 @@ enum Bench {
     /// Training and evaluation images/s on synthetic batches (each model in its own
     /// process, so peak memory is per model).
     Train(TrainBenchArgs),
-    /// Forward + backward time of the layer operations cobb runs its own way on flex
-    /// (BatchNorm, SiLU, depthwise and 1x1 convolutions), against Burn's.
+    /// Time of the layer operations cobb runs its own way on flex (BatchNorm, SiLU, depthwise,
+    /// dense and 1x1 convolutions), against Burn's: forward + backward, and forward only as
+    /// evaluation runs them.
     Ops {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
@@ -97,10 +104,13 @@ async fn main() -> Result<()> {
         Bench::Data(args) => data_bench(&args),
         Bench::Train(args) => train_bench(&args),
         Bench::Ops { repeats } => {
-            println!("layer operations on flex, forward + backward, median of {repeats} (ms, less the identity's time)");
+            println!(
+                "layer operations on flex, median of {repeats} (ms): training rows forward + backward less the identity's \
+                 time, evaluation rows forward only without autodiff"
+            );
             for t in worker::train::bench::ops(repeats) {
                 println!(
-                    "{:<34} {:>18}  Burn {:>7.1}  cobb {:>7.1}  ({:.1}x)",
+                    "{:<42} {:>18}  Burn {:>7.1}  cobb {:>7.1}  ({:.1}x)",
                     t.op,
                     format!("{:?}", t.shape),
                     t.burn_ms,
