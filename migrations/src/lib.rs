@@ -44,6 +44,7 @@ mod m013_metrics_hot_path;
 mod m014_predictions;
 mod m015_acceptance_criteria;
 mod m016_classify;
+mod m017_metrics_one_index;
 
 pub struct Migrator;
 
@@ -67,6 +68,7 @@ impl MigratorTrait for Migrator {
             Box::new(m014_predictions::Migration),
             Box::new(m015_acceptance_criteria::Migration),
             Box::new(m016_classify::Migration),
+            Box::new(m017_metrics_one_index::Migration),
         ]
     }
 }

@@ -71,6 +71,13 @@ pub async fn upsert_fenced(
 /// PostgreSQL's [`upsert_fenced`]: the points travel as three arrays unpacked by `UNNEST`, so
 /// the statement has seven parameters whatever the batch size, is prepared once per
 /// connection, and binds three values instead of five per point.
+///
+/// It first tries a plain `INSERT`: new points are the rule (one epoch's report), and a plain
+/// insert skips what `ON CONFLICT DO UPDATE` costs each row on PostgreSQL (a probe of the
+/// primary key before a speculative insertion, and a second WAL record to confirm it). A batch
+/// that repeats a stored (key, step), such as a resend after a lost answer or an epoch trained
+/// again after a resume, fails that insert with a unique violation as a whole (nothing of it is
+/// stored) and is then written by the upsert, so sending a batch twice still stores it once.
 pub async fn upsert_fenced_pg(
     pool: &sea_orm::sqlx::PgPool,
     run_id: i64,
@@ -79,31 +86,38 @@ pub async fn upsert_fenced_pg(
     points: &[MetricPoint],
     now: i64,
 ) -> Result<u64, DbErr> {
-    // One statement text for every batch (prepared once per connection).
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // One statement text for each of the two forms (each prepared once per connection).
+    fn statement(on_conflict: &str) -> String {
         format!(
             "INSERT INTO metrics (run_id, key, step, value, recorded_at) \
              SELECT $1, u.key, u.step, u.value, $2 FROM UNNEST($3::text[], $4::bigint[], $5::float8[]) AS u(key, step, value) \
-             WHERE {} \
-             ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at",
+             WHERE {}{on_conflict}",
             fence("$6", "$1", "$2", "$7", true)
         )
+    }
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| statement(""));
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        statement(" ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at")
     });
     let keys: Vec<&str> = points.iter().map(|p| p.key.as_str()).collect();
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
     let values: Vec<f64> = points.iter().map(|p| p.value).collect();
-    sea_orm::sqlx::query(SQL.as_str())
-        .bind(run_id)
-        .bind(now)
-        .bind(&keys)
-        .bind(&steps)
-        .bind(&values)
-        .bind(lease_id)
-        .bind(holder)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected())
-        .map_err(|e| DbErr::Custom(format!("while storing metrics: {e}")))
+    let run = |sql: &'static str| {
+        sea_orm::sqlx::query(sql)
+            .bind(run_id)
+            .bind(now)
+            .bind(keys.clone())
+            .bind(steps.clone())
+            .bind(values.clone())
+            .bind(lease_id)
+            .bind(holder)
+            .execute(pool)
+    };
+    let done = match run(INSERT.as_str()).await {
+        Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => run(UPSERT.as_str()).await,
+        other => other,
+    };
+    done.map(|done| done.rows_affected()).map_err(|e| DbErr::Custom(format!("while storing metrics: {e}")))
 }
 
 /// The last step of every key of a run.

@@ -116,6 +116,16 @@ async fn metrics_are_idempotent_per_run_key_and_step(app: TestApp) {
     let points = series[0]["points"].as_array().expect("points");
     assert_eq!(points.len(), 2, "one row per (run, key, step)");
     assert_eq!(points[1]["value"], 0.6, "the last value sent for a step wins");
+    // A batch mixing a stored step (a new value) and a new one: both land, nothing is lost.
+    let mixed = json!({"lease_id": lease_id, "metrics": [
+        {"key": "val_loss", "step": 1, "value": 0.5},
+        {"key": "val_loss", "step": 2, "value": 0.4},
+    ]});
+    let accepted: Value = app.write(&app.admin, &format!("/runs/{run}/metrics"), &mixed).await;
+    assert_eq!(accepted["accepted"], 2);
+    let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics?key=val_loss")).await;
+    let values: Vec<&Value> = series[0]["points"].as_array().expect("points").iter().map(|p| &p["value"]).collect();
+    assert_eq!(values, [&json!(0.9), &json!(0.5), &json!(0.4)], "the stored step overwritten, the new one added");
 }
 
 async fn training_leases_never_see_the_test_split(app: TestApp) {
