@@ -162,15 +162,8 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     row("silu", map, &burn::tensor::activation::silu, &crate::models::backend::silu);
     let expanded = [16, 96, 32, 32];
     for (kernel, stride) in [(3, 1), (5, 2)] {
-        let pad = (kernel - 1) / 2;
-        let layer = Conv2dConfig::new([96, 96], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_groups(96)
-            .with_bias(false)
-            .init(&device);
+        let (layer, geometry) = depthwise_layer(kernel, stride, &device);
         let weight = layer.weight.val();
-        let geometry = crate::models::backend::Depthwise { stride, padding: pad };
         let name = format!("depthwise conv {kernel}x{kernel}, stride {stride}");
         row(&name, expanded, &|x| layer.forward(x), &|x| crate::models::backend::depthwise_conv2d(x, weight.clone(), geometry));
     }
@@ -181,6 +174,19 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     row("3x3 conv 64 -> 64", [16, 64, 32, 32], &|x| dense.forward(x), &|x| crate::models::conv::forward(&dense, x));
     out.extend(forward_ops(repeats));
     out
+}
+
+/// A 96-channel depthwise convolution of `kernel` x `kernel` with "same" padding, as Burn's
+/// layer and as the geometry of cobb's kernel.
+fn depthwise_layer(kernel: usize, stride: usize, device: &Device) -> (burn::nn::conv::Conv2d, crate::models::backend::Depthwise) {
+    let pad = (kernel - 1) / 2;
+    let layer = burn::nn::conv::Conv2dConfig::new([96, 96], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(burn::nn::PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_groups(96)
+        .with_bias(false)
+        .init(device);
+    (layer, crate::models::backend::Depthwise { stride, padding: pad })
 }
 
 /// The forward passes cobb runs its own way without autodiff (evaluation, classification):
@@ -212,15 +218,8 @@ fn forward_ops(repeats: usize) -> Vec<OpTiming> {
     let bn = BatchNorm2d::new(96, 1e-5, 0.1, &device);
     row("batch norm + SiLU (evaluation)", map, &|x| burn::tensor::activation::silu(bn.forward(x)), &|x| bn.forward_act(x, Act::Silu));
     for (kernel, stride) in [(3, 1), (5, 2)] {
-        let pad = (kernel - 1) / 2;
-        let layer = Conv2dConfig::new([96, 96], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_groups(96)
-            .with_bias(false)
-            .init(&device);
+        let (layer, geometry) = depthwise_layer(kernel, stride, &device);
         let weight = layer.weight.val();
-        let geometry = crate::models::backend::Depthwise { stride, padding: pad };
         let name = format!("depthwise conv {kernel}x{kernel}, stride {stride} (evaluation)");
         row(&name, map, &|x| layer.forward(x), &|x| crate::models::backend::depthwise_conv2d(x, weight.clone(), geometry));
     }
