@@ -137,17 +137,10 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     let time = |shape: [usize; 4], f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
         let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
         let w = Tensor::<4>::random(f(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
-        let mut times: Vec<f64> = (0..repeats.max(1) + 1)
-            .map(|_| {
-                let started = Instant::now();
-                let grads = (f(x.clone()) * w.clone()).sum().backward();
-                let _ = x.grad(&grads).map(|g| g.into_data());
-                started.elapsed().as_secs_f64() * 1000.0
-            })
-            .skip(1)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        median_ms(repeats, || {
+            let grads = (f(x.clone()) * w.clone()).sum().backward();
+            let _ = x.grad(&grads).map(|g| g.into_data());
+        })
     };
     let mut out = Vec::new();
     let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<4>) -> Tensor<4>, cobb: &dyn Fn(Tensor<4>) -> Tensor<4>| {
@@ -176,6 +169,20 @@ pub fn ops(repeats: usize) -> Vec<OpTiming> {
     out
 }
 
+/// The median time of `repeats` calls of `once` in milliseconds, after one untimed call.
+fn median_ms(repeats: usize, mut once: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..repeats.max(1) + 1)
+        .map(|_| {
+            let started = Instant::now();
+            once();
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 /// A 96-channel depthwise convolution of `kernel` x `kernel` with "same" padding, as Burn's
 /// layer and as the geometry of cobb's kernel.
 fn depthwise_layer(kernel: usize, stride: usize, device: &Device) -> (burn::nn::conv::Conv2d, crate::models::backend::Depthwise) {
@@ -199,16 +206,9 @@ fn forward_ops(repeats: usize) -> Vec<OpTiming> {
     device.seed(0);
     let time = |shape: [usize; 4], f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
         let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let mut times: Vec<f64> = (0..repeats.max(1) + 1)
-            .map(|_| {
-                let started = Instant::now();
-                let _ = f(x.clone()).into_data();
-                started.elapsed().as_secs_f64() * 1000.0
-            })
-            .skip(1)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        median_ms(repeats, || {
+            let _ = f(x.clone()).into_data();
+        })
     };
     let mut out = Vec::new();
     let mut row = |op: &str, shape: [usize; 4], burn: &dyn Fn(Tensor<4>) -> Tensor<4>, cobb: &dyn Fn(Tensor<4>) -> Tensor<4>| {
