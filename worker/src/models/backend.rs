@@ -19,7 +19,6 @@
 //! any other device (CUDA, where Burn's fusion and autotune do this work). Tests compare the
 //! kernels with Burn's ops, forward and backward.
 
-use burn::backend::TensorMetadata;
 use burn::backend::ops::ModuleOps;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -60,10 +59,10 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Depthwise convolution: `x` `[N, C, H, W]`, `weight` `[C, 1, K, K]` (a `Conv2d` with
 /// `groups = C`), no bias. On flex cobb's forward kernel (stride 1 or 2) and, with autodiff,
 /// cobb's gradient kernels; Burn's grouped convolution anywhere else.
-pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Depthwise) -> Tensor<4> {
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Geometry) -> Tensor<4> {
     let channels = weight.dims()[0];
     let composed = |x: Tensor<4>, weight: Tensor<4>| {
-        let options = ConvOptions::new([geometry.stride; 2], [geometry.padding; 2], [1, 1], channels);
+        let options = geometry.options(channels);
         burn::tensor::module::conv2d(x, weight, None, options)
     };
     let op = FlexOp { forward: depthwise_forward, input_grad: depthwise_x_backward, weight_grad: depthwise_weight_backward };
@@ -150,9 +149,9 @@ impl<G: Copy + Send + Sync + std::fmt::Debug + 'static> FlexOp<G> {
 /// AVX2 and FMA where the CPU has them. Burn's own forward walks stride-2 rows one element at
 /// a time and short rows with 4-lane vectors: it was about a third of an EfficientNet-B0
 /// evaluation (perf, docs/benchmarks.md).
-fn depthwise_forward(x: FlexTensor, weight: FlexTensor, geometry: Depthwise) -> FlexTensor {
+fn depthwise_forward(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
     let Some(planes) = Planes::of(&x, &weight, geometry).filter(|p| p.geometry.stride <= 2 && p.k <= 7) else {
-        let options = geometry.options(&weight);
+        let options = geometry.options(weight.layout().shape()[0]);
         return Flex::conv2d(x, weight, None, options);
     };
     let (xv, wv) = (f32_values(&x), f32_values(&weight));
@@ -233,7 +232,7 @@ impl Kernel for DepthwisePlane<'_> {
     #[inline(always)]
     fn run<const FMA: bool>(self) {
         let Planes { h, w, k, out_h, out_w, geometry, .. } = *self.planes;
-        let Depthwise { stride, padding } = geometry;
+        let Geometry { stride, padding } = geometry;
         let (ph, pw) = (h + 2 * padding, w + 2 * padding);
         // Padded rows; for stride 2 the even columns then the odd ones, each `half` wide.
         let half = pw.div_ceil(2);
@@ -344,9 +343,9 @@ fn flex_silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
     f32_tensor(out, x.layout().shape().clone())
 }
 
-fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Depthwise) -> FlexTensor {
+fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
     let Some(planes) = Planes::of(&x, &weight, geometry) else {
-        let options = geometry.options(&weight);
+        let options = geometry.options(weight.layout().shape()[0]);
         return Flex::conv2d_x_backward(x, weight, grad, options);
     };
     let (weight, grad) = (f32_values(&weight), f32_values(&grad));
@@ -357,9 +356,9 @@ fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geo
     f32_tensor(dx, Shape::new([planes.n, planes.c, planes.h, planes.w]))
 }
 
-fn depthwise_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Depthwise) -> FlexTensor {
+fn depthwise_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
     let Some(planes) = Planes::of(&x, &weight, geometry) else {
-        let options = geometry.options(&weight);
+        let options = geometry.options(weight.layout().shape()[0]);
         return Flex::conv2d_weight_backward(x, weight, grad, options);
     };
     let (x, grad) = (f32_values(&x), f32_values(&grad));
@@ -374,21 +373,22 @@ fn depthwise_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor
     f32_tensor(dw, Shape::new([planes.c, 1, planes.k, planes.k]))
 }
 
-/// Stride and (symmetric) padding of a depthwise convolution; dilation 1.
+/// Stride and symmetric padding of a square-kernel convolution (depthwise here, dense in
+/// super::conv); dilation 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Depthwise {
+pub struct Geometry {
     pub stride: usize,
     pub padding: usize,
 }
 
-impl Depthwise {
-    /// Burn's options for the same convolution of `weight` (one group per channel).
-    fn options<T: TensorMetadata>(self, weight: &T) -> ConvOptions<2> {
-        ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], weight.shape()[0])
+impl Geometry {
+    /// Burn's options for the same convolution in `groups` groups.
+    pub(super) fn options(self, groups: usize) -> ConvOptions<2> {
+        ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], groups)
     }
 
     /// Output length along an axis of `input` elements for kernel size `k`.
-    fn out_len(self, input: usize, k: usize) -> usize {
+    pub(super) fn out_len(self, input: usize, k: usize) -> usize {
         (input + 2 * self.padding - k) / self.stride + 1
     }
 
@@ -412,12 +412,12 @@ struct Planes {
     k: usize,
     out_h: usize,
     out_w: usize,
-    geometry: Depthwise,
+    geometry: Geometry,
 }
 
 impl Planes {
     /// `None` (Burn's generic path) unless f32 with a `[C, 1, K, K]` weight matching `x`.
-    fn of(x: &FlexTensor, weight: &FlexTensor, geometry: Depthwise) -> Option<Self> {
+    fn of(x: &FlexTensor, weight: &FlexTensor, geometry: Geometry) -> Option<Self> {
         let (xs, ws) = (x.layout().shape(), weight.layout().shape());
         if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || xs.num_dims() != 4 || ws.num_dims() != 4 {
             return None;
@@ -452,7 +452,7 @@ impl Planes {
     /// output row whose input row is inside the image; `columns` are the output columns whose
     /// input column is inside too. Input coordinates are `output * stride + tap - padding`.
     fn each_tap(&self, mut f: impl FnMut(usize, usize, usize, usize, std::ops::Range<usize>)) {
-        let Depthwise { stride, padding } = self.geometry;
+        let Geometry { stride, padding } = self.geometry;
         for i in 0..self.k {
             for out_row in self.geometry.span(i, self.h, self.out_h) {
                 let in_row = out_row * stride + i - padding;
@@ -468,7 +468,7 @@ impl Planes {
 
     /// `dx += conv_transpose(grad, kernel)` for one plane.
     fn input_grad(&self, grad: &[f32], kernel: &[f32], dx: &mut [f32]) {
-        let Depthwise { stride, padding } = self.geometry;
+        let Geometry { stride, padding } = self.geometry;
         self.each_tap(|i, j, out_row, in_row, cols| {
             let weight = kernel[i * self.k + j];
             let grad = &grad[out_row * self.out_w..][cols.clone()];
@@ -489,7 +489,7 @@ impl Planes {
     /// `dw[tap] += sum over outputs of grad * x` for one plane. Eight partial sums per tap,
     /// in a fixed order, so the loop vectorises and the result is the same on every run.
     fn weight_grad(&self, x: &[f32], grad: &[f32], dw: &mut [f32]) {
-        let Depthwise { stride, padding } = self.geometry;
+        let Geometry { stride, padding } = self.geometry;
         self.each_tap(|i, j, out_row, in_row, cols| {
             let grad = &grad[out_row * self.out_w..][cols.clone()];
             let x = &x[in_row * self.w..][..self.w];
@@ -688,7 +688,7 @@ mod tests {
             (5, 2, 2, 33, 17, false),
             (5, 1, 2, 12, 16, false),
         ] {
-            let geometry = Depthwise { stride, padding };
+            let geometry = Geometry { stride, padding };
             let mut x = Tensor::<4>::random([3, 4, h, w], Distribution::Normal(0.0, 1.0), &Device::flex());
             if transposed {
                 x = x.swap_dims(2, 3);

@@ -16,24 +16,10 @@
 use burn::backend::ops::ModuleOps;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::ops::ConvOptions;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::backend::{FlexOp, f32_tensor, f32_values};
-
-/// Stride and symmetric padding of a square-kernel convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl Geometry {
-    fn options(self) -> ConvOptions<2> {
-        ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1)
-    }
-}
+use super::backend::{FlexOp, Geometry, f32_tensor, f32_values};
 
 /// A `Conv2d` layer's forward pass: cobb's kernel for a square kernel with one group, no
 /// bias, dilation 1 and equal padding on every side; the layer's own `forward` otherwise.
@@ -58,14 +44,14 @@ pub fn forward(layer: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// `conv2d(x, weight)` with one group and no bias: cobb's kernel on flex (with or without
 /// autodiff), Burn's convolution anywhere else.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Geometry) -> Tensor<4> {
-    let burns = |x: Tensor<4>, weight: Tensor<4>| burn::tensor::module::conv2d(x, weight, None, geometry.options());
+    let burns = |x: Tensor<4>, weight: Tensor<4>| burn::tensor::module::conv2d(x, weight, None, geometry.options(1));
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return burns(x, weight);
     }
     let op = FlexOp {
         forward: flex_conv2d,
-        input_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_x_backward(x, weight, grad, geometry.options()),
-        weight_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_weight_backward(x, weight, grad, geometry.options()),
+        input_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_x_backward(x, weight, grad, geometry.options(1)),
+        weight_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_weight_backward(x, weight, grad, geometry.options(1)),
     };
     op.apply(x, weight, geometry, burns)
 }
@@ -96,7 +82,7 @@ impl Shapes {
         if ws[1] != c || stride == 0 || kh == 0 || kw == 0 || h + 2 * padding < kh || w + 2 * padding < kw || n * c * h * w == 0 {
             return None;
         }
-        let (out_h, out_w) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+        let (out_h, out_w) = (geometry.out_len(h, kh), geometry.out_len(w, kw));
         Some(Self { n, c, h, w, o, kh, kw, out_h, out_w, geometry })
     }
 
@@ -178,7 +164,7 @@ impl Shapes {
 #[allow(unsafe_code)]
 fn flex_conv2d(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
     let Some(s) = Shapes::of(&x, &weight, geometry) else {
-        return Flex::conv2d(x, weight, None, geometry.options());
+        return Flex::conv2d(x, weight, None, geometry.options(1));
     };
     let (xv, wv) = (f32_values(&x), f32_values(&weight));
     let (pixels, depth, tile) = (s.pixels(), s.depth(), s.tile());
@@ -265,7 +251,7 @@ mod tests {
             let wp = w.clone().try_into_primitive::<Flex>().expect("on flex");
             assert!(Shapes::of(&xp, &wp, geometry).is_some(), "cobb's kernel takes {shape:?} k{k}");
             let ours = conv2d(x.clone(), w.clone(), geometry);
-            let burns = burn::tensor::module::conv2d(x, w, None, geometry.options());
+            let burns = burn::tensor::module::conv2d(x, w, None, geometry.options(1));
             assert_eq!(ours.dims(), burns.dims(), "{shape:?} k{k} s{stride} p{padding}");
             let diff = max_diff(&values(ours), &values(burns));
             assert!(diff < 1e-4, "{shape:?} k{k} s{stride} p{padding}: {diff}");
@@ -283,7 +269,7 @@ mod tests {
                 let y = if ours {
                     conv2d(x.clone(), w.clone(), geometry)
                 } else {
-                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, geometry.options())
+                    burn::tensor::module::conv2d(x.clone(), w.clone(), None, geometry.options(1))
                 };
                 let target = Tensor::<4>::ones(y.dims(), &y.device()) * 0.5;
                 let grads = (y.clone() * y.clone() * target).sum().backward();

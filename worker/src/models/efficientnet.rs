@@ -11,7 +11,7 @@ use burn::tensor::activation::sigmoid;
 use protocol::spec::Arch;
 
 use super::Ctx;
-use super::backend::{Depthwise, depthwise_conv2d, silu};
+use super::backend::{Geometry, depthwise_conv2d, silu};
 use super::norm::{Act, BatchNorm2d};
 
 /// (width multiplier, depth multiplier, head dropout) per variant.
@@ -78,7 +78,7 @@ impl ConvBn {
     fn forward(&self, x: Tensor<4>, act: Act) -> Tensor<4> {
         let conv = &self.conv;
         let y = if conv.groups > 1 && conv.groups == x.dims()[1] {
-            let geometry = Depthwise { stride: conv.stride[0], padding: (conv.kernel_size[0] - 1) / 2 };
+            let geometry = Geometry { stride: conv.stride[0], padding: (conv.kernel_size[0] - 1) / 2 };
             depthwise_conv2d(x, conv.weight.val(), geometry)
         } else if conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1 && x.device().is_autodiff() {
             pointwise(x, conv.weight.val())

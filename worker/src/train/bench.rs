@@ -185,7 +185,7 @@ fn median_ms(repeats: usize, mut once: impl FnMut()) -> f64 {
 
 /// A 96-channel depthwise convolution of `kernel` x `kernel` with "same" padding, as Burn's
 /// layer and as the geometry of cobb's kernel.
-fn depthwise_layer(kernel: usize, stride: usize, device: &Device) -> (burn::nn::conv::Conv2d, crate::models::backend::Depthwise) {
+fn depthwise_layer(kernel: usize, stride: usize, device: &Device) -> (burn::nn::conv::Conv2d, crate::models::backend::Geometry) {
     let pad = (kernel - 1) / 2;
     let layer = burn::nn::conv::Conv2dConfig::new([96, 96], [kernel, kernel])
         .with_stride([stride, stride])
@@ -193,7 +193,7 @@ fn depthwise_layer(kernel: usize, stride: usize, device: &Device) -> (burn::nn::
         .with_groups(96)
         .with_bias(false)
         .init(device);
-    (layer, crate::models::backend::Depthwise { stride, padding: pad })
+    (layer, crate::models::backend::Geometry { stride, padding: pad })
 }
 
 /// The forward passes cobb runs its own way without autodiff (evaluation, classification):
