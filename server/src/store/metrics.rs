@@ -103,15 +103,7 @@ pub async fn upsert_fenced_pg(
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
     let values: Vec<f64> = points.iter().map(|p| p.value).collect();
     let run = |sql: &'static str| {
-        sea_orm::sqlx::query(sql)
-            .bind(run_id)
-            .bind(now)
-            .bind(keys.clone())
-            .bind(steps.clone())
-            .bind(values.clone())
-            .bind(lease_id)
-            .bind(holder)
-            .execute(pool)
+        sea_orm::sqlx::query(sql).bind(run_id).bind(now).bind(&keys).bind(&steps).bind(&values).bind(lease_id).bind(holder).execute(pool)
     };
     let done = match run(INSERT.as_str()).await {
         Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => run(UPSERT.as_str()).await,
