@@ -64,7 +64,12 @@ pub async fn fresh_test_database() -> Option<String> {
     };
     use sea_orm::{ConnectionTrait, Database};
     let admin = Database::connect(&url).await.expect("connect to COBB_TEST_POSTGRES_URL");
-    let name = format!("cobb_test_{}", uuid::Uuid::new_v4().simple());
+    let (host, pid) = (test_host_tag(), std::process::id());
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        drop_finished_test_databases(&admin, &host).await;
+    }
+    let name = format!("cobb_test_{host}_{pid}_{}", uuid::Uuid::new_v4().simple());
     admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
     admin.close().await.ok();
     let (head, query) = match url.split_once('?') {
@@ -73,6 +78,47 @@ pub async fn fresh_test_database() -> Option<String> {
     };
     let without_db = head.rsplit_once('/').map(|(h, _)| h.to_owned()).unwrap_or(head);
     Some(format!("{without_db}/{name}{query}"))
+}
+
+/// This machine in test database names: 8 hex digits of its host name's hash, so test suites
+/// on several machines can share one PostgreSQL server and each clears up only its own.
+fn test_host_tag() -> String {
+    use sha2::Digest;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(host.trim().as_bytes())[..4])
+}
+
+/// Drops the test databases that earlier test processes on this machine left behind (named
+/// `cobb_test_<host>_<pid>_<uuid>`, their process gone), and those named before the process
+/// was part of the name (`cobb_test_<uuid>`). A test database lives as long as its test
+/// process; nothing else drops it, and on a kept CI machine they piled up (hundreds, gigabytes).
+async fn drop_finished_test_databases(admin: &DatabaseConnection, host: &str) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Ok(rows) = admin
+        .query_all(Statement::from_string(DbBackend::Postgres, "SELECT datname FROM pg_database WHERE datname LIKE 'cobb\\_test\\_%'"))
+        .await
+    else {
+        return;
+    };
+    // Whether a process is alive is read from /proc; elsewhere only the old names are dropped.
+    let procfs = std::path::Path::new("/proc/self").exists();
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "datname") else { continue };
+        let parts: Vec<&str> = name.trim_start_matches("cobb_test_").split('_').collect();
+        let finished = match parts.as_slice() {
+            [_uuid] => true,
+            [tag, pid, _uuid] => {
+                procfs && *tag == host && pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            }
+            _ => false,
+        };
+        if finished {
+            // WITH (FORCE) ends sessions a killed test's server left open.
+            if let Err(e) = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await {
+                eprintln!("notice: could not drop the old test database {name}: {e}");
+            }
+        }
+    }
 }
 
 /// Open and idle connections of each pool, for `/metrics`.
