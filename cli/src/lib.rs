@@ -1,5 +1,6 @@
 //! The `cobb` command line.
 
+pub mod allocator;
 pub mod client;
 pub mod commands;
 pub mod failure;

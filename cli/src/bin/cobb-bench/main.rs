@@ -25,6 +25,7 @@ mod training;
 /// mimalloc instead of glibc's allocator: training and classification allocate feature maps
 /// of tens of megabytes per layer, which glibc maps and unmaps from the kernel each time; the
 /// page faults and zeroing were a quarter of a CPU classification (perf, docs/benchmarks.md).
+/// `cobb::allocator::keep_freed_memory` keeps mimalloc from handing them back between steps.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -99,6 +100,7 @@ enum Bench {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    cobb::allocator::keep_freed_memory();
     match Bench::parse() {
         Bench::Server(args) => server_bench(args).await,
         Bench::Data(args) => data_bench(&args),
