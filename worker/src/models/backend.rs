@@ -343,7 +343,20 @@ fn flex_silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
     f32_tensor(out, x.layout().shape().clone())
 }
 
+/// The input gradient. At stride 1 it is itself a depthwise convolution: the output gradient,
+/// padded by `k - 1 - padding`, convolved with each kernel turned by 180 degrees, so it runs
+/// on [`depthwise_forward`]'s register-blocked kernel instead of one short multiply-add per
+/// tap and row.
 fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
+    if let Some(planes) = Planes::of(&x, &weight, geometry).filter(|p| p.geometry.stride == 1 && p.geometry.padding < p.k) {
+        let taps = planes.k * planes.k;
+        let mut turned = f32_values(&weight).into_owned();
+        // Reversing a kernel's k*k taps in row-major order flips both of its axes.
+        turned.chunks_mut(taps).for_each(<[f32]>::reverse);
+        let turned = f32_tensor(turned, weight.layout().shape().clone());
+        let padding = planes.k - 1 - planes.geometry.padding;
+        return depthwise_forward(grad, turned, Geometry { stride: 1, padding });
+    }
     let Some(planes) = Planes::of(&x, &weight, geometry) else {
         let options = geometry.options(weight.layout().shape()[0]);
         return Flex::conv2d_x_backward(x, weight, grad, options);
@@ -364,12 +377,21 @@ fn depthwise_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor
     let (x, grad) = (f32_values(&x), f32_values(&grad));
     let taps = planes.k * planes.k;
     let mut dw = vec![0.0f32; planes.c * taps];
-    dw.par_chunks_mut(taps).enumerate().for_each(|(channel, dw)| {
-        for sample in 0..planes.n {
-            let plane = sample * planes.c + channel;
-            planes.weight_grad(planes.input(&x, plane), planes.output(&grad, plane), dw);
-        }
-    });
+    let padded = planes.geometry.stride == 1 && matches!(planes.k, 3 | 5);
+    dw.par_chunks_mut(taps).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(x_pad, g_pad), (channel, dw)| {
+            for sample in 0..planes.n {
+                let plane = sample * planes.c + channel;
+                let (x, grad) = (planes.input(&x, plane), planes.output(&grad, plane));
+                if padded {
+                    planes.weight_grad_padded(x, grad, dw, x_pad, g_pad);
+                } else {
+                    planes.weight_grad(x, grad, dw);
+                }
+            }
+        },
+    );
     f32_tensor(dw, Shape::new([planes.c, 1, planes.k, planes.k]))
 }
 
@@ -503,6 +525,65 @@ impl Planes {
         });
     }
 }
+
+impl Planes {
+    /// [`Planes::weight_grad`] at stride 1, for 3x3 and 5x5 kernels: the plane is copied into
+    /// a zero-padded buffer `row = w + 2 * padding` wide, and the output gradient into one as
+    /// wide (zeros past its last column). Then every tap `(i, j)` is one long dot product of
+    /// the whole gradient buffer with the input buffer shifted by `i * row + j`, with no
+    /// per-row bounds: the padding supplies the zeros and the extra gradient columns multiply
+    /// by zero.
+    fn weight_grad_padded(&self, x: &[f32], grad: &[f32], dw: &mut [f32], x_pad: &mut Vec<f32>, g_pad: &mut Vec<f32>) {
+        let (p, k) = (self.geometry.padding, self.k);
+        let row = self.w + 2 * p;
+        // Reads reach `out_h * row + (k - 1) * (row + 1)`: (h + 2p) rows plus k - 1 (and the
+        // last vector's) elements.
+        x_pad.clear();
+        x_pad.resize((self.h + 2 * p) * row + k + LANES, 0.0);
+        for (y, src) in x.chunks_exact(self.w).enumerate() {
+            x_pad[(y + p) * row + p..][..self.w].copy_from_slice(src);
+        }
+        g_pad.clear();
+        g_pad.resize(self.out_h * row, 0.0);
+        for (y, src) in grad.chunks_exact(self.out_w).enumerate() {
+            g_pad[y * row..][..self.out_w].copy_from_slice(src);
+        }
+        struct Taps<'a, const K: usize> {
+            x: &'a [f32],
+            g: &'a [f32],
+            row: usize,
+            dw: &'a mut [f32],
+        }
+        impl<const K: usize> Kernel for Taps<'_, K> {
+            #[inline(always)]
+            fn run<const FMA: bool>(self) {
+                let n = self.g.len();
+                for i in 0..K {
+                    for j in 0..K {
+                        let x = &self.x[i * self.row + j..][..n];
+                        let (g_chunks, x_chunks) = (self.g.chunks_exact(LANES), x.chunks_exact(LANES));
+                        let tail: f32 = g_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(g, x)| g * x).sum();
+                        let mut acc = [0.0f32; LANES];
+                        for (g, x) in g_chunks.zip(x_chunks) {
+                            for l in 0..LANES {
+                                acc[l] = madd::<FMA>(g[l], x[l], acc[l]);
+                            }
+                        }
+                        self.dw[i * K + j] += acc.iter().sum::<f32>() + tail;
+                    }
+                }
+            }
+        }
+        match k {
+            3 => vectorised(Taps::<3> { x: x_pad, g: g_pad, row, dw }),
+            5 => vectorised(Taps::<5> { x: x_pad, g: g_pad, row, dw }),
+            _ => self.weight_grad(x, grad, dw),
+        }
+    }
+}
+
+/// Lanes of the weight-gradient sums (one AVX2 vector of f32).
+const LANES: usize = 8;
 
 /// `a . b` with eight lanes of partial sums.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
