@@ -80,6 +80,28 @@ fn probe_cuda() -> Result<(), DeviceError> {
     Err(DeviceError::NotBuilt)
 }
 
+/// Runs `f` (a training run, an evaluation, a classification, a benchmark) on a rayon pool
+/// of its own, as many threads as rayon's global pool, with `f` itself on one of them, and
+/// returns its result. Every parallel loop inside (cobb's kernels, Burn's flex, gemm) then
+/// shares those threads with the serial work between the loops; run from a Tokio blocking
+/// thread or `main`, that serial work was one more busy thread than the machine had cores
+/// (`top -H`: the caller at a full core while both rayon workers were at 80% on a 2-core
+/// VM), and the pool's loops waited for whichever thread the kernel had descheduled.
+/// Measured alternated on that VM: resnet18 training +10-12%, efficientnet_b0 +17-18%
+/// (docs/benchmarks.md). Concurrent runs in one process (`cobb up --workers N`) each get their
+/// own pool, as they each had a blocking thread before. Falls back to the calling thread if
+/// the pool cannot be built.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let threads = rayon::current_num_threads();
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cobb-compute-{i}")).build() {
+        Ok(pool) => pool.install(f),
+        Err(e) => {
+            tracing::warn!("no compute thread pool ({e}); computing on the calling thread");
+            f()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,7 +103,8 @@ pub fn run(args: &TrainArgs, json: bool) -> Result<(), Failure> {
     );
     let store = checkpoint::Store::new(&args.out.join("checkpoints").join(&config.name));
     let mut progress = Progress { json };
-    let outcome = train::train_on(choice, &config, &data, &store, args.resume, &mut progress).map_err(|e| Failure::Runtime(e.into()))?;
+    let outcome = worker::device::on_compute_pool(|| train::train_on(choice, &config, &data, &store, args.resume, &mut progress))
+        .map_err(|e| Failure::Runtime(e.into()))?;
 
     if json {
         output::json(&serde_json::json!({

@@ -135,8 +135,10 @@ async fn classify(
     let (spec, classes, device, batch) = (job.config.clone(), work.classes.clone(), config.device, work.batch as usize);
     let size = spec.model.resolved_image_size() as usize;
     let runner = tokio::task::spawn_blocking(move || {
-        classify_files(device, &spec, &classes, &model_file, files, batch, &mut |results| {
-            !stop.load(Ordering::Relaxed) && tx.blocking_send(results).is_ok()
+        crate::device::on_compute_pool(move || {
+            classify_files(device, &spec, &classes, &model_file, files, batch, &mut |results| {
+                !stop.load(Ordering::Relaxed) && tx.blocking_send(results).is_ok()
+            })
         })
     });
     let mut done = 0u64;

@@ -101,7 +101,10 @@ async fn evaluate(client: &Client, config: &WorkerConfig, job: &JobLease, work: 
     let (spec, classes, device) = (job.config.clone(), items.classes.clone(), config.device);
     let size = spec.model.resolved_image_size() as usize;
     let cache = ImageCache::new(&config.work_dir.join("cache"), &items.version, size);
-    let outcome = tokio::task::spawn_blocking(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file)).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::device::on_compute_pool(move || train::evaluate_on(device, &spec, &classes, loader_items, cache, &file))
+    })
+    .await;
     match outcome {
         Ok(Ok(result)) => Complete {
             confusion: Some(result.confusion),

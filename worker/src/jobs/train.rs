@@ -127,9 +127,11 @@ pub(crate) async fn run(
     let trainer_stop = stop.clone();
     let store_dir = ckpt_dir.clone();
     let training = tokio::task::spawn_blocking(move || {
-        let store = checkpoint::Store::new(&store_dir);
-        let mut reporter = Channel { epochs: tx, stop: trainer_stop };
-        train::train_on(device, &spec, &data, &store, resume, &mut reporter)
+        crate::device::on_compute_pool(move || {
+            let store = checkpoint::Store::new(&store_dir);
+            let mut reporter = Channel { epochs: tx, stop: trainer_stop };
+            train::train_on(device, &spec, &data, &store, resume, &mut reporter)
+        })
     });
     let beat = heartbeats(client, &lease, &flags, shutdown.clone());
 

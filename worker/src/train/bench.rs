@@ -49,7 +49,7 @@ pub fn measure(choice: DeviceChoice, work: Workload) -> Result<Throughput, Devic
         DeviceChoice::Cpu => "cpu".to_owned(),
         DeviceChoice::Cuda(index) => format!("cuda:{index}"),
     };
-    Ok(measure_on(&device, work, &name))
+    Ok(crate::device::on_compute_pool(|| measure_on(&device, work, &name)))
 }
 
 /// The torchvision parity check ([`crate::models::pretrained::parity`]) on the chosen device.
