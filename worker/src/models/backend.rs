@@ -348,19 +348,17 @@ fn flex_silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
 /// on [`depthwise_forward`]'s register-blocked kernel instead of one short multiply-add per
 /// tap and row.
 fn depthwise_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
-    if let Some(planes) = Planes::of(&x, &weight, geometry).filter(|p| p.geometry.stride == 1 && p.geometry.padding < p.k) {
-        let taps = planes.k * planes.k;
-        let mut turned = f32_values(&weight).into_owned();
-        // Reversing a kernel's k*k taps in row-major order flips both of its axes.
-        turned.chunks_mut(taps).for_each(<[f32]>::reverse);
-        let turned = f32_tensor(turned, weight.layout().shape().clone());
-        let padding = planes.k - 1 - planes.geometry.padding;
-        return depthwise_forward(grad, turned, Geometry { stride: 1, padding });
-    }
     let Some(planes) = Planes::of(&x, &weight, geometry) else {
         let options = geometry.options(weight.layout().shape()[0]);
         return Flex::conv2d_x_backward(x, weight, grad, options);
     };
+    if geometry.stride == 1 && geometry.padding < planes.k {
+        let mut turned = f32_values(&weight).into_owned();
+        // Reversing a kernel's k*k taps in row-major order flips both of its axes.
+        turned.chunks_mut(planes.k * planes.k).for_each(<[f32]>::reverse);
+        let turned = f32_tensor(turned, weight.layout().shape().clone());
+        return depthwise_forward(grad, turned, Geometry { stride: 1, padding: planes.k - 1 - geometry.padding });
+    }
     let (weight, grad) = (f32_values(&weight), f32_values(&grad));
     let mut dx = vec![0.0f32; planes.n * planes.c * planes.h * planes.w];
     dx.par_chunks_mut(planes.h * planes.w).enumerate().for_each(|(plane, dx)| {
@@ -517,29 +515,26 @@ impl Planes {
             let x = &x[in_row * self.w..][..self.w];
             let first = cols.start * stride + j - padding;
             let sum = if stride == 1 {
-                dot(grad, &x[first..first + cols.len()])
+                dot::<false>(grad, &x[first..first + cols.len()])
             } else {
                 grad.iter().zip(x[first..].iter().step_by(stride)).map(|(g, v)| g * v).sum()
             };
             dw[i * self.k + j] += sum;
         });
     }
-}
 
-impl Planes {
-    /// [`Planes::weight_grad`] at stride 1, for 3x3 and 5x5 kernels: the plane is copied into
-    /// a zero-padded buffer `row = w + 2 * padding` wide, and the output gradient into one as
-    /// wide (zeros past its last column). Then every tap `(i, j)` is one long dot product of
-    /// the whole gradient buffer with the input buffer shifted by `i * row + j`, with no
-    /// per-row bounds: the padding supplies the zeros and the extra gradient columns multiply
-    /// by zero.
+    /// [`Planes::weight_grad`] at stride 1 (for 3x3 and 5x5 kernels; the caller decides): the
+    /// plane is copied into a zero-padded buffer `row = w + 2 * padding` wide, and the output
+    /// gradient into one as wide (zeros past its last column). Then every tap `(i, j)` is one
+    /// long dot product of the whole gradient buffer with the input buffer shifted by
+    /// `i * row + j`, with no per-row bounds: the padding supplies the zeros and the extra
+    /// gradient columns multiply by zero.
     fn weight_grad_padded(&self, x: &[f32], grad: &[f32], dw: &mut [f32], x_pad: &mut Vec<f32>, g_pad: &mut Vec<f32>) {
         let (p, k) = (self.geometry.padding, self.k);
         let row = self.w + 2 * p;
-        // Reads reach `out_h * row + (k - 1) * (row + 1)`: (h + 2p) rows plus k - 1 (and the
-        // last vector's) elements.
+        // Reads reach `out_h * row + (k - 1) * (row + 1)`: (h + 2p) rows plus k - 1 elements.
         x_pad.clear();
-        x_pad.resize((self.h + 2 * p) * row + k + LANES, 0.0);
+        x_pad.resize((self.h + 2 * p) * row + k, 0.0);
         for (y, src) in x.chunks_exact(self.w).enumerate() {
             x_pad[(y + p) * row + p..][..self.w].copy_from_slice(src);
         }
@@ -548,51 +543,36 @@ impl Planes {
         for (y, src) in grad.chunks_exact(self.out_w).enumerate() {
             g_pad[y * row..][..self.out_w].copy_from_slice(src);
         }
-        struct Taps<'a, const K: usize> {
+        struct Taps<'a> {
             x: &'a [f32],
             g: &'a [f32],
             row: usize,
+            k: usize,
             dw: &'a mut [f32],
         }
-        impl<const K: usize> Kernel for Taps<'_, K> {
+        impl Kernel for Taps<'_> {
             #[inline(always)]
             fn run<const FMA: bool>(self) {
-                let n = self.g.len();
-                for i in 0..K {
-                    for j in 0..K {
-                        let x = &self.x[i * self.row + j..][..n];
-                        let (g_chunks, x_chunks) = (self.g.chunks_exact(LANES), x.chunks_exact(LANES));
-                        let tail: f32 = g_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(g, x)| g * x).sum();
-                        let mut acc = [0.0f32; LANES];
-                        for (g, x) in g_chunks.zip(x_chunks) {
-                            for l in 0..LANES {
-                                acc[l] = madd::<FMA>(g[l], x[l], acc[l]);
-                            }
-                        }
-                        self.dw[i * K + j] += acc.iter().sum::<f32>() + tail;
-                    }
+                for (tap, dw) in self.dw.iter_mut().enumerate() {
+                    let (i, j) = (tap / self.k, tap % self.k);
+                    *dw += dot::<FMA>(self.g, &self.x[i * self.row + j..][..self.g.len()]);
                 }
             }
         }
-        match k {
-            3 => vectorised(Taps::<3> { x: x_pad, g: g_pad, row, dw }),
-            5 => vectorised(Taps::<5> { x: x_pad, g: g_pad, row, dw }),
-            _ => self.weight_grad(x, grad, dw),
-        }
+        vectorised(Taps { x: x_pad, g: g_pad, row, k, dw });
     }
 }
 
-/// Lanes of the weight-gradient sums (one AVX2 vector of f32).
-const LANES: usize = 8;
-
-/// `a . b` with eight lanes of partial sums.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `a . b` with eight lanes of partial sums (fused multiply-adds with `FMA`, inside a
+/// [`vectorised`] kernel).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a_chunks.zip(b_chunks) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+            lanes[l] = madd::<FMA>(x[l], y[l], lanes[l]);
         }
     }
     lanes.iter().sum::<f32>() + tail
