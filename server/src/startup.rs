@@ -41,6 +41,7 @@ impl Application {
             token_cache: RwLock::new(HashMap::new()),
             login_failures: std::sync::Mutex::new(HashMap::new()),
             early_stop_rules: std::sync::Mutex::new(HashMap::new()),
+            sweep_specs: std::sync::Mutex::new(HashMap::new()),
             params_cache: std::sync::Mutex::new(HashMap::new()),
             counters: crate::prom::Counters::default(),
         });

@@ -22,6 +22,10 @@ pub struct AppState {
     /// sweep id -> its early-stop rule (None: the sweep has none). A sweep's spec never
     /// changes, so the cache is never stale.
     pub early_stop_rules: std::sync::Mutex<HashMap<i64, Option<std::sync::Arc<crate::service::early_stop::Rule>>>>,
+    /// sweep id -> the spec it was submitted with, decoded (stored once per sweep and never
+    /// changed, so the cache is never stale; emptied past [`PARAMS_CACHE_MAX`] sweeps). A lease
+    /// and a completion read it without a database round trip.
+    pub sweep_specs: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::ExperimentSpec>>>,
     /// run id -> its decoded params, for TPE's history (a run's params never change, so
     /// the cache is never stale; it is emptied when it grows past [`PARAMS_CACHE_MAX`]).
     pub params_cache: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::Params>>>,

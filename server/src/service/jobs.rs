@@ -150,7 +150,8 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     let version = store::datasets::version_by_id(conn, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    let config = super::runs::config_of(conn, &run, &version.version).await?;
+    let spec = super::runs::sweep_spec_cached(state, conn, run.sweep_id).await?;
+    let config = super::runs::config_from(&spec, &run, &version.version)?;
     let work = match kind {
         JobKind::Train => Work::Train(train_work(conn, &run).await?),
         JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),
@@ -181,13 +182,15 @@ async fn train_work(conn: &impl ConnectionTrait, run: &store::runs::RunRow) -> R
         bytes: a.bytes as u64,
         created_at: a.created_at,
     };
-    let resume_from = store::artifacts::latest(conn, run.id, "last_checkpoint").await?.map(info);
-    let mut resume_files = Vec::new();
-    for kind in ["last_checkpoint", "last_optimizer", "last_state"] {
-        if let Some(a) = store::artifacts::latest(conn, run.id, kind).await? {
-            resume_files.push(info(a));
-        }
+    // The newest of each kind, from one read of the run's artifacts (a handful: a newer
+    // `last_*` replaces the older one).
+    let mut newest: std::collections::HashMap<String, store::artifacts::ArtifactRow> = std::collections::HashMap::new();
+    for a in store::artifacts::of_run(conn, run.id).await? {
+        newest.insert(a.kind.clone(), a);
     }
+    let resume_files: Vec<ArtifactInfo> =
+        ["last_checkpoint", "last_optimizer", "last_state"].into_iter().filter_map(|kind| newest.remove(kind).map(info)).collect();
+    let resume_from = resume_files.first().filter(|a| a.kind == "last_checkpoint").cloned();
     let params = run.params()?;
     Ok(TrainWork { params, resume_from, resume_files })
 }
@@ -396,7 +399,8 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
             }
             if matches!(status, JobStatus::Succeeded | JobStatus::Pruned) {
                 let run = super::runs::get(&tx, job.run_id).await?;
-                super::constraints::record(&tx, job.run_id, run.sweep_id, req.best_epoch).await?;
+                let spec = super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await?;
+                super::constraints::record(&tx, &spec, job.run_id, req.best_epoch).await?;
             }
         }
         JobKind::Evaluate => {
@@ -446,7 +450,8 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
     store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await?;
     if status == JobStatus::Pruned {
         let run = super::runs::get(&tx, job.run_id).await?;
-        super::constraints::record(&tx, job.run_id, run.sweep_id, run.best_epoch).await?;
+        let spec = super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await?;
+        super::constraints::record(&tx, &spec, job.run_id, run.best_epoch).await?;
     }
     if status == JobStatus::Queued {
         store::jobs::forgive_attempt(&tx, job.id).await?;
@@ -507,7 +512,10 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
             }
             if status == JobStatus::Pruned
                 && let Ok(run) = super::runs::get(&tx, job.run_id).await
-                && let Err(e) = super::constraints::record(&tx, job.run_id, run.sweep_id, run.best_epoch).await
+                && let Err(e) = match super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await {
+                    Ok(spec) => super::constraints::record(&tx, &spec, job.run_id, run.best_epoch).await,
+                    Err(e) => Err(e),
+                }
             {
                 tracing::warn!(run.id = job.run_id, error = %e, "could not check a pruned run's constraints");
             }

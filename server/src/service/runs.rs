@@ -120,13 +120,36 @@ pub(crate) async fn sweep_spec(conn: &impl ConnectionTrait, sweep_id: i64) -> Re
     Ok(store::decode_json(&format!("sweeps row {sweep_id}"), "spec_json", &json)?)
 }
 
+/// [`sweep_spec`] through the server's cache (a sweep's spec never changes).
+pub(crate) async fn sweep_spec_cached(
+    state: &AppState,
+    conn: &impl ConnectionTrait,
+    sweep_id: i64,
+) -> Result<std::sync::Arc<ExperimentSpec>, ApiError> {
+    if let Some(spec) = state.sweep_specs.lock().ok().and_then(|cache| cache.get(&sweep_id).cloned()) {
+        return Ok(spec);
+    }
+    let spec = std::sync::Arc::new(sweep_spec(conn, sweep_id).await?);
+    if let Ok(mut cache) = state.sweep_specs.lock() {
+        if cache.len() >= crate::state::PARAMS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(sweep_id, spec.clone());
+    }
+    Ok(spec)
+}
+
 /// The complete spec a run trains with: its sweep's spec (stored once per sweep) with the
 /// run's params set, defaults resolved, and the frozen dataset version it names (lineage).
 /// Derived exactly as the spec was expanded at submission.
 pub(crate) async fn config_of(conn: &impl ConnectionTrait, run: &RunRow, dataset_version: &str) -> Result<ExperimentSpec, ApiError> {
-    let spec = sweep_spec(conn, run.sweep_id).await?;
+    config_from(&sweep_spec(conn, run.sweep_id).await?, run, dataset_version)
+}
+
+/// [`config_of`] from the sweep's spec already at hand.
+pub(crate) fn config_from(spec: &ExperimentSpec, run: &RunRow, dataset_version: &str) -> Result<ExperimentSpec, ApiError> {
     let params = run.params()?;
-    let mut config = protocol::plan::config_for(&spec, &params).map_err(|issue| {
+    let mut config = protocol::plan::config_for(spec, &params).map_err(|issue| {
         ApiError::Internal(anyhow::anyhow!("run {}'s params no longer fit its sweep's spec at `{}`: {}", run.id, issue.path, issue.message))
     })?;
     config.dataset.version = Some(dataset_version.to_owned());

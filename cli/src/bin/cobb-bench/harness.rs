@@ -152,9 +152,17 @@ pub(crate) async fn submit(api: &Api, name: &str, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Leases runs until none is left; logs `epochs` epochs of `keys` for each. Returns the
-/// latency of every metrics request, in milliseconds.
-pub(crate) async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: &[String]) -> Result<Vec<f64>> {
+/// The latency of each request of a load run, in milliseconds, by kind.
+#[derive(Debug, Default)]
+pub(crate) struct Latencies {
+    pub metrics: Vec<f64>,
+    /// `POST /leases` that handed out a run (the last, empty one of each worker is left out).
+    pub leases: Vec<f64>,
+    pub completions: Vec<f64>,
+}
+
+/// Leases runs until none is left; logs `epochs` epochs of `keys` for each.
+pub(crate) async fn train_like_workers(api: &Api, concurrency: usize, epochs: usize, keys: &[String]) -> Result<Latencies> {
     train_like_workers_with(api, concurrency, epochs, keys, false).await
 }
 
@@ -185,15 +193,21 @@ pub(crate) async fn train_like_workers_with(
     epochs: usize,
     keys: &[String],
     results: bool,
-) -> Result<Vec<f64>> {
+) -> Result<Latencies> {
     let keys = Arc::new(keys.to_vec());
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let api = api.clone();
         let keys = keys.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Some(lease) = api.post("/leases", &json!({"worker": format!("bench-{w}")})).await? {
+            let mut latencies = Latencies::default();
+            let ms = |start: Instant| start.elapsed().as_secs_f64() * 1000.0;
+            loop {
+                let start = Instant::now();
+                let Some(lease) = api.post("/leases", &json!({"worker": format!("bench-{w}")})).await? else {
+                    break;
+                };
+                latencies.leases.push(ms(start));
                 let run = lease["run_id"].as_i64().unwrap_or_default();
                 let lease_id = lease["lease_id"].as_str().unwrap_or_default().to_owned();
                 for epoch in 0..epochs {
@@ -205,21 +219,29 @@ pub(crate) async fn train_like_workers_with(
                     let body = json!({"lease_id": lease_id, "metrics": metrics});
                     let start = Instant::now();
                     api.post(&format!("/runs/{run}/metrics"), &body).await?;
-                    latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                    latencies.metrics.push(ms(start));
                     if results {
                         let body = json!({"lease_id": lease_id, "epoch": epoch, "confusion": fake_confusion(run, epoch)});
                         api.post(&format!("/runs/{run}/results"), &body).await?;
                     }
                 }
+                let start = Instant::now();
                 api.post(&format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": epochs - 1}))
                     .await?;
+                latencies.completions.push(ms(start));
             }
             anyhow::Ok(latencies)
         }));
     }
-    let mut all = Vec::new();
+    let mut all = Latencies::default();
     for task in tasks {
-        all.extend(task.await??);
+        let one = task.await??;
+        all.metrics.extend(one.metrics);
+        all.leases.extend(one.leases);
+        all.completions.extend(one.completions);
+    }
+    for list in [&mut all.metrics, &mut all.leases, &mut all.completions] {
+        list.sort_by(f64::total_cmp);
     }
     Ok(all)
 }

@@ -50,20 +50,28 @@ pub(crate) async fn bench_backend(args: &Args, label: &str, database_url: Option
     for &c in &args.concurrency {
         submit(&admin, &format!("ingest-c{c}"), args.runs).await?;
         let start = Instant::now();
-        let mut latencies = train_like_workers(&worker, c, args.epochs, &keys).await?;
+        let all = train_like_workers(&worker, c, args.epochs, &keys).await?;
         let wall = start.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
+        let latencies = &all.metrics;
+        let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len().max(1) as f64;
         let metrics = (args.runs * args.epochs * args.keys) as f64;
         let (rss, _) = server.memory_kib();
         let row = json!({"phase": "ingest", "concurrency": c, "metrics": metrics, "seconds": wall,
             "metrics_per_second": metrics / wall, "requests_per_second": latencies.len() as f64 / wall,
-            "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0), "server_rss_kib": rss});
+            "p50_ms": percentile(latencies, 50.0), "p99_ms": percentile(latencies, 99.0), "mean_ms": mean(latencies),
+            "lease_p50_ms": percentile(&all.leases, 50.0), "lease_mean_ms": mean(&all.leases),
+            "complete_p50_ms": percentile(&all.completions, 50.0), "complete_mean_ms": mean(&all.completions),
+            "server_rss_kib": rss});
         println!(
-            "{label:8} ingest C={c:<2} {:>9.0} metrics/s  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server RSS {:>6.1} MB",
+            "{label:8} ingest C={c:<2} {:>9.0} metrics/s  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  mean {:>6.2} ms  \
+             lease p50 {:.2} ms  complete p50 {:.2} ms  server RSS {:>6.1} MB",
             metrics / wall,
             latencies.len() as f64 / wall,
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
+            percentile(latencies, 50.0),
+            percentile(latencies, 99.0),
+            mean(latencies),
+            percentile(&all.leases, 50.0),
+            percentile(&all.completions, 50.0),
             rss as f64 / 1024.0
         );
         phases.push(row);
