@@ -10,8 +10,14 @@
 //! matrix product writes straight into the output rows (`gemm` with the output's row stride).
 //! A 1x1 convolution with stride 1 needs no unfolding at all: the input rows are the matrix.
 //!
-//! The backward pass is Burn's own (`conv2d_x_backward`, `conv2d_weight_backward`). Any other
-//! case (bias, groups, dilation, another dtype or device) is Burn's convolution.
+//! The backward pass uses the same unfolding: the weight gradient is, per image and tile, the
+//! output gradient `[o, pixels]` times the unfolded tile transposed, summed over images (one
+//! accumulator per parallel task); the input gradient is the transposed weight times the
+//! output gradient, folded back onto the input plane (the unfolding's adjoint). Burn's own
+//! gradients (`conv2d_x_backward`, `conv2d_weight_backward`) go through the same NHWC copies
+//! as its forward, and measured slower on a 3x3 convolution (`cobb-bench ops`); a 1x1 stride-1
+//! convolution keeps Burn's gradients (two plain matrix products), which measured faster.
+//! Any other case (bias, groups, dilation, another dtype or device) is Burn's convolution.
 
 use burn::backend::ops::ModuleOps;
 use burn::prelude::*;
@@ -48,11 +54,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, geometry: Geometry) -> Tensor<4> 
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return burns(x, weight);
     }
-    let op = FlexOp {
-        forward: flex_conv2d,
-        input_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_x_backward(x, weight, grad, geometry.options(1)),
-        weight_grad: |x, weight, grad, geometry: Geometry| Flex::conv2d_weight_backward(x, weight, grad, geometry.options(1)),
-    };
+    let op = FlexOp { forward: flex_conv2d, input_grad: flex_conv2d_x_backward, weight_grad: flex_conv2d_weight_backward };
     op.apply(x, weight, geometry, burns)
 }
 
@@ -158,6 +160,183 @@ impl Shapes {
     }
 }
 
+impl Shapes {
+    /// The shapes of a convolution whose gradients cobb computes (not a 1x1 stride-1 one,
+    /// whose gradients stay Burn's), with an output gradient of the output's size.
+    fn of_gradients(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, geometry: Geometry) -> Option<Self> {
+        Self::of(x, weight, geometry)
+            .filter(|s| !s.pointwise() && grad.dtype() == DType::F32 && grad.layout().shape().num_elements() == s.n * s.o * s.pixels())
+    }
+
+    /// The adjoint of [`Shapes::unfold`]: adds each value of `cols` (`[depth, pixels]` for
+    /// output pixels `first..`) onto the input position it was read from in `image`
+    /// (`[C, H, W]`); values that came from the padding are dropped.
+    fn fold(&self, cols: &[f32], first: usize, image: &mut [f32]) {
+        let Geometry { stride, padding } = self.geometry;
+        let len = cols.len() / self.depth();
+        for c in 0..self.c {
+            let plane = &mut image[c * self.h * self.w..][..self.h * self.w];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &cols[((c * self.kh + i) * self.kw + j) * len..][..len];
+                    let mut done = 0;
+                    while done < len {
+                        let p = first + done;
+                        let (y, x0) = (p / self.out_w, p % self.out_w);
+                        let run = (self.out_w - x0).min(len - done);
+                        let src = &row[done..done + run];
+                        done += run;
+                        let in_y = (y * stride + i) as isize - padding as isize;
+                        if in_y < 0 || in_y >= self.h as isize {
+                            continue;
+                        }
+                        let line = &mut plane[in_y as usize * self.w..][..self.w];
+                        let lo = if j >= padding { 0 } else { (padding - j).div_ceil(stride) };
+                        let hi = if self.w + padding > j { (self.w + padding - j - 1) / stride + 1 } else { 0 };
+                        let (lo, hi) = (lo.clamp(x0, x0 + run), hi.clamp(x0, x0 + run));
+                        if hi <= lo {
+                            continue;
+                        }
+                        let start = lo * stride + j - padding;
+                        let values = &src[lo - x0..hi - x0];
+                        if stride == 1 {
+                            for (d, &v) in line[start..start + values.len()].iter_mut().zip(values) {
+                                *d += v;
+                            }
+                        } else {
+                            for (d, &v) in line[start..].iter_mut().step_by(stride).zip(values) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[m, n] (+)= sum_k lhs[m, k] * rhs[k, n]` with the given (row, column) strides, on one
+/// thread: `accumulate` adds to what `dst` holds, otherwise overwrites it.
+///
+/// # Safety
+/// Every element addressed through the three pointers and their strides over `m x k`,
+/// `k x n` and `m x n` must be inside its buffer, `dst`'s elements distinct and not
+/// overlapping the other two.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The weight's gradient: `dW [o, depth] = sum over images and tiles of grad [o, len] x
+/// cols [depth, len]^T`, in parallel over images (one accumulator per task, summed at the end).
+#[allow(unsafe_code)]
+fn flex_conv2d_weight_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
+    let Some(s) = Shapes::of_gradients(&x, &weight, &grad, geometry) else {
+        return Flex::conv2d_weight_backward(x, weight, grad, geometry.options(1));
+    };
+    let (pixels, depth, tile) = (s.pixels(), s.depth(), s.tile());
+    let (xv, gv) = (f32_values(&x), f32_values(&grad));
+    let sum = xv
+        .par_chunks(s.c * s.h * s.w)
+        .zip(gv.par_chunks(s.o * pixels))
+        .fold(
+            || (vec![0.0f32; s.o * depth], Vec::new()),
+            |(mut dw, mut cols): (Vec<f32>, Vec<f32>), (image, g)| {
+                for first in (0..pixels).step_by(tile) {
+                    let len = tile.min(pixels - first);
+                    cols.resize(depth * len, 0.0);
+                    s.unfold(image, first, &mut cols[..depth * len]);
+                    // SAFETY: `dw` is `[o, depth]` row-major, this task's own; `g` is this
+                    // image's `[o, pixels]` gradient, read at columns first..first + len; the
+                    // unfolded tile `[depth, len]` is read transposed, as `[len, depth]` (row
+                    // `p`, column `r` at `r * len + p`).
+                    unsafe {
+                        product(
+                            (s.o, depth, len),
+                            (dw.as_mut_ptr(), depth as isize, 1),
+                            (g[first..].as_ptr(), pixels as isize, 1),
+                            (cols.as_ptr(), 1, len as isize),
+                            true,
+                        );
+                    }
+                }
+                (dw, cols)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![0.0f32; s.o * depth],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    f32_tensor(sum, Shape::new([s.o, s.c, s.kh, s.kw]))
+}
+
+/// The input's gradient: per image and tile, `dcols [depth, len] = W^T [depth, o] x grad
+/// [o, len]`, folded back onto the image, in parallel over images. A 1x1 stride-1
+/// convolution's gradients stay Burn's (two plain matrix products, which measured faster
+/// than these per-image ones: `cobb-bench ops`).
+#[allow(unsafe_code)]
+fn flex_conv2d_x_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, geometry: Geometry) -> FlexTensor {
+    let Some(s) = Shapes::of_gradients(&x, &weight, &grad, geometry) else {
+        return Flex::conv2d_x_backward(x, weight, grad, geometry.options(1));
+    };
+    let (pixels, depth, tile) = (s.pixels(), s.depth(), s.tile());
+    let (wv, gv) = (f32_values(&weight), f32_values(&grad));
+    let mut dx = vec![0.0f32; s.n * s.c * s.h * s.w];
+    dx.par_chunks_mut(s.c * s.h * s.w).zip(gv.par_chunks(s.o * pixels)).for_each_init(Vec::new, |cols: &mut Vec<f32>, (image, g)| {
+        for first in (0..pixels).step_by(tile) {
+            let len = tile.min(pixels - first);
+            cols.resize(depth * len, 0.0);
+            // SAFETY: `cols` is `[depth, len]`, this task's own; the weight `[o, depth]` is read
+            // transposed, as `[depth, o]`; `g` is this image's `[o, pixels]` gradient, read at
+            // columns first..first + len.
+            unsafe {
+                product(
+                    (depth, len, s.o),
+                    (cols.as_mut_ptr(), len as isize, 1),
+                    (wv.as_ptr(), 1, depth as isize),
+                    (g[first..].as_ptr(), pixels as isize, 1),
+                    false,
+                )
+            };
+            s.fold(&cols[..depth * len], first, image);
+        }
+    });
+    f32_tensor(dx, Shape::new([s.n, s.c, s.h, s.w]))
+}
+
 /// The convolution on flex, in parallel over images: each task unfolds one image a tile of
 /// output pixels at a time into a buffer it keeps and multiplies straight into that image's
 /// output rows.
@@ -259,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn the_gradients_are_burns() {
+    fn the_gradients_match_burns() {
         for (shape, out, k, stride, padding) in CASES {
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex());
             let w = Tensor::<4>::random([out, shape[1], k, k], Distribution::Normal(0.0, 0.5), &Device::flex());
