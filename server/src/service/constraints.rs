@@ -8,17 +8,20 @@
 use sea_orm::ConnectionTrait;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store;
 
-/// Checks run `run_id` of the sweep whose `spec` this is at `best_epoch` (else at each metric's last step) and
+/// Checks run `run_id` of `sweep_id` at `best_epoch` (else at each metric's last step) and
 /// stores the result with the run's objective (its best `select.metric`). A sweep without
-/// constraints stores "feasible".
+/// constraints stores "feasible". The sweep's spec comes through the server's cache.
 pub async fn record(
+    state: &AppState,
     conn: &impl ConnectionTrait,
-    spec: &protocol::ExperimentSpec,
     run_id: i64,
+    sweep_id: i64,
     best_epoch: Option<i64>,
 ) -> Result<Vec<String>, ApiError> {
+    let spec = super::runs::sweep_spec_cached(state, conn, sweep_id).await?;
     let mut missed = Vec::new();
     for c in &spec.select.constraints {
         let value = store::metrics::value_at(conn, run_id, &c.metric, best_epoch).await?;

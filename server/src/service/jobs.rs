@@ -399,8 +399,7 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
             }
             if matches!(status, JobStatus::Succeeded | JobStatus::Pruned) {
                 let run = super::runs::get(&tx, job.run_id).await?;
-                let spec = super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await?;
-                super::constraints::record(&tx, &spec, job.run_id, req.best_epoch).await?;
+                super::constraints::record(state, &tx, job.run_id, run.sweep_id, req.best_epoch).await?;
             }
         }
         JobKind::Evaluate => {
@@ -450,8 +449,7 @@ pub async fn release(state: &AppState, who: &Principal, lease_id: &str, req: Rel
     store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await?;
     if status == JobStatus::Pruned {
         let run = super::runs::get(&tx, job.run_id).await?;
-        let spec = super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await?;
-        super::constraints::record(&tx, &spec, job.run_id, run.best_epoch).await?;
+        super::constraints::record(state, &tx, job.run_id, run.sweep_id, run.best_epoch).await?;
     }
     if status == JobStatus::Queued {
         store::jobs::forgive_attempt(&tx, job.id).await?;
@@ -512,10 +510,7 @@ pub async fn reap_expired(state: &AppState) -> Result<usize, DbErr> {
             }
             if status == JobStatus::Pruned
                 && let Ok(run) = super::runs::get(&tx, job.run_id).await
-                && let Err(e) = match super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await {
-                    Ok(spec) => super::constraints::record(&tx, &spec, job.run_id, run.best_epoch).await,
-                    Err(e) => Err(e),
-                }
+                && let Err(e) = super::constraints::record(state, &tx, job.run_id, run.sweep_id, run.best_epoch).await
             {
                 tracing::warn!(run.id = job.run_id, error = %e, "could not check a pruned run's constraints");
             }

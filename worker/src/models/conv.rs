@@ -24,6 +24,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+use std::ops::Range;
 
 use super::backend::{FlexOp, Geometry, f32_tensor, f32_values};
 
@@ -88,6 +89,13 @@ impl Shapes {
         Some(Self { n, c, h, w, o, kh, kw, out_h, out_w, geometry })
     }
 
+    /// The shapes of a convolution whose gradients cobb computes (not a 1x1 stride-1 one,
+    /// whose gradients stay Burn's), with an output gradient of the output's size.
+    fn of_gradients(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, geometry: Geometry) -> Option<Self> {
+        Self::of(x, weight, geometry)
+            .filter(|s| !s.pointwise() && grad.dtype() == DType::F32 && grad.layout().shape().num_elements() == s.n * s.o * s.pixels())
+    }
+
     fn pixels(&self) -> usize {
         self.out_h * self.out_w
     }
@@ -109,109 +117,79 @@ impl Shapes {
         (TILE_FLOATS / self.depth()).clamp(64, 2048).min(self.pixels())
     }
 
-    /// Unfolds output pixels `first..first + cols.len() / depth` of `image` (`[C, H, W]`) into
-    /// `cols` (`[depth, pixels]`, row-major): row `(c, i, j)` holds, for each pixel, the input
-    /// value under kernel tap `(i, j)` of channel `c`, or 0 in the padding.
-    fn unfold(&self, image: &[f32], first: usize, cols: &mut [f32]) {
+    /// Walks the unfolded rows of output pixels `first..first + len`: for each channel `c` and
+    /// kernel tap `(i, j)` (unfolded row `(c * kh + i) * kw + j`) and each run of those pixels
+    /// on one output row, calls `f(row, run, inside, at)`: `run` is the run's columns in the
+    /// unfolded row, `inside` the part of it that reads the image (empty where the tap is in
+    /// the padding) and `at` the image offset (`[C, H, W]`) that `inside.start` reads, the
+    /// following ones `stride` apart.
+    fn each_run(&self, first: usize, len: usize, mut f: impl FnMut(usize, Range<usize>, Range<usize>, usize)) {
         let Geometry { stride, padding } = self.geometry;
-        let len = cols.len() / self.depth();
         for c in 0..self.c {
-            let plane = &image[c * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * len..][..len];
-                    // Walk the pixels one output row segment at a time.
+                    let row = (c * self.kh + i) * self.kw + j;
+                    // Output columns x with 0 <= x * stride + j - padding < w.
+                    let lo = if j >= padding { 0 } else { (padding - j).div_ceil(stride) };
+                    let hi = if self.w + padding > j { (self.w + padding - j - 1) / stride + 1 } else { 0 };
                     let mut done = 0;
                     while done < len {
                         let p = first + done;
                         let (y, x0) = (p / self.out_w, p % self.out_w);
-                        let run = (self.out_w - x0).min(len - done);
-                        let out = &mut row[done..done + run];
-                        done += run;
+                        let n = (self.out_w - x0).min(len - done);
+                        let run = done..done + n;
+                        done += n;
                         let in_y = (y * stride + i) as isize - padding as isize;
-                        if in_y < 0 || in_y >= self.h as isize {
-                            out.fill(0.0);
+                        let (a, b) = (lo.clamp(x0, x0 + n), hi.clamp(x0, x0 + n));
+                        if in_y < 0 || in_y >= self.h as isize || b <= a {
+                            f(row, run.clone(), run.start..run.start, 0);
                             continue;
                         }
-                        let line = &plane[in_y as usize * self.w..][..self.w];
-                        // Output columns x with 0 <= x * stride + j - padding < w.
-                        let lo = if j >= padding { 0 } else { (padding - j).div_ceil(stride) };
-                        let hi = if self.w + padding > j { (self.w + padding - j - 1) / stride + 1 } else { 0 };
-                        let (lo, hi) = (lo.clamp(x0, x0 + run), hi.clamp(x0, x0 + run));
-                        if hi <= lo {
-                            out.fill(0.0);
-                            continue;
-                        }
-                        out[..lo - x0].fill(0.0);
-                        out[hi - x0..].fill(0.0);
-                        let start = lo * stride + j - padding;
-                        let dst = &mut out[lo - x0..hi - x0];
-                        if stride == 1 {
-                            dst.copy_from_slice(&line[start..start + dst.len()]);
-                        } else {
-                            for (d, &v) in dst.iter_mut().zip(line[start..].iter().step_by(stride)) {
-                                *d = v;
-                            }
-                        }
+                        let at = (c * self.h + in_y as usize) * self.w + a * stride + j - padding;
+                        f(row, run.clone(), run.start + a - x0..run.start + b - x0, at);
                     }
                 }
             }
         }
     }
-}
 
-impl Shapes {
-    /// The shapes of a convolution whose gradients cobb computes (not a 1x1 stride-1 one,
-    /// whose gradients stay Burn's), with an output gradient of the output's size.
-    fn of_gradients(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, geometry: Geometry) -> Option<Self> {
-        Self::of(x, weight, geometry)
-            .filter(|s| !s.pointwise() && grad.dtype() == DType::F32 && grad.layout().shape().num_elements() == s.n * s.o * s.pixels())
+    /// Unfolds output pixels `first..first + cols.len() / depth` of `image` (`[C, H, W]`) into
+    /// `cols` (`[depth, pixels]`, row-major): row `(c, i, j)` holds, for each pixel, the input
+    /// value under kernel tap `(i, j)` of channel `c`, or 0 in the padding.
+    fn unfold(&self, image: &[f32], first: usize, cols: &mut [f32]) {
+        let (len, stride) = (cols.len() / self.depth(), self.geometry.stride);
+        self.each_run(first, len, |row, run, inside, at| {
+            let row = &mut cols[row * len..][..len];
+            row[run.start..inside.start].fill(0.0);
+            row[inside.end..run.end].fill(0.0);
+            let dst = &mut row[inside];
+            if stride == 1 {
+                dst.copy_from_slice(&image[at..at + dst.len()]);
+            } else {
+                for (d, &v) in dst.iter_mut().zip(image[at..].iter().step_by(stride)) {
+                    *d = v;
+                }
+            }
+        });
     }
 
     /// The adjoint of [`Shapes::unfold`]: adds each value of `cols` (`[depth, pixels]` for
     /// output pixels `first..`) onto the input position it was read from in `image`
     /// (`[C, H, W]`); values that came from the padding are dropped.
     fn fold(&self, cols: &[f32], first: usize, image: &mut [f32]) {
-        let Geometry { stride, padding } = self.geometry;
-        let len = cols.len() / self.depth();
-        for c in 0..self.c {
-            let plane = &mut image[c * self.h * self.w..][..self.h * self.w];
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = &cols[((c * self.kh + i) * self.kw + j) * len..][..len];
-                    let mut done = 0;
-                    while done < len {
-                        let p = first + done;
-                        let (y, x0) = (p / self.out_w, p % self.out_w);
-                        let run = (self.out_w - x0).min(len - done);
-                        let src = &row[done..done + run];
-                        done += run;
-                        let in_y = (y * stride + i) as isize - padding as isize;
-                        if in_y < 0 || in_y >= self.h as isize {
-                            continue;
-                        }
-                        let line = &mut plane[in_y as usize * self.w..][..self.w];
-                        let lo = if j >= padding { 0 } else { (padding - j).div_ceil(stride) };
-                        let hi = if self.w + padding > j { (self.w + padding - j - 1) / stride + 1 } else { 0 };
-                        let (lo, hi) = (lo.clamp(x0, x0 + run), hi.clamp(x0, x0 + run));
-                        if hi <= lo {
-                            continue;
-                        }
-                        let start = lo * stride + j - padding;
-                        let values = &src[lo - x0..hi - x0];
-                        if stride == 1 {
-                            for (d, &v) in line[start..start + values.len()].iter_mut().zip(values) {
-                                *d += v;
-                            }
-                        } else {
-                            for (d, &v) in line[start..].iter_mut().step_by(stride).zip(values) {
-                                *d += v;
-                            }
-                        }
-                    }
+        let (len, stride) = (cols.len() / self.depth(), self.geometry.stride);
+        self.each_run(first, len, |row, _, inside, at| {
+            let src = &cols[row * len..][inside];
+            if stride == 1 {
+                for (d, &v) in image[at..at + src.len()].iter_mut().zip(src) {
+                    *d += v;
+                }
+            } else {
+                for (d, &v) in image[at..].iter_mut().step_by(stride).zip(src) {
+                    *d += v;
                 }
             }
-        }
+        });
     }
 }
 
@@ -222,7 +200,7 @@ impl Shapes {
 /// Every element addressed through the three pointers and their strides over `m x k`,
 /// `k x n` and `m x n` must be inside its buffer, `dst`'s elements distinct and not
 /// overlapping the other two.
-#[allow(unsafe_code, clippy::too_many_arguments)]
+#[allow(unsafe_code)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, isize, isize),
@@ -365,28 +343,14 @@ fn flex_conv2d(x: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTen
             // elements at stride `rhs_rs` (the unfolded tile, or the image's `[c, pixels]`
             // plane from column `first`). The three buffers do not overlap.
             unsafe {
-                gemm::gemm(
-                    s.o,
-                    len,
-                    depth,
-                    dst.as_mut_ptr().add(first),
-                    1,
-                    pixels as isize,
+                product(
+                    (s.o, len, depth),
+                    (dst.as_mut_ptr().add(first), pixels as isize, 1),
+                    (wv.as_ptr(), depth as isize, 1),
+                    (rhs, rhs_rs as isize, 1),
                     false,
-                    wv.as_ptr(),
-                    1,
-                    depth as isize,
-                    rhs,
-                    1,
-                    rhs_rs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+                )
+            };
         }
     });
     f32_tensor(out, Shape::new([s.n, s.o, s.out_h, s.out_w]))
