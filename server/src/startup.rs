@@ -30,8 +30,13 @@ impl Application {
         artifacts.check().await?;
         let group_commit =
             (db.backend == sea_orm::DbBackend::Sqlite).then(|| crate::service::group_commit::GroupCommit::new(db.write.clone()));
+        let hot = (db.backend == sea_orm::DbBackend::Postgres).then(|| {
+            let options = db.write.get_postgres_connection_pool().connect_options();
+            crate::store::hot::HotConnections::new((*options).clone(), HOT_CONNECTIONS)
+        });
         let state = web::Data::new(AppState {
             group_commit,
+            hot,
             run_sweeps: std::sync::Mutex::new(HashMap::new()),
             evidence_cache: std::sync::Mutex::new(HashMap::new()),
             versus_cache: std::sync::Mutex::new(HashMap::new()),
@@ -84,6 +89,11 @@ impl Application {
 }
 
 /// The files in a data dir that hold secrets or the database: readable by their owner only.
+/// The most PostgreSQL connections one server keeps outside its pool (of 16) for metric
+/// writes, at most four per HTTP worker thread (store::hot): two servers on one database use
+/// at most 48 of PostgreSQL's default 100.
+const HOT_CONNECTIONS: usize = 8;
+
 const PRIVATE_FILES: [&str; 5] = ["admin.token", "worker.token", "cobb.db", "cobb.db-wal", "cobb.db-shm"];
 
 /// Data dir 0700 (so the artifact blobs under it are the owner's only) and the secrets and

@@ -31,6 +31,9 @@ pub struct AppState {
     pub params_cache: std::sync::Mutex<HashMap<i64, std::sync::Arc<protocol::spec::Params>>>,
     /// SQLite's group commit of metric batches (None on PostgreSQL).
     pub group_commit: Option<crate::service::group_commit::GroupCommit>,
+    /// PostgreSQL connections kept by each HTTP worker thread for metric writes (None on
+    /// SQLite).
+    pub hot: Option<crate::store::hot::HotConnections>,
     /// run id -> its sweep id (never changes), so an epoch report finds its sweep's
     /// early-stop rule without reading the run.
     pub run_sweeps: std::sync::Mutex<HashMap<i64, i64>>,

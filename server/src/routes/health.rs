@@ -13,7 +13,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn metrics(state: web::Data<AppState>, who: crate::principal::Principal) -> Result<HttpResponse, ApiError> {
     who.require(protocol::Role::Viewer)?;
     let queue = crate::store::jobs::queue_counts(&state.db.read).await?;
-    let pools = crate::db::pool_counts(&state.db);
+    let mut pools = crate::db::pool_counts(&state.db);
+    if let Some(hot) = &state.hot {
+        let (open, idle) = hot.counts();
+        pools.push(("metric_writes", open as u32, idle));
+    }
     let text = crate::prom::render(&state.counters, &queue, &pools);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text))
 }

@@ -12,7 +12,8 @@ use crate::state::AppState;
 use crate::store;
 
 /// Checks run `run_id` of `sweep_id` at `best_epoch` (else at each metric's last step) and
-/// stores the result with the run's objective (its best `select.metric`). A sweep without
+/// stores the result with the run's objective (its best `select.metric`) and `best_epoch`
+/// (when given: a completion's report). A sweep without
 /// constraints stores "feasible". The sweep's spec comes through the server's cache.
 pub async fn record(
     state: &AppState,
@@ -32,6 +33,6 @@ pub async fn record(
     let text = serde_json::to_string(&missed).map_err(anyhow::Error::from)?;
     let maximize = spec.select.goal == protocol::spec::Goal::Maximize;
     let objective = store::early_stops::best_up_to(conn, run_id, &spec.select.metric, i64::MAX, maximize).await?;
-    store::runs::set_outcome(conn, run_id, missed.is_empty(), &text, objective).await?;
+    store::runs::set_outcome(conn, run_id, best_epoch, missed.is_empty(), &text, objective, crate::clock::now_ms()).await?;
     Ok(missed)
 }

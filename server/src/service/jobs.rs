@@ -140,22 +140,26 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         let job = get(&tx, job_id).await?;
         super::promotions::evaluation_started(&tx, principal, &job, &req.worker).await?;
     }
+    // A training lease's few reads go on the transaction's connection before it commits (no
+    // second connection, and on a remote PostgreSQL a handful of round trips fewer); an
+    // evaluation's or classification's item lists are read after, off SQLite's one write
+    // connection.
+    let run = super::runs::get(&tx, claimed.run_id).await?;
+    let version = store::datasets::version_by_id(&tx, run.dataset_version_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
+    let spec = super::runs::sweep_spec_cached(state, &tx, run.sweep_id).await?;
+    let config = super::runs::config_from(&spec, &run, &version.version)?;
+    let work = if kind == JobKind::Train { Some(Work::Train(train_work(&tx, &run).await?)) } else { None };
     tx.commit().await?;
     tracing::info!(job.id = job_id, job.kind = %kind, run.id = claimed.run_id, lease.id = %lease_id, worker = %req.worker, attempt,
         by = %principal.name, "job leased");
 
-    // Committed: the rest is reads, off SQLite's one write connection.
     let conn = &state.db.read;
-    let run = super::runs::get(conn, claimed.run_id).await?;
-    let version = store::datasets::version_by_id(conn, run.dataset_version_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
-    let spec = super::runs::sweep_spec_cached(state, conn, run.sweep_id).await?;
-    let config = super::runs::config_from(&spec, &run, &version.version)?;
-    let work = match kind {
-        JobKind::Train => Work::Train(train_work(conn, &run).await?),
-        JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),
-        JobKind::Classify => Work::Classify(super::classify::work(conn, &get(conn, job_id).await?).await?),
+    let work = match work {
+        Some(work) => work,
+        None if kind == JobKind::Evaluate => Work::Evaluate(super::promotions::evaluate_work(conn, &get(conn, job_id).await?).await?),
+        None => Work::Classify(super::classify::work(conn, &get(conn, job_id).await?).await?),
     };
     Ok(Some(JobLease {
         lease_id,
@@ -394,12 +398,8 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
                 ));
             }
             // A pruned run keeps its best epoch (and checkpoint): it counts as finished.
-            if let (JobStatus::Succeeded | JobStatus::Pruned, Some(best)) = (status, req.best_epoch) {
-                store::runs::set_best_epoch(&tx, job.run_id, best, now).await?;
-            }
             if matches!(status, JobStatus::Succeeded | JobStatus::Pruned) {
-                let run = super::runs::get(&tx, job.run_id).await?;
-                super::constraints::record(state, &tx, job.run_id, run.sweep_id, req.best_epoch).await?;
+                super::constraints::record(state, &tx, job.run_id, job.sweep_id, req.best_epoch).await?;
             }
         }
         JobKind::Evaluate => {
@@ -424,9 +424,11 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
         return Err(ApiError::LeaseLost(format!("lease `{lease_id}` ended while completing")));
     }
     store::workers::seen(&tx, &lease.worker, None, None, now).await?;
+    // The answer as stored, read on the transaction's connection (no second one).
+    let done = get(&tx, job.id).await?;
     tx.commit().await?;
     tracing::info!(job.id, job.kind = %job.kind, run.id = job.run_id, lease.id = %lease_id, %status, "job completed");
-    Ok(job_info(get(&state.db.read, job.id).await?))
+    Ok(job_info(done))
 }
 
 /// Gives a job back (worker shutting down): it is queued again at once (a training job

@@ -75,10 +75,7 @@ pub async fn ingest_metrics(
                 super::group_commit::Written::Rows(rows) => rows,
                 super::group_commit::Written::Retry => 0,
             },
-            None if state.db.backend == sea_orm::DbBackend::Postgres => {
-                let pool = state.db.write.get_postgres_connection_pool();
-                store::metrics::upsert_fenced_pg(pool, run_id, &lease_id, &who.name, &points, now_ms()).await?
-            }
+            None if state.db.backend == sea_orm::DbBackend::Postgres => upsert_pg(state, run_id, &lease_id, &who.name, &points).await?,
             None => store::metrics::upsert_fenced(&state.db.write, run_id, &lease_id, &who.name, &points, now_ms()).await?,
         }
     };
@@ -91,6 +88,33 @@ pub async fn ingest_metrics(
     // An epoch's report: the sweep's early-stop rule decides whether the run goes on.
     accepted.stop = super::early_stop::after_epoch(state, run_id, &points).await?;
     Ok(accepted)
+}
+
+/// [`store::metrics::upsert_fenced_pg`] on this thread's own connection (store::hot), or on
+/// one from the pool when the server's own connections are all in use.
+async fn upsert_pg(state: &AppState, run_id: i64, lease_id: &str, holder: &str, points: &[MetricPoint]) -> Result<u64, ApiError> {
+    let failed = |e: sea_orm::sqlx::Error| ApiError::from(sea_orm::DbErr::Custom(format!("while storing metrics: {e}")));
+    if let Some(hot) = &state.hot {
+        if let Some(mut conn) = hot.get().await {
+            match store::metrics::upsert_fenced_pg(conn.conn(), run_id, lease_id, holder, points, now_ms()).await {
+                Ok(rows) => {
+                    conn.keep();
+                    return Ok(rows);
+                }
+                // A connection PostgreSQL closed (a restart, an idle timeout): drop it and try
+                // once more on the pool.
+                Err(e) if store::metrics::connection_lost(&e) => {
+                    tracing::warn!(error = %e, "a metric-write connection failed; retrying on the pool");
+                }
+                Err(e) => {
+                    conn.keep();
+                    return Err(failed(e));
+                }
+            }
+        }
+    }
+    let mut conn = state.db.write.get_postgres_connection_pool().acquire().await.map_err(failed)?;
+    store::metrics::upsert_fenced_pg(&mut conn, run_id, lease_id, holder, points, now_ms()).await.map_err(failed)
 }
 
 /// An epoch's validation confusion matrix: the lease is checked first, then the matrix must

@@ -14,6 +14,7 @@ struct JobRow {
     run_id: i64,
     run_name: String,
     experiment: String,
+    sweep_id: i64,
     dataset_version_id: i64,
     promotion_id: Option<i64>,
     priority: i64,
@@ -40,6 +41,8 @@ pub struct Job {
     pub run_id: i64,
     pub run_name: String,
     pub experiment: String,
+    /// The run's sweep (a run never changes sweeps).
+    pub sweep_id: i64,
     pub dataset_version_id: i64,
     pub promotion_id: Option<i64>,
     pub priority: i64,
@@ -83,6 +86,7 @@ impl TryFrom<JobRow> for Job {
             run_id: row.run_id,
             run_name: row.run_name,
             experiment: row.experiment,
+            sweep_id: row.sweep_id,
             dataset_version_id: row.dataset_version_id,
             promotion_id: row.promotion_id,
             priority: row.priority,
@@ -98,7 +102,7 @@ impl TryFrom<JobRow> for Job {
     }
 }
 
-const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS experiment, e.dataset_version_id, \
+const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS experiment, r.sweep_id, e.dataset_version_id, \
     j.promotion_id, j.priority, j.status, j.cancel_requested, j.prune_requested, j.held, j.attempt, j.max_attempts, j.lease_id, j.worker, j.error, \
     j.created_at, j.started_at, j.finished_at";
 const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";

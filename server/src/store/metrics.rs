@@ -68,7 +68,7 @@ pub async fn upsert_fenced(
     exec(conn, &sql, vals).await
 }
 
-/// PostgreSQL's [`upsert_fenced`]: the points travel as three arrays unpacked by `UNNEST`, so
+/// PostgreSQL's [`upsert_fenced`] on one connection (see store::hot): the points travel as three arrays unpacked by `UNNEST`, so
 /// the statement has seven parameters whatever the batch size, is prepared once per
 /// connection, and binds three values instead of five per point.
 ///
@@ -78,14 +78,15 @@ pub async fn upsert_fenced(
 /// that repeats a stored (key, step), such as a resend after a lost answer or an epoch trained
 /// again after a resume, fails that insert with a unique violation as a whole (nothing of it is
 /// stored) and is then written by the upsert, so sending a batch twice still stores it once.
+/// After an error, [`connection_lost`] tells whether the connection may be used again.
 pub async fn upsert_fenced_pg(
-    pool: &sea_orm::sqlx::PgPool,
+    conn: &mut sea_orm::sqlx::PgConnection,
     run_id: i64,
     lease_id: &str,
     holder: &str,
     points: &[MetricPoint],
     now: i64,
-) -> Result<u64, DbErr> {
+) -> Result<u64, sea_orm::sqlx::Error> {
     // One statement text for each of the two forms (each prepared once per connection).
     fn statement(on_conflict: &str) -> String {
         format!(
@@ -102,14 +103,25 @@ pub async fn upsert_fenced_pg(
     let keys: Vec<&str> = points.iter().map(|p| p.key.as_str()).collect();
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
     let values: Vec<f64> = points.iter().map(|p| p.value).collect();
-    let run = |sql: &'static str| {
-        sea_orm::sqlx::query(sql).bind(run_id).bind(now).bind(&keys).bind(&steps).bind(&values).bind(lease_id).bind(holder).execute(pool)
+    let query = |sql: &'static str| {
+        sea_orm::sqlx::query(sql).bind(run_id).bind(now).bind(&keys).bind(&steps).bind(&values).bind(lease_id).bind(holder)
     };
-    let done = match run(INSERT.as_str()).await {
-        Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => run(UPSERT.as_str()).await,
+    let done = match query(INSERT.as_str()).execute(&mut *conn).await {
+        Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => query(UPSERT.as_str()).execute(&mut *conn).await,
         other => other,
     };
-    done.map(|done| done.rows_affected()).map_err(|e| DbErr::Custom(format!("while storing metrics: {e}")))
+    Ok(done?.rows_affected())
+}
+
+/// Whether a connection that returned `e` must be closed rather than used again: anything but
+/// the database refusing one statement (after which, outside a transaction, it is ready), and
+/// the refusals that end the session (SQLSTATE class 08, connection exception, and 57P*, the
+/// server shutting down or an administrator terminating the backend).
+pub fn connection_lost(e: &sea_orm::sqlx::Error) -> bool {
+    match e {
+        sea_orm::sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => true,
+    }
 }
 
 /// The last step of every key of a run.

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod datasets;
 pub mod early_stops;
 pub mod experiments;
+pub mod hot;
 pub mod jobs;
 pub mod leaderboard;
 pub mod leases;

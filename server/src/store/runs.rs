@@ -175,24 +175,23 @@ pub async fn count(conn: &impl ConnectionTrait, filter: &Filter) -> Result<i64, 
 }
 
 /// Records the run's best epoch (set when its training job completes).
-pub async fn set_best_epoch(conn: &impl ConnectionTrait, run_id: i64, best_epoch: i64, now: i64) -> Result<(), DbErr> {
-    exec(conn, "UPDATE runs SET best_epoch = $1, updated_at = $2 WHERE id = $3", values![best_epoch, now, run_id]).await?;
-    Ok(())
-}
-
-/// Records, when a run's training ends, whether it met its sweep's constraints and its
-/// objective (the best value of its selection metric).
+/// Records, when a run's training ends, its best epoch (when `best_epoch` is given; else the
+/// stored one stays), whether it met its sweep's constraints and its objective (the best value
+/// of its selection metric), in one statement.
 pub async fn set_outcome(
     conn: &impl ConnectionTrait,
     run_id: i64,
+    best_epoch: Option<i64>,
     feasible: bool,
     violations: &str,
     objective: Option<f64>,
+    now: i64,
 ) -> Result<(), DbErr> {
     exec(
         conn,
-        "UPDATE runs SET feasible = $1, violations = $2, objective = $3 WHERE id = $4",
-        values![i64::from(feasible), violations, objective, run_id],
+        "UPDATE runs SET best_epoch = COALESCE($1, best_epoch), feasible = $2, violations = $3, objective = $4, updated_at = $5 \
+         WHERE id = $6",
+        values![best_epoch, i64::from(feasible), violations, objective, now, run_id],
     )
     .await?;
     Ok(())

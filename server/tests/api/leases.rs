@@ -22,6 +22,67 @@ crate::on_both_databases!(
     checkpoint_files_are_stored_by_content_behind_the_lease,
 );
 
+/// PostgreSQL only: metric batches go through connections each server thread keeps (not the
+/// pool); a worker's batches reuse them, and one PostgreSQL closes under the server costs no
+/// batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_writes_keep_their_connections_and_survive_losing_one() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(app) = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await else { return };
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", GRID_2X2)).await).await;
+    let worker = app.token("gpu-box", "worker").await;
+    let lease = lease(&app, &worker, "gpu-box-0").await.expect("a queued run");
+    let (lease_id, run) = (lease["lease_id"].as_str().expect("lease id").to_owned(), lease["run_id"].as_i64().expect("run id"));
+    let path = format!("/runs/{run}/metrics");
+    let batch = |epoch: i64| {
+        json!({"lease_id": lease_id, "metrics": [
+            {"key": "train_loss", "step": epoch, "value": 1.0 / (epoch as f64 + 1.0)},
+            {"key": "val_macro_f1", "step": epoch, "value": 0.01 * epoch as f64},
+        ]})
+    };
+    let db = sea_orm::Database::connect(&app.database_url).await.expect("connect");
+    let hot_sessions = || async {
+        let sql = format!(
+            "SELECT COUNT(*)::bigint AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{}'",
+            server::store::hot::APPLICATION_NAME
+        );
+        let row = db.query_one(Statement::from_string(db.get_database_backend(), sql)).await.expect("count").expect("a row");
+        row.try_get::<i64>("", "n").expect("n")
+    };
+    for epoch in 0..20 {
+        let accepted: Value = ok(app.post(&worker, &path, &batch(epoch)).await).await;
+        assert_eq!(accepted["accepted"], 2);
+    }
+    // One worker sending one batch at a time: its batches found an idle connection of the
+    // thread that took them, so the server opened a few at most (never one per batch).
+    let open = hot_sessions().await;
+    assert!((1..=8).contains(&open), "{open} metric-write connections after 20 batches");
+    let root = app.base.trim_end_matches("/api/v1");
+    let scrape = app.http.get(format!("{root}/metrics")).bearer_auth(&app.admin).send().await.expect("scrape");
+    let scraped = scrape.text().await.expect("metrics text");
+    let line = format!("cobb_db_pool_connections{{pool=\"metric_writes\",state=\"idle\"}} {open}");
+    assert!(scraped.contains(&line), "{line} in\n{scraped}");
+
+    // PostgreSQL ends them (an administrator, a failover): the next batches are stored anyway.
+    let kill = format!(
+        "SELECT COUNT(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{}'",
+        server::store::hot::APPLICATION_NAME
+    );
+    let killed = db.query_one(Statement::from_string(db.get_database_backend(), kill)).await.expect("terminate").expect("a row");
+    assert!(killed.try_get::<i64>("", "n").expect("n") >= 1);
+    for epoch in 20..25 {
+        let accepted: Value = ok(app.post(&worker, &path, &batch(epoch)).await).await;
+        assert_eq!(accepted["accepted"], 2);
+    }
+    let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics?key=val_macro_f1")).await;
+    let points = series[0]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 25, "every batch stored once: {series:?}");
+    assert!(points.iter().enumerate().all(|(step, p)| p["step"] == step as i64), "{series:?}");
+    assert!(hot_sessions().await >= 1, "new metric-write connections were opened after the old ones ended");
+}
+
 async fn lease(app: &TestApp, token: &str, worker: &str) -> Option<Value> {
     let response = app.post(token, "/leases", &json!({"worker": worker, "device": "cpu"})).await;
     if response.status() == StatusCode::NO_CONTENT {
