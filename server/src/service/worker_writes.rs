@@ -94,22 +94,22 @@ pub async fn ingest_metrics(
 /// one from the pool when the server's own connections are all in use.
 async fn upsert_pg(state: &AppState, run_id: i64, lease_id: &str, holder: &str, points: &[MetricPoint]) -> Result<u64, ApiError> {
     let failed = |e: sea_orm::sqlx::Error| ApiError::from(sea_orm::DbErr::Custom(format!("while storing metrics: {e}")));
-    if let Some(hot) = &state.hot {
-        if let Some(mut conn) = hot.get().await {
-            match store::metrics::upsert_fenced_pg(conn.conn(), run_id, lease_id, holder, points, now_ms()).await {
-                Ok(rows) => {
-                    conn.keep();
-                    return Ok(rows);
-                }
-                // A connection PostgreSQL closed (a restart, an idle timeout): drop it and try
-                // once more on the pool.
-                Err(e) if store::metrics::connection_lost(&e) => {
-                    tracing::warn!(error = %e, "a metric-write connection failed; retrying on the pool");
-                }
-                Err(e) => {
-                    conn.keep();
-                    return Err(failed(e));
-                }
+    if let Some(hot) = &state.hot
+        && let Some(mut conn) = hot.get().await
+    {
+        match store::metrics::upsert_fenced_pg(conn.conn(), run_id, lease_id, holder, points, now_ms()).await {
+            Ok(rows) => {
+                conn.keep();
+                return Ok(rows);
+            }
+            // A connection PostgreSQL closed (a restart, an idle timeout): drop it and try
+            // once more on the pool.
+            Err(e) if store::metrics::connection_lost(&e) => {
+                tracing::warn!(error = %e, "a metric-write connection failed; retrying on the pool");
+            }
+            Err(e) => {
+                conn.keep();
+                return Err(failed(e));
             }
         }
     }
