@@ -150,10 +150,11 @@ impl Hot {
         &mut self.slot.as_mut().expect("a Hot holds its connection until it is kept or dropped").conn
     }
 
-    /// Back to this thread's idle connections, to be used next.
+    /// Back to this thread's idle connections, to be used next (closed instead if the thread
+    /// is ending).
     pub fn keep(mut self) {
         if let Some(slot) = self.slot.take() {
-            LOCAL.with(|local| local.borrow_mut().entry(self.server).or_default().idle.push(slot));
+            let _ = LOCAL.try_with(|local| local.borrow_mut().entry(self.server).or_default().idle.push(slot));
         }
     }
 }
@@ -164,7 +165,8 @@ impl Drop for Hot {
     fn drop(&mut self) {
         drop(self.slot.take());
         self.busy.fetch_sub(1, Ordering::AcqRel);
-        LOCAL.with(|local| {
+        // `try_with`: nothing to count when the thread's list is gone (the thread is ending).
+        let _ = LOCAL.try_with(|local| {
             if let Some(mine) = local.borrow_mut().get_mut(&self.server) {
                 mine.out = mine.out.saturating_sub(1);
             }
