@@ -104,7 +104,7 @@ async fn upsert_pg(state: &AppState, run_id: i64, lease_id: &str, holder: &str, 
             }
             // A connection PostgreSQL closed (a restart, an idle timeout): drop it and try
             // once more on the pool.
-            Err(e) if store::metrics::connection_lost(&e) => {
+            Err(e) if store::hot::connection_lost(&e) => {
                 tracing::warn!(error = %e, "a metric-write connection failed; retrying on the pool");
             }
             Err(e) => {

@@ -121,21 +121,15 @@ impl HotConnections {
                     Ok(conn) => Slot { conn, open: self.open.clone() },
                     Err(e) => {
                         self.open.fetch_sub(1, Ordering::AcqRel);
-                        // This thread counted it as out: a Hot without a connection gives that back.
-                        drop(self.hot(None));
+                        back_from_out(self.id);
                         tracing::warn!(error = %e, "could not open a connection for metric writes; using the pool");
                         return None;
                     }
                 }
             }
         };
-        Some(self.hot(Some(slot)))
-    }
-
-    /// Counted as out until dropped.
-    fn hot(&self, slot: Option<Slot>) -> Hot {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Hot { server: self.id, slot, busy: self.busy.clone() }
+        Some(Hot { server: self.id, slot: Some(slot), busy: self.busy.clone() })
     }
 
     /// Connections open now and how many of them are idle, for `/metrics`.
@@ -165,11 +159,27 @@ impl Drop for Hot {
     fn drop(&mut self) {
         drop(self.slot.take());
         self.busy.fetch_sub(1, Ordering::AcqRel);
-        // `try_with`: nothing to count when the thread's list is gone (the thread is ending).
-        let _ = LOCAL.try_with(|local| {
-            if let Some(mine) = local.borrow_mut().get_mut(&self.server) {
-                mine.out = mine.out.saturating_sub(1);
-            }
-        });
+        back_from_out(self.server);
+    }
+}
+
+/// One connection of `server` is no longer out in a request on this thread. `try_with`:
+/// nothing to count when the thread's list is gone (the thread is ending).
+fn back_from_out(server: u64) {
+    let _ = LOCAL.try_with(|local| {
+        if let Some(mine) = local.borrow_mut().get_mut(&server) {
+            mine.out = mine.out.saturating_sub(1);
+        }
+    });
+}
+
+/// Whether a connection that returned `e` must be closed rather than used again: anything but
+/// the database refusing one statement (after which, outside a transaction, it is ready), and
+/// the refusals that end the session (SQLSTATE class 08, connection exception, and 57P*, the
+/// server shutting down or an administrator terminating the backend).
+pub fn connection_lost(e: &sea_orm::sqlx::Error) -> bool {
+    match e {
+        sea_orm::sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => true,
     }
 }

@@ -78,7 +78,7 @@ pub async fn upsert_fenced(
 /// that repeats a stored (key, step), such as a resend after a lost answer or an epoch trained
 /// again after a resume, fails that insert with a unique violation as a whole (nothing of it is
 /// stored) and is then written by the upsert, so sending a batch twice still stores it once.
-/// After an error, [`connection_lost`] tells whether the connection may be used again.
+/// After an error, `store::hot::connection_lost` tells whether the connection may be used again.
 pub async fn upsert_fenced_pg(
     conn: &mut sea_orm::sqlx::PgConnection,
     run_id: i64,
@@ -111,17 +111,6 @@ pub async fn upsert_fenced_pg(
         other => other,
     };
     Ok(done?.rows_affected())
-}
-
-/// Whether a connection that returned `e` must be closed rather than used again: anything but
-/// the database refusing one statement (after which, outside a transaction, it is ready), and
-/// the refusals that end the session (SQLSTATE class 08, connection exception, and 57P*, the
-/// server shutting down or an administrator terminating the backend).
-pub fn connection_lost(e: &sea_orm::sqlx::Error) -> bool {
-    match e {
-        sea_orm::sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        _ => true,
-    }
 }
 
 /// The last step of every key of a run.
