@@ -15,13 +15,16 @@ use actix_web::web;
 
 pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        // Routes are tried in the order they are registered, each dynamic one a regex match:
+        // the worker protocol (a metric batch every epoch of every run) comes first.
         web::scope("/api/v1")
+            .configure(runs::worker_routes)
+            .configure(leases::routes)
             .configure(health::routes)
             .configure(tokens::routes)
             .configure(datasets::routes)
             .configure(experiments::routes)
             .configure(runs::routes)
-            .configure(leases::routes)
             .configure(promotions::routes)
             .configure(classify::routes)
             .configure(workers::routes)

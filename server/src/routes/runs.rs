@@ -9,13 +9,16 @@ use crate::service;
 use crate::state::AppState;
 use crate::store::runs::{Filter, RunScope};
 
+/// What workers send while they train (see routes::api).
+pub fn worker_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(ingest_metrics).service(results);
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(list)
         .service(show)
         .service(cancel)
         .service(metrics)
-        .service(ingest_metrics)
-        .service(results)
         .service(artifacts)
         .service(compare)
         .service(record_predictions)

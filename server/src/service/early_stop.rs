@@ -53,13 +53,19 @@ async fn sweep_of(state: &AppState, run_id: i64) -> Result<i64, ApiError> {
         return Ok(sweep);
     }
     let sweep = super::runs::get(&state.db.read, run_id).await?.sweep_id;
+    remember_sweep(state, run_id, sweep);
+    Ok(sweep)
+}
+
+/// Notes the sweep of a run read elsewhere (a lease reads the run anyway), so its first epoch
+/// report costs no read.
+pub fn remember_sweep(state: &AppState, run_id: i64, sweep: i64) {
     if let Ok(mut cache) = state.run_sweeps.lock() {
         if cache.len() >= crate::state::PARAMS_CACHE_MAX {
             cache.clear();
         }
         cache.insert(run_id, sweep);
     }
-    Ok(sweep)
 }
 
 /// The sweep's early-stop rule in a sentence, for its page.

@@ -102,30 +102,30 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
         return Err(ApiError::Forbidden { needed: protocol::Role::Worker, have: principal.role, name: principal.name.clone() });
     }
     let tx = state.db.write.begin().await?;
-    // That one job; else a queued job; else the next run of a tpe sweep, suggested now.
-    let job_id = match req.job {
+    // That one job; else a queued job (found and claimed in one statement); else the next run
+    // of a tpe sweep, suggested now.
+    let claimed = match req.job {
         Some(id) => {
             super::classify::check_own_job(&tx, principal, id).await?;
-            Some(id)
+            store::jobs::claim(&tx, id, &lease_id, &req.worker, now).await?
         }
-        None => match store::jobs::next_queued(&tx, &req.kinds).await? {
-            Some(id) => Some(id),
-            None if req.kinds.is_empty() || req.kinds.contains(&JobKind::Train) => super::tpe::create_next(state, &tx, now).await?,
+        None => match store::jobs::claim_next(&tx, &req.kinds, &lease_id, &req.worker, now).await? {
+            Some(claimed) => Some(claimed),
+            None if req.kinds.is_empty() || req.kinds.contains(&JobKind::Train) => match super::tpe::create_next(state, &tx, now).await? {
+                Some(id) => store::jobs::claim(&tx, id, &lease_id, &req.worker, now).await?,
+                None => None,
+            },
             None => None,
         },
     };
-    let Some(job_id) = job_id else {
+    let Some(claimed) = claimed else {
+        // Nothing waiting (or, for a job named, taken meanwhile: the guarded update makes that
+        // safe).
         store::workers::seen(&tx, &req.worker, req.device.as_deref(), None, now).await?;
         tx.commit().await?;
         return Ok(None);
     };
-    let Some(claimed) = store::jobs::claim(&tx, job_id, &lease_id, &req.worker, now).await? else {
-        // Taken between the select and the update: impossible under the lock, but the
-        // guarded update makes it safe regardless.
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let (attempt, kind) = (claimed.attempt, claimed.kind(job_id)?);
+    let (job_id, attempt, kind) = (claimed.id, claimed.attempt, claimed.kind()?);
     crate::prom::Counters::add(
         match kind {
             JobKind::Train => &state.counters.leases_train,
@@ -145,6 +145,7 @@ pub async fn lease(state: &AppState, principal: &Principal, req: LeaseRequest) -
     // evaluation's or classification's item lists are read after, off SQLite's one write
     // connection.
     let run = super::runs::get(&tx, claimed.run_id).await?;
+    super::early_stop::remember_sweep(state, run.id, run.sweep_id);
     let version = store::datasets::version_by_id(&tx, run.dataset_version_id)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset version", run.dataset_version_id))?;
@@ -230,7 +231,8 @@ async fn fenced(
     lease_id: &str,
     expect: Expect,
 ) -> Result<Result<(LeaseRow, Job), Refusal>, ApiError> {
-    let Some(lease) = store::leases::get_for_write(conn, lease_id).await? else {
+    // The lease and its job in one read.
+    let Some((lease, job)) = store::jobs::lease_with_job(conn, lease_id).await? else {
         return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` does not exist"))));
     };
     // A lease is its token's: another token that learned the id cannot use it.
@@ -247,7 +249,7 @@ async fn fenced(
     let Some(job_id) = lease.job_id else {
         return Ok(Err(Refusal::Lost(format!("lease `{lease_id}` of run {} ended before the upgrade to jobs", lease.run_id))));
     };
-    let job = get(conn, job_id).await?;
+    let job = job.ok_or_else(|| ApiError::not_found("job", job_id))?;
     if let Some(kind) = expect.kind
         && job.kind != kind
     {
@@ -417,15 +419,16 @@ pub async fn complete(state: &AppState, who: &Principal, lease_id: &str, req: Co
             super::classify::ended(&tx, &job, status, req.images_per_second, error.as_deref(), now).await?;
         }
     }
-    if !store::leases::end(&tx, lease_id, "completed", now).await?
-        || store::jobs::finish_lease(&tx, job.id, lease_id, status, error.as_deref(), now).await? != 1
-    {
+    let done = match store::leases::end(&tx, lease_id, "completed", now).await? {
+        true => store::jobs::finish_lease_returning(&tx, &job, lease_id, status, error.as_deref(), now).await?,
+        false => None,
+    };
+    // The answer as stored (the update returns it).
+    let Some(done) = done else {
         tx.rollback().await?;
         return Err(ApiError::LeaseLost(format!("lease `{lease_id}` ended while completing")));
-    }
+    };
     store::workers::seen(&tx, &lease.worker, None, None, now).await?;
-    // The answer as stored, read on the transaction's connection (no second one).
-    let done = get(&tx, job.id).await?;
     tx.commit().await?;
     tracing::info!(job.id, job.kind = %job.kind, run.id = job.run_id, lease.id = %lease_id, %status, "job completed");
     Ok(job_info(done))

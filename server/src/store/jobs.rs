@@ -107,6 +107,50 @@ const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS exp
     j.created_at, j.started_at, j.finished_at";
 const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";
 
+/// The columns of [`COLUMNS`], each named with `prefix` in front (`j.kind AS j_kind`), to read
+/// a job beside another table's row in one statement.
+fn prefixed_columns(prefix: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|column| match column.split_once(" AS ") {
+            Some((expr, name)) => format!("{expr} AS {prefix}{name}"),
+            None => format!("{column} AS {prefix}{}", column.rsplit('.').next().unwrap_or(column)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A lease and its job in one read (the fence of every worker write), the lease row locked
+/// against being ended until the transaction ends (PostgreSQL; SQLite has one writer). None
+/// when no lease has that id; the job is None when the lease has none (it ended before jobs
+/// existed) or its row is gone.
+pub async fn lease_with_job(conn: &impl ConnectionTrait, lease_id: &str) -> Result<Option<(super::leases::LeaseRow, Option<Job>)>, DbErr> {
+    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        let sql = |lock: &str| {
+            format!(
+                "SELECT l.id AS l_id, l.run_id AS l_run_id, l.job_id AS l_job_id, l.holder AS l_holder, l.worker AS l_worker, \
+                   l.attempt AS l_attempt, l.created_at AS l_created_at, l.heartbeat_at AS l_heartbeat_at, \
+                   l.expires_at AS l_expires_at, l.ended_at AS l_ended_at, l.end_reason AS l_end_reason, {} \
+                 FROM leases l LEFT JOIN jobs j ON j.id = l.job_id LEFT JOIN runs r ON r.id = j.run_id \
+                   LEFT JOIN experiments e ON e.id = r.experiment_id \
+                 WHERE l.id = $1{lock}",
+                prefixed_columns("j_")
+            )
+        };
+        [sql(" FOR SHARE OF l"), sql("")]
+    });
+    let sql = &SQL[usize::from(conn.get_database_backend() != DbBackend::Postgres)];
+    let Some(row) = conn.query_one(super::statement(conn, sql, values![lease_id])).await? else {
+        return Ok(None);
+    };
+    let lease = super::leases::LeaseRow::from_query_result(&row, "l_")?;
+    let job = match row.try_get::<Option<i64>>("j_", "id")? {
+        Some(_) => Some(Job::try_from(JobRow::from_query_result(&row, "j_")?)?),
+        None => None,
+    };
+    Ok(Some((lease, job)))
+}
+
 async fn fetch_one(conn: &impl ConnectionTrait, condition: &str, vals: Vec<Value>) -> Result<Option<Job>, DbErr> {
     one::<JobRow>(conn, &format!("SELECT {COLUMNS} {FROM} WHERE {condition}"), vals).await?.map(Job::try_from).transpose()
 }
@@ -198,8 +242,10 @@ pub async fn list(conn: &impl ConnectionTrait, filter: &Filter, limit: u64) -> R
 /// oldest; a training job only while its sweep has room under its `parallel` limit. On
 /// PostgreSQL the row is locked and other leasers skip it (`FOR UPDATE SKIP LOCKED`); on
 /// SQLite the caller's transaction already holds the single write connection.
-pub async fn next_queued(conn: &impl ConnectionTrait, kinds: &[JobKind]) -> Result<Option<i64>, DbErr> {
-    let lock = match conn.get_database_backend() {
+/// The job the queue hands out next (of `kinds`, every kind when empty), locked against
+/// other servers' leases (PostgreSQL; SQLite has one writer): a query for [`claim_next`].
+fn next_queued_sql(backend: DbBackend, kinds: &[JobKind]) -> String {
+    let lock = match backend {
         DbBackend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
         _ => "",
     };
@@ -214,42 +260,58 @@ pub async fn next_queued(conn: &impl ConnectionTrait, kinds: &[JobKind]) -> Resu
         format!("AND j.kind IN ({})", names.join(", "))
     };
     let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
-    let sql = format!(
+    format!(
         "SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id JOIN sweeps s ON s.id = r.sweep_id \
          WHERE j.status = '{queued}' AND j.held = 0 {kind_filter} AND (j.kind <> 'train' OR s.parallel IS NULL OR \
            (SELECT COUNT(*) FROM jobs x JOIN runs xr ON xr.id = x.run_id \
             WHERE xr.sweep_id = r.sweep_id AND x.kind = 'train' AND x.status = '{running}') < s.parallel) \
          ORDER BY j.priority DESC, j.id LIMIT 1 {lock}"
-    );
-    Ok(one::<Id>(conn, &sql, Vec::new()).await?.map(|r| r.id))
+    )
 }
 
 /// What a claim returns: enough to write the lease without reading the job again inside
 /// the write transaction (on SQLite every statement there holds the one write lock).
 #[derive(Debug, FromQueryResult)]
 pub struct Claimed {
+    pub id: i64,
     pub attempt: i64,
     pub run_id: i64,
     kind: String,
 }
 
 impl Claimed {
-    pub fn kind(&self, id: i64) -> Result<JobKind, DbErr> {
-        super::decode_enum(&format!("jobs row {id}"), "kind", &self.kind)
+    pub fn kind(&self) -> Result<JobKind, DbErr> {
+        super::decode_enum(&format!("jobs row {}", self.id), "kind", &self.kind)
     }
 }
 
 /// Moves a queued job to running under `lease_id`; its new attempt number, run and kind,
 /// or None if someone else got it first.
 pub async fn claim(conn: &impl ConnectionTrait, id: i64, lease_id: &str, worker: &str, now: i64) -> Result<Option<Claimed>, DbErr> {
-    one::<Claimed>(
-        conn,
-        "UPDATE jobs SET status = $1, attempt = attempt + 1, lease_id = $2, worker = $3, \
-         started_at = COALESCE(started_at, $4), updated_at = $4 \
-         WHERE id = $5 AND status = $6 RETURNING attempt, run_id, kind",
-        values![JobStatus::Running.as_str(), lease_id, worker, now, id, JobStatus::Queued.as_str()],
-    )
-    .await
+    let mut vals = claim_values(lease_id, worker, now);
+    vals.push(id.into());
+    one::<Claimed>(conn, &format!("{CLAIM} WHERE status = $5 AND id = $6 {CLAIMED}"), vals).await
+}
+
+/// [`next_queued`] and [`claim`] in one statement (one round trip of a lease): the job the
+/// queue hands out next, claimed, or None when none is waiting.
+pub async fn claim_next(
+    conn: &impl ConnectionTrait,
+    kinds: &[JobKind],
+    lease_id: &str,
+    worker: &str,
+    now: i64,
+) -> Result<Option<Claimed>, DbErr> {
+    let next = next_queued_sql(conn.get_database_backend(), kinds);
+    one::<Claimed>(conn, &format!("{CLAIM} WHERE status = $5 AND id = ({next}) {CLAIMED}"), claim_values(lease_id, worker, now)).await
+}
+
+const CLAIM: &str = "UPDATE jobs SET status = $1, attempt = attempt + 1, lease_id = $2, worker = $3, \
+    started_at = COALESCE(started_at, $4), updated_at = $4";
+const CLAIMED: &str = "RETURNING id, attempt, run_id, kind";
+
+fn claim_values(lease_id: &str, worker: &str, now: i64) -> Vec<Value> {
+    values![JobStatus::Running.as_str(), lease_id, worker, now, JobStatus::Queued.as_str()]
 }
 
 /// Ends the job's current lease in the job row: its new status (queued again, or an end
@@ -263,14 +325,78 @@ pub async fn finish_lease(
     error: Option<&str>,
     now: i64,
 ) -> Result<u64, DbErr> {
+    exec(conn, FINISH_LEASE, finish_values(id, lease_id, status, error, now)).await
+}
+
+/// [`finish_lease`] of `job`, answering the job as it now stands (no second read): the job
+/// row's own columns as the update left them, its run's and experiment's from `job` (they
+/// never change). None when `lease_id` was no longer the job's lease.
+pub async fn finish_lease_returning(
+    conn: &impl ConnectionTrait,
+    job: &Job,
+    lease_id: &str,
+    status: JobStatus,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Option<Job>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        kind: String,
+        run_id: i64,
+        promotion_id: Option<i64>,
+        priority: i64,
+        status: String,
+        cancel_requested: i64,
+        prune_requested: i64,
+        held: i64,
+        attempt: i64,
+        max_attempts: i64,
+        lease_id: Option<String>,
+        worker: Option<String>,
+        error: Option<String>,
+        created_at: i64,
+        started_at: Option<i64>,
+        finished_at: Option<i64>,
+    }
+    let sql = format!(
+        "{FINISH_LEASE} RETURNING kind, run_id, promotion_id, priority, status, cancel_requested, prune_requested, held, \
+         attempt, max_attempts, lease_id, worker, error, created_at, started_at, finished_at"
+    );
+    let Some(row) = one::<Row>(conn, &sql, finish_values(job.id, lease_id, status, error, now)).await? else {
+        return Ok(None);
+    };
+    let row = JobRow {
+        id: job.id,
+        run_name: job.run_name.clone(),
+        experiment: job.experiment.clone(),
+        sweep_id: job.sweep_id,
+        dataset_version_id: job.dataset_version_id,
+        kind: row.kind,
+        run_id: row.run_id,
+        promotion_id: row.promotion_id,
+        priority: row.priority,
+        status: row.status,
+        cancel_requested: row.cancel_requested,
+        prune_requested: row.prune_requested,
+        held: row.held,
+        attempt: row.attempt,
+        max_attempts: row.max_attempts,
+        lease_id: row.lease_id,
+        worker: row.worker,
+        error: row.error,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    };
+    Job::try_from(row).map(Some)
+}
+
+const FINISH_LEASE: &str = "UPDATE jobs SET status = $1, error = COALESCE($2, error), finished_at = $3, lease_id = NULL, updated_at = $4 \
+    WHERE id = $5 AND lease_id = $6";
+
+fn finish_values(id: i64, lease_id: &str, status: JobStatus, error: Option<&str>, now: i64) -> Vec<Value> {
     let finished_at: Option<i64> = (status != JobStatus::Queued).then_some(now);
-    exec(
-        conn,
-        "UPDATE jobs SET status = $1, error = COALESCE($2, error), finished_at = $3, lease_id = NULL, updated_at = $4 \
-         WHERE id = $5 AND lease_id = $6",
-        values![status.as_str(), error, finished_at, now, id, lease_id],
-    )
-    .await
+    values![status.as_str(), error, finished_at, now, id, lease_id]
 }
 
 /// Cancels one job if it is still queued (nobody has it); returns the rows changed.

@@ -1,4 +1,4 @@
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::{all, exec, one, values};
 
@@ -43,17 +43,6 @@ pub async fn insert(
 
 pub async fn get(conn: &impl ConnectionTrait, id: &str) -> Result<Option<LeaseRow>, DbErr> {
     one(conn, "SELECT * FROM leases WHERE id = $1", values![id]).await
-}
-
-/// Like [`get`], inside a write transaction: on PostgreSQL the row is share-locked, so the
-/// lease cannot end (reaper, completion) before the transaction's write commits. SQLite's
-/// single write connection gives the same guarantee.
-pub async fn get_for_write(conn: &impl ConnectionTrait, id: &str) -> Result<Option<LeaseRow>, DbErr> {
-    let lock = match conn.get_database_backend() {
-        DbBackend::Postgres => " FOR SHARE",
-        _ => "",
-    };
-    one(conn, &format!("SELECT * FROM leases WHERE id = $1{lock}"), values![id]).await
 }
 
 /// Every lease of the run's jobs (training and evaluation), oldest first.

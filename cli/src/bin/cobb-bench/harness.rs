@@ -2,6 +2,7 @@
 //! cobb's one client, workers simulated by the request, percentiles.
 
 use anyhow::{Context, Result, bail};
+use protocol::api::{Complete, MetricPoint, MetricsBatch, Outcome};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -103,10 +104,11 @@ pub(crate) fn fresh_postgres(url: &str) -> Result<String> {
     Ok(format!("{base}/cobb_bench{query}"))
 }
 
-/// The API as the benchmarks drive it: JSON values through cobb's one client.
+/// The API as the benchmarks drive it: JSON values through cobb's one client (and, for the
+/// worker's own requests, that client's typed calls, as `cobb worker` makes them).
 #[derive(Clone)]
 pub(crate) struct Api {
-    client: client::Client,
+    pub(crate) client: client::Client,
 }
 
 impl Api {
@@ -202,23 +204,28 @@ pub(crate) async fn train_like_workers_with(
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
             let ms = |start: Instant| start.elapsed().as_secs_f64() * 1000.0;
+            let worker = format!("bench-{w}");
             loop {
+                // The requests `cobb worker` makes, through the same typed calls.
                 let start = Instant::now();
-                let Some(lease) = api.post("/leases", &json!({"worker": format!("bench-{w}")})).await? else {
+                let Some(lease) = api.client.lease(&worker, "bench", &[]).await? else {
                     break;
                 };
                 latencies.leases.push(ms(start));
-                let run = lease["run_id"].as_i64().unwrap_or_default();
-                let lease_id = lease["lease_id"].as_str().unwrap_or_default().to_owned();
+                let (run, lease_id) = (lease.run_id, lease.lease_id);
                 for epoch in 0..epochs {
-                    let metrics: Vec<Value> = keys
+                    let metrics: Vec<MetricPoint> = keys
                         .iter()
                         .enumerate()
-                        .map(|(k, key)| json!({"key": key, "step": epoch, "value": (run as f64 * 0.37 + k as f64 * 0.11 + epoch as f64 * 0.013).fract()}))
+                        .map(|(k, key)| MetricPoint {
+                            key: key.clone(),
+                            step: epoch as i64,
+                            value: (run as f64 * 0.37 + k as f64 * 0.11 + epoch as f64 * 0.013).fract(),
+                        })
                         .collect();
-                    let body = json!({"lease_id": lease_id, "metrics": metrics});
+                    let batch = MetricsBatch { lease_id: Some(lease_id.clone()), metrics };
                     let start = Instant::now();
-                    api.post(&format!("/runs/{run}/metrics"), &body).await?;
+                    api.client.metrics(run, &batch).await?;
                     latencies.metrics.push(ms(start));
                     if results {
                         let body = json!({"lease_id": lease_id, "epoch": epoch, "confusion": fake_confusion(run, epoch)});
@@ -226,8 +233,8 @@ pub(crate) async fn train_like_workers_with(
                     }
                 }
                 let start = Instant::now();
-                api.post(&format!("/leases/{lease_id}/complete"), &json!({"outcome": "succeeded", "best_epoch": epochs - 1}))
-                    .await?;
+                let done = Complete { best_epoch: Some(epochs as i64 - 1), ..Complete::of(Outcome::Succeeded) };
+                api.client.complete(&lease_id, &done).await?;
                 latencies.completions.push(ms(start));
             }
             anyhow::Ok(latencies)
