@@ -241,9 +241,8 @@ pub async fn list(conn: &impl ConnectionTrait, filter: &Filter, limit: u64) -> R
 /// The next job to hand out among `kinds` (all kinds when empty): highest priority, then
 /// oldest; a training job only while its sweep has room under its `parallel` limit. On
 /// PostgreSQL the row is locked and other leasers skip it (`FOR UPDATE SKIP LOCKED`); on
-/// SQLite the caller's transaction already holds the single write connection.
-/// The job the queue hands out next (of `kinds`, every kind when empty), locked against
-/// other servers' leases (PostgreSQL; SQLite has one writer): a query for [`claim_next`].
+/// SQLite the caller's transaction already holds the single write connection. A query for
+/// [`claim_next`].
 fn next_queued_sql(backend: DbBackend, kinds: &[JobKind]) -> String {
     let lock = match backend {
         DbBackend::Postgres => "FOR UPDATE OF j SKIP LOCKED",
@@ -293,8 +292,8 @@ pub async fn claim(conn: &impl ConnectionTrait, id: i64, lease_id: &str, worker:
     one::<Claimed>(conn, &format!("{CLAIM} WHERE status = $5 AND id = $6 {CLAIMED}"), vals).await
 }
 
-/// [`next_queued`] and [`claim`] in one statement (one round trip of a lease): the job the
-/// queue hands out next, claimed, or None when none is waiting.
+/// Finds the next job ([`next_queued_sql`]) and [`claim`]s it in one statement (one round trip
+/// of a lease), or None when none is waiting.
 pub async fn claim_next(
     conn: &impl ConnectionTrait,
     kinds: &[JobKind],
@@ -339,56 +338,24 @@ pub async fn finish_lease_returning(
     error: Option<&str>,
     now: i64,
 ) -> Result<Option<Job>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Row {
-        kind: String,
-        run_id: i64,
-        promotion_id: Option<i64>,
-        priority: i64,
-        status: String,
-        cancel_requested: i64,
-        prune_requested: i64,
-        held: i64,
-        attempt: i64,
-        max_attempts: i64,
-        lease_id: Option<String>,
-        worker: Option<String>,
-        error: Option<String>,
-        created_at: i64,
-        started_at: Option<i64>,
-        finished_at: Option<i64>,
-    }
+    // The jobs table's own columns as a JobRow; the run's and experiment's (not in the table)
+    // are blanks here, filled from `job` below.
     let sql = format!(
-        "{FINISH_LEASE} RETURNING kind, run_id, promotion_id, priority, status, cancel_requested, prune_requested, held, \
-         attempt, max_attempts, lease_id, worker, error, created_at, started_at, finished_at"
+        "{FINISH_LEASE} RETURNING id, kind, run_id, CAST('' AS TEXT) AS run_name, CAST('' AS TEXT) AS experiment, \
+         CAST(0 AS BIGINT) AS sweep_id, CAST(0 AS BIGINT) AS dataset_version_id, promotion_id, priority, status, \
+         cancel_requested, prune_requested, held, attempt, max_attempts, lease_id, worker, error, created_at, started_at, finished_at"
     );
-    let Some(row) = one::<Row>(conn, &sql, finish_values(job.id, lease_id, status, error, now)).await? else {
+    let Some(row) = one::<JobRow>(conn, &sql, finish_values(job.id, lease_id, status, error, now)).await? else {
         return Ok(None);
     };
-    let row = JobRow {
-        id: job.id,
+    let done = Job::try_from(row)?;
+    Ok(Some(Job {
         run_name: job.run_name.clone(),
         experiment: job.experiment.clone(),
         sweep_id: job.sweep_id,
         dataset_version_id: job.dataset_version_id,
-        kind: row.kind,
-        run_id: row.run_id,
-        promotion_id: row.promotion_id,
-        priority: row.priority,
-        status: row.status,
-        cancel_requested: row.cancel_requested,
-        prune_requested: row.prune_requested,
-        held: row.held,
-        attempt: row.attempt,
-        max_attempts: row.max_attempts,
-        lease_id: row.lease_id,
-        worker: row.worker,
-        error: row.error,
-        created_at: row.created_at,
-        started_at: row.started_at,
-        finished_at: row.finished_at,
-    };
-    Job::try_from(row).map(Some)
+        ..done
+    }))
 }
 
 const FINISH_LEASE: &str = "UPDATE jobs SET status = $1, error = COALESCE($2, error), finished_at = $3, lease_id = NULL, updated_at = $4 \
