@@ -45,6 +45,7 @@ mod m014_predictions;
 mod m015_acceptance_criteria;
 mod m016_classify;
 mod m017_metrics_one_index;
+mod m018_metrics_by_step;
 
 pub struct Migrator;
 
@@ -69,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m015_acceptance_criteria::Migration),
             Box::new(m016_classify::Migration),
             Box::new(m017_metrics_one_index::Migration),
+            Box::new(m018_metrics_by_step::Migration),
         ]
     }
 }

@@ -113,12 +113,14 @@ pub async fn upsert_fenced_pg(
     Ok(done?.rows_affected())
 }
 
-/// The last step of every key of a run.
+/// The last step of every key of a run: one pass over the run's points for each key's last
+/// step, then one primary-key lookup per key (whichever order the primary key has, see
+/// migrations m018).
 pub async fn latest(conn: &impl ConnectionTrait, run_id: i64) -> Result<Vec<MetricRow>, DbErr> {
     all(
         conn,
-        "SELECT m.key, m.step, m.value FROM metrics m WHERE m.run_id = $1 AND m.step = \
-         (SELECT MAX(m2.step) FROM metrics m2 WHERE m2.run_id = m.run_id AND m2.key = m.key) ORDER BY m.key",
+        "SELECT m.key, m.step, m.value FROM (SELECT key, MAX(step) AS step FROM metrics WHERE run_id = $1 GROUP BY key) last \
+         JOIN metrics m ON m.run_id = $1 AND m.key = last.key AND m.step = last.step ORDER BY m.key",
         values![run_id],
     )
     .await
