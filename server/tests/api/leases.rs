@@ -9,6 +9,7 @@ use crate::helpers::{CLASSES, GRID_2X2, TestApp, fails, ok, spec};
 crate::on_both_databases!(
     a_worker_leases_reports_and_completes_a_run,
     metrics_are_idempotent_per_run_key_and_step,
+    a_runs_latest_points_are_each_keys_own_last_step,
     training_leases_never_see_the_test_split,
     writes_without_a_live_lease_are_refused,
     cancelling_a_running_run_tells_its_worker_to_stop,
@@ -187,6 +188,41 @@ async fn metrics_are_idempotent_per_run_key_and_step(app: TestApp) {
     let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics?key=val_loss")).await;
     let values: Vec<&Value> = series[0]["points"].as_array().expect("points").iter().map(|p| &p["value"]).collect();
     assert_eq!(values, [&json!(0.9), &json!(0.5), &json!(0.4)], "the stored step overwritten, the new one added");
+}
+
+/// Keys reported at different steps (every epoch, every other epoch, once): a run's latest
+/// points are each key's own last step, whatever order the metrics' primary key has (m018).
+async fn a_runs_latest_points_are_each_keys_own_last_step(app: TestApp) {
+    app.register_dataset("d", &CLASSES, 10).await;
+    ok::<Value>(app.submit(&spec("e", "d", "")).await).await;
+    let lease = lease(&app, &app.admin, "w").await.expect("run");
+    let run = lease["run_id"].as_i64().expect("id");
+    let lease_id = lease["lease_id"].as_str().expect("lease");
+    for step in 0..4_i64 {
+        let mut metrics = vec![json!({"key": "train_loss", "step": step, "value": 4.0 - step as f64})];
+        if step % 2 == 0 {
+            metrics.push(json!({"key": "val_macro_f1", "step": step, "value": 0.5 + 0.125 * step as f64}));
+        }
+        if step == 0 {
+            metrics.push(json!({"key": "lr", "step": 0, "value": 0.001}));
+        }
+        let accepted: Value =
+            app.write(&app.admin, &format!("/runs/{run}/metrics"), &json!({"lease_id": lease_id, "metrics": metrics})).await;
+        assert_eq!(accepted["accepted"].as_u64(), Some(metrics.len() as u64));
+    }
+    // Step 2 of one key sent again with a new value, after later steps of the others.
+    let again = json!({"lease_id": lease_id, "metrics": [{"key": "val_macro_f1", "step": 2, "value": 0.875}]});
+    let _: Value = app.write(&app.admin, &format!("/runs/{run}/metrics"), &again).await;
+
+    let detail: Value = app.read(&app.admin, &format!("/runs/{run}")).await;
+    let latest = detail["latest"].as_object().expect("latest");
+    assert_eq!(latest.len(), 3, "one latest point per key: {latest:?}");
+    assert_eq!((&latest["train_loss"]["step"], &latest["train_loss"]["value"]), (&json!(3), &json!(1.0)));
+    assert_eq!((&latest["val_macro_f1"]["step"], &latest["val_macro_f1"]["value"]), (&json!(2), &json!(0.875)));
+    assert_eq!((&latest["lr"]["step"], &latest["lr"]["value"]), (&json!(0), &json!(0.001)));
+    let series: Vec<Value> = app.read(&app.admin, &format!("/runs/{run}/metrics?key=val_macro_f1")).await;
+    let steps: Vec<&Value> = series[0]["points"].as_array().expect("points").iter().map(|p| &p["step"]).collect();
+    assert_eq!(steps, [&json!(0), &json!(2)], "one key's series in step order");
 }
 
 async fn training_leases_never_see_the_test_split(app: TestApp) {
