@@ -107,11 +107,12 @@ const COLUMNS: &str = "j.id, j.kind, j.run_id, r.name AS run_name, e.name AS exp
     j.created_at, j.started_at, j.finished_at";
 const FROM: &str = "FROM jobs j JOIN runs r ON r.id = j.run_id JOIN experiments e ON e.id = r.experiment_id";
 
-/// The columns of [`COLUMNS`], each named with `prefix` in front (`j.kind AS j_kind`), to read
-/// a job beside another table's row in one statement.
-fn prefixed_columns(prefix: &str) -> String {
-    COLUMNS
-        .split(", ")
+/// `columns` (a list such as [`COLUMNS`]), each named with `prefix` in front (`j.kind AS
+/// j_kind`), to read two tables' rows side by side in one statement.
+fn prefixed_columns(columns: &str, prefix: &str) -> String {
+    columns
+        .split(',')
+        .map(str::trim)
         .map(|column| match column.split_once(" AS ") {
             Some((expr, name)) => format!("{expr} AS {prefix}{name}"),
             None => format!("{column} AS {prefix}{}", column.rsplit('.').next().unwrap_or(column)),
@@ -128,13 +129,12 @@ pub async fn lease_with_job(conn: &impl ConnectionTrait, lease_id: &str) -> Resu
     static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         let sql = |lock: &str| {
             format!(
-                "SELECT l.id AS l_id, l.run_id AS l_run_id, l.job_id AS l_job_id, l.holder AS l_holder, l.worker AS l_worker, \
-                   l.attempt AS l_attempt, l.created_at AS l_created_at, l.heartbeat_at AS l_heartbeat_at, \
-                   l.expires_at AS l_expires_at, l.ended_at AS l_ended_at, l.end_reason AS l_end_reason, {} \
+                "SELECT {}, {} \
                  FROM leases l LEFT JOIN jobs j ON j.id = l.job_id LEFT JOIN runs r ON r.id = j.run_id \
                    LEFT JOIN experiments e ON e.id = r.experiment_id \
                  WHERE l.id = $1{lock}",
-                prefixed_columns("j_")
+                prefixed_columns(super::leases::COLUMNS, "l_"),
+                prefixed_columns(COLUMNS, "j_")
             )
         };
         [sql(" FOR SHARE OF l"), sql("")]

@@ -2,6 +2,10 @@ use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 
 use super::{all, exec, one, values};
 
+/// The columns of a [`LeaseRow`], as a query over `leases l` names them.
+pub(super) const COLUMNS: &str = "l.id, l.run_id, l.job_id, l.holder, l.worker, l.attempt, l.created_at, l.heartbeat_at, \
+    l.expires_at, l.ended_at, l.end_reason";
+
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct LeaseRow {
     pub id: String,
