@@ -55,15 +55,13 @@ impl Reporter for Log {
     }
 }
 
-/// Burn's CPU backend seeds one process-wide generator; trainings in one process take
-/// turns so that each sees only its own draws (the worker runs one training per process
-/// slot for the same reason).
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn run(spec: &ExperimentSpec, data: &TrainData, dir: &Path, resume: bool, log: &mut Log) -> train::Outcome {
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let store = checkpoint::Store::new(dir);
     train::train_on(DeviceChoice::Cpu, spec, data, &store, resume, log).expect("training runs")
+}
+
+fn losses(log: &Log) -> Vec<(f64, f64)> {
+    log.epochs.iter().map(|e| (e.train_loss, e.val_loss)).collect()
 }
 
 #[test]
@@ -87,7 +85,6 @@ fn simple_cnn_learns_phantoms_and_resumes_exactly() {
     // The same seed gives the same run.
     let mut again = Log::default();
     run(&spec, &data, &dir.path().join("again"), false, &mut again);
-    let losses = |log: &Log| log.epochs.iter().map(|e| (e.train_loss, e.val_loss)).collect::<Vec<_>>();
     assert_eq!(losses(&full), losses(&again), "fixed seed, same losses");
 
     // Stop after epoch 2 (the fifth step of epoch 2 asks to stop), then resume.
@@ -121,4 +118,40 @@ fn early_stopping_ends_a_run_that_stops_improving() {
         Finish::Completed { early_stopped: true, epochs } => assert!(epochs < 6, "{epochs}"),
         other => panic!("expected early stopping, got {other:?}"),
     }
+}
+
+/// Two trainings in one process (`cobb demo`'s two workers) each draw only their own
+/// randomness: initial weights under the backend's lock, dropout from the run's own
+/// generator. Side by side, each gives what it gives alone.
+#[test]
+fn runs_side_by_side_each_give_what_they_give_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = phantom_data(dir.path(), 160);
+    let mut a = spec("");
+    a.train.epochs = 2;
+    let mut b = a.clone();
+    b.train.seed = 5;
+    b.model.dropout = Some(0.3);
+
+    let mut alone_a = Log::default();
+    run(&a, &data, &dir.path().join("a1"), false, &mut alone_a);
+    let mut alone_b = Log::default();
+    run(&b, &data, &dir.path().join("b1"), false, &mut alone_b);
+    assert_ne!(losses(&alone_a), losses(&alone_b), "two seeds, two runs");
+
+    let (side_a, side_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| {
+            let mut log = Log::default();
+            run(&a, &data, &dir.path().join("a2"), false, &mut log);
+            log
+        });
+        let tb = s.spawn(|| {
+            let mut log = Log::default();
+            run(&b, &data, &dir.path().join("b2"), false, &mut log);
+            log
+        });
+        (ta.join().expect("run a"), tb.join().expect("run b"))
+    });
+    assert_eq!(losses(&side_a), losses(&alone_a), "run a beside run b");
+    assert_eq!(losses(&side_b), losses(&alone_b), "run b beside run a");
 }

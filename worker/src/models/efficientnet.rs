@@ -281,7 +281,7 @@ impl EfficientNet {
         }
         let x = self.head.forward(x, Act::Silu);
         let x = self.pool.forward(x).flatten::<2>(1, 3);
-        self.classifier.forward(self.dropout.forward(x))
+        self.classifier.forward(super::dropout::apply(&self.dropout, x))
     }
 }
 

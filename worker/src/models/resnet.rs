@@ -138,6 +138,6 @@ impl ResNet {
             x = block.forward(x);
         }
         let x = self.pool.forward(x).flatten::<2>(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        self.fc.forward(super::dropout::apply(&self.dropout, x))
     }
 }

@@ -59,6 +59,6 @@ impl SimpleCnn {
             x = block.forward(x);
         }
         let x = self.pool.forward(x).flatten::<2>(1, 3);
-        self.head.forward(self.dropout.forward(x))
+        self.head.forward(super::dropout::apply(&self.dropout, x))
     }
 }

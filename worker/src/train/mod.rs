@@ -358,8 +358,7 @@ fn run(
     if data.val.is_empty() {
         return Err(TrainError::NoValidation);
     }
-    device.seed(t.seed);
-    let mut model: Classifier = models::build(spec.model.arch, 1, classes, spec.model.dropout, device).model;
+    let mut model: Classifier = models::build_seeded(spec.model.arch, 1, classes, spec.model.dropout, device, t.seed).model;
     let mut state = checkpoint::State::default();
     let mut resumed = false;
     if resume && let Some((m, opt_record, s)) = checkpoints.load_last(model.clone())? {
@@ -395,10 +394,14 @@ fn run(
     let val_config = LoaderConfig { shuffle: false, augment: None, ..train_config.clone() };
     let steps_per_epoch = data.train.len().div_ceil(t.batch_size.max(1) as usize);
 
+    let _dropout_generator = models::dropout::scope();
     for epoch in state.next_epoch..t.epochs as usize {
-        // Backend randomness (dropout, stochastic depth) is re-seeded per epoch, so a
-        // resumed run draws exactly what an uninterrupted one would.
-        device.seed(t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9));
+        // Randomness is re-seeded per epoch, so a resumed run draws exactly what an
+        // uninterrupted one would: dropout from this thread's own generator (not shared with
+        // another run in the process), anything else of Burn's from its generator.
+        let epoch_seed = t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9);
+        models::dropout::seed_thread(Some(epoch_seed));
+        models::seed_backend(device, epoch_seed);
         let started = Instant::now();
         let mut seen = 0usize;
         let mut loss_sum = 0.0;
