@@ -53,8 +53,8 @@ pub fn apply<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
         .with(|r| r.borrow_mut().as_mut().map(|rng| (0..count).map(|_| if rng.chance(keep) { scale } else { 0.0 }).collect::<Vec<f32>>()));
     match mask {
         Some(mask) => {
-            let device = x.device();
-            x * Tensor::<D>::from_data(TensorData::new(mask, dims.to_vec()), &device)
+            let mask = Tensor::<D>::from_data(TensorData::new(mask, dims.to_vec()), &x.device());
+            x * mask
         }
         None => layer.forward(x),
     }

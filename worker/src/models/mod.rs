@@ -64,28 +64,19 @@ pub struct Built {
 
 /// Burn's random draws (a new model's initial weights) come from one generator per backend,
 /// shared by the whole process, and a parameter is drawn when first read, not when built:
-/// seeding, building and reading every parameter happen under this lock, so a
-/// run's initial weights follow from its seed even while another run or a classification
-/// builds a model in the same process. (Dropout has generators of its own: [`dropout`].)
+/// [`build_seeded`] seeds, builds and reads every parameter under this lock, so a run's
+/// initial weights follow from its seed even while another run builds a model in the same
+/// process. (A model built to load a checkpoint draws nothing; dropout has generators of its
+/// own: [`dropout`].)
 static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Seeds Burn's generator for `device` (under the lock of [`build`]).
-pub fn seed_backend(device: &Device, seed: u64) {
-    let _turn = backend_rng();
-    device.seed(seed);
-}
-
-/// [`build`] with Burn's generator seeded with `seed` first, in one turn of the lock: the
-/// same seed gives the same initial weights whatever else the process is doing.
+/// [`build`] with Burn's generator seeded with `seed` first and every parameter drawn, in one
+/// turn of the lock: the same seed gives the same initial weights whatever else the process
+/// is doing.
 pub fn build_seeded(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &Device, seed: u64) -> Built {
-    let _turn = backend_rng();
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     device.seed(seed);
-    let built = build_unlocked(arch, channels, classes, dropout, device);
-    // Burn initialises a parameter when it is first read: read them all now, in this turn.
+    let built = build(arch, channels, classes, dropout, device);
     built.model.visit(&mut Materialise);
     built
 }
@@ -100,13 +91,8 @@ impl burn::module::ModuleVisitor for Materialise {
 }
 
 /// Builds `arch` for `channels` input channels and `classes` outputs. `dropout` overrides
-/// the architecture's default head dropout.
+/// the architecture's default head dropout. Parameters are drawn lazily, when first read.
 pub fn build(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &Device) -> Built {
-    let _turn = backend_rng();
-    build_unlocked(arch, channels, classes, dropout, device)
-}
-
-fn build_unlocked(arch: Arch, channels: usize, classes: usize, dropout: Option<f64>, device: &Device) -> Built {
     let mut ctx = Ctx::new(device);
     let model = match arch {
         Arch::SimpleCnn => Classifier::Simple(simple_cnn::SimpleCnn::new(&mut ctx, channels, classes, dropout.unwrap_or(0.2))),

@@ -2,7 +2,7 @@
 //! stopping counters, per-epoch history) written together after every epoch, swapped in
 //! atomically, so a run interrupted anywhere resumes from its last whole epoch. The best
 //! epoch's model is kept separately. The data order and augmentations are functions of
-//! (seed, epoch), and backend randomness is re-seeded each epoch, so no RNG state needs
+//! (seed, epoch), and dropout's generator is re-seeded each epoch, so no RNG state needs
 //! saving.
 
 use burn::module::Module;

@@ -396,12 +396,10 @@ fn run(
 
     let _dropout_generator = models::dropout::scope();
     for epoch in state.next_epoch..t.epochs as usize {
-        // Randomness is re-seeded per epoch, so a resumed run draws exactly what an
-        // uninterrupted one would: dropout from this thread's own generator (not shared with
-        // another run in the process), anything else of Burn's from its generator.
-        let epoch_seed = t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9);
-        models::dropout::seed_thread(Some(epoch_seed));
-        models::seed_backend(device, epoch_seed);
+        // Dropout, the loop's only randomness (this thread's own generator, not shared with
+        // another run in the process), is re-seeded per epoch, so a resumed run draws exactly
+        // what an uninterrupted one would.
+        models::dropout::seed_thread(Some(t.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)));
         let started = Instant::now();
         let mut seen = 0usize;
         let mut loss_sum = 0.0;
